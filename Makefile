@@ -1,0 +1,96 @@
+# HOBBIT build. `make run` and `make test` do all set-up on a fresh machine.
+#
+#   make vendor        vendor/llama.cpp from the pinned sdist + patches/ (and the stock worktree)
+#   make build         patched llama.cpp -> build/        (GPU=cuda adds the CUDA backend)
+#   make build-stock   unpatched llama.cpp -> build-stock/ (reference and baseline)
+#   make venv          .venv with llama-cpp-python (no bundled llama.cpp), gguf, hobbit
+#   make patches       export vendor/llama.cpp commits above `pristine` back to patches/
+#   make run           generate with the embedded default model
+#   make test          the test suite
+#   make sanitize      build/ variants with AddressSanitizer and ThreadSanitizer, run their tests
+
+include vendor/pin.mk
+
+SHELL      := /bin/bash
+PYTHON     ?= python3
+VENV       := .venv
+VPY        := $(VENV)/bin/python
+JOBS       ?= $(shell nproc)
+GPU        ?=
+BUILD_TYPE ?= Release
+
+export CCACHE_BASEDIR := $(CURDIR)
+export CCACHE_NOHASHDIR := 1
+
+CMAKE_COMMON := $(if $(shell command -v ninja),-G Ninja,) -DCMAKE_BUILD_TYPE=$(BUILD_TYPE) -DBUILD_SHARED_LIBS=ON \
+	-DLLAMA_BUILD_TESTS=ON -DLLAMA_BUILD_TOOLS=ON -DLLAMA_BUILD_EXAMPLES=OFF \
+	-DLLAMA_BUILD_SERVER=OFF -DLLAMA_BUILD_APP=OFF -DLLAMA_OPENSSL=OFF \
+	-DLLAMA_BUILD_IS_DEV=OFF -DGGML_CCACHE=ON
+ifeq ($(GPU),cuda)
+CMAKE_COMMON += -DGGML_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=$(or $(CUDA_ARCH),90) -DGGML_CUDA_FA=OFF
+endif
+TARGETS := llama ggml llama-completion llama-bench llama-perplexity llama-quantize test-backend-ops
+HOBBIT_TARGETS := test-hobbit-mmid
+
+.PHONY: all vendor vendor-reset build build-stock venv patches run test sanitize clean distclean
+
+all: build build-stock venv
+
+vendor:
+	@scripts/vendor.sh
+
+vendor-reset:
+	@scripts/vendor.sh --reset
+
+# $(1): build dir, $(2): source tree, $(3): extra cmake args, $(4): targets
+define cmake_build
+	@if [ ! -f $(1)/build.ninja ] || [ "$$(cat $(1)/.hobbit-config 2>/dev/null)" != "$(CMAKE_COMMON) $(3)" ]; then \
+		mkdir -p $(1); \
+		cmake -S $(2) -B $(1) $(CMAKE_COMMON) $(3) >$(1)/configure.log 2>&1 \
+			|| { cat $(1)/configure.log; exit 1; }; \
+		echo "$(CMAKE_COMMON) $(3)" > $(1)/.hobbit-config; \
+	fi
+	@echo "build: $(1) ($(2))"
+	@cmake --build $(1) -j $(JOBS) --target $(4) | grep -v '^\[' || true; \
+		test $${PIPESTATUS[0]} -eq 0
+endef
+
+build: vendor
+	$(call cmake_build,build,vendor/llama.cpp,-DHOBBIT_SOURCE_ID=llama-cpp-python-$(LLAMA_CPP_PYTHON_VERSION),$(TARGETS) $(HOBBIT_TARGETS))
+
+build-stock: vendor
+	$(call cmake_build,build-stock,vendor/llama.cpp-stock,,$(TARGETS))
+
+# llama-cpp-python is built with LLAMA_BUILD=OFF: it ships no llama.cpp of its own and
+# hobbit_py points it at build/bin through LLAMA_CPP_LIB_PATH.
+$(VENV)/.done: pyproject.toml vendor/pin.mk | vendor
+	@test -x $(VPY) || $(PYTHON) -m venv $(VENV)
+	@$(VPY) -m pip install -q --upgrade pip
+	@echo "venv: llama-cpp-python $(LLAMA_CPP_PYTHON_VERSION) (LLAMA_BUILD=OFF), gguf from the vendored tree, hobbit"
+	@CMAKE_ARGS="-DLLAMA_BUILD=OFF" $(VPY) -m pip install -q \
+		$${HOBBIT_CACHE:-$${XDG_CACHE_HOME:-$$HOME/.cache}/hobbit}/llama_cpp_python-$(LLAMA_CPP_PYTHON_VERSION).tar.gz
+	@$(VPY) -m pip install -q ./vendor/llama.cpp/gguf-py
+	@$(VPY) -m pip install -q -e '.[test]'
+	@touch $@
+
+venv: $(VENV)/.done
+
+patches:
+	@git -C vendor/llama.cpp diff --quiet HEAD || { echo "patches: commit your edits in vendor/llama.cpp first" >&2; exit 1; }
+	@rm -f patches/*.patch
+	@git -C vendor/llama.cpp format-patch -q --zero-commit --no-signature --full-index \
+		--no-stat -o $(CURDIR)/patches pristine..HEAD
+	@scripts/vendor.sh
+	@echo "patches: $$(ls patches/*.patch 2>/dev/null | wc -l) patch(es) in patches/"
+
+run: build venv
+	@$(VPY) -m hobbit_py.default_run
+
+test: build build-stock venv
+	@$(VPY) -m pytest -q tests
+
+clean:
+	rm -rf build build-stock
+
+distclean: clean
+	rm -rf vendor/llama.cpp vendor/llama.cpp-stock $(VENV)

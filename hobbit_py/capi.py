@@ -1,0 +1,108 @@
+"""ctypes bindings for the `llama_hobbit_*` C API of the patched libllama."""
+
+from __future__ import annotations
+
+import ctypes
+from functools import lru_cache
+
+from hobbit_py._lib import HobbitError, load_llama_cpp
+
+EVICTION_LRU = 0
+
+
+class PolicyStruct(ctypes.Structure):
+    """struct llama_hobbit_policy"""
+
+    _fields_ = [
+        ("hi_threshold", ctypes.c_float),
+        ("skip_threshold", ctypes.c_float),
+        ("upgrade_threshold", ctypes.c_float),
+        ("eviction", ctypes.c_int32),
+    ]
+
+
+class StatsStruct(ctypes.Structure):
+    """struct llama_hobbit_stats"""
+
+    _fields_ = [
+        ("n_calls", ctypes.c_uint64),
+        ("routes_total", ctypes.c_uint64),
+        ("hits_hi", ctypes.c_uint64),
+        ("hits_lo", ctypes.c_uint64),
+        ("loads_hi", ctypes.c_uint64),
+        ("loads_lo", ctypes.c_uint64),
+        ("skipped", ctypes.c_uint64),
+        ("upgrades", ctypes.c_uint64),
+        ("bytes_loaded", ctypes.c_uint64),
+        ("load_stall_ms", ctypes.c_double),
+        ("budget_bytes", ctypes.c_uint64),
+        ("cache_capacity_bytes", ctypes.c_uint64),
+        ("cache_bytes", ctypes.c_uint64),
+        ("cache_peak_bytes", ctypes.c_uint64),
+        ("n_slots_hi", ctypes.c_int32),
+        ("n_slots_lo", ctypes.c_int32),
+    ]
+
+
+@lru_cache(maxsize=1)
+def lib() -> ctypes.CDLL:
+    """The patched libllama that llama_cpp loaded, with the hobbit signatures declared."""
+    llama_cpp = load_llama_cpp()
+    handle: ctypes.CDLL = llama_cpp.llama_cpp._lib
+    model_p = ctypes.c_void_p
+    signatures = {
+        "llama_hobbit_api_version": ([], ctypes.c_int32),
+        "llama_hobbit_source_id": ([], ctypes.c_char_p),
+        "llama_hobbit_active": ([model_p], ctypes.c_bool),
+        "llama_hobbit_policy_default": ([], PolicyStruct),
+        "llama_hobbit_set_policy": ([model_p, PolicyStruct], ctypes.c_int32),
+        "llama_hobbit_get_policy": ([model_p], PolicyStruct),
+        "llama_hobbit_get_stats": ([model_p], StatsStruct),
+        "llama_hobbit_reset_stats": ([model_p], None),
+        "llama_hobbit_last_error": ([], ctypes.c_char_p),
+    }
+    for name, (argtypes, restype) in signatures.items():
+        fn = getattr(handle, name)
+        fn.argtypes = argtypes
+        fn.restype = restype
+    return handle
+
+
+def api_version() -> int:
+    """LLAMA_HOBBIT_API_VERSION the library was built with."""
+    return int(lib().llama_hobbit_api_version())
+
+
+def source_id() -> str:
+    """The pinned llama.cpp source the library was built from."""
+    return lib().llama_hobbit_source_id().decode()
+
+
+def last_error() -> str:
+    """The last HOBBIT error message of this thread, or ""."""
+    return lib().llama_hobbit_last_error().decode()
+
+
+def active(model: int) -> bool:
+    return bool(lib().llama_hobbit_active(model))
+
+
+def set_policy(model: int, hi_threshold: float, skip_threshold: float,
+               upgrade_threshold: float, eviction: int = EVICTION_LRU) -> None:
+    policy = PolicyStruct(hi_threshold, skip_threshold, upgrade_threshold, eviction)
+    if lib().llama_hobbit_set_policy(model, policy) != 0:
+        raise HobbitError(last_error())
+
+
+def get_policy(model: int) -> dict[str, float | int]:
+    p = lib().llama_hobbit_get_policy(model)
+    return {name: getattr(p, name) for name, _ in PolicyStruct._fields_}
+
+
+def get_stats(model: int) -> dict[str, float | int]:
+    s = lib().llama_hobbit_get_stats(model)
+    return {name: getattr(s, name) for name, _ in StatsStruct._fields_}
+
+
+def reset_stats(model: int) -> None:
+    lib().llama_hobbit_reset_stats(model)

@@ -1,0 +1,97 @@
+"""`Policy`: every knob of the expert cache, and how it reaches the patched llama.cpp."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Literal
+
+from hobbit_py._lib import HobbitError
+
+PolicyName = Literal["hobbit", "lru", "hi-only"]
+POLICY_NAMES: tuple[str, ...] = ("hobbit", "lru", "hi-only")
+
+_UNITS = {
+    "": 1, "b": 1,
+    "k": 1000, "kb": 1000, "m": 1000**2, "mb": 1000**2, "g": 1000**3, "gb": 1000**3,
+    "kib": 1024, "mib": 1024**2, "gib": 1024**3,
+}
+
+
+@dataclass(frozen=True)
+class Policy:
+    """How HOBBIT serves routed experts. `expert_budget=None` turns HOBBIT off (stock path).
+
+    - expert_budget: bytes of expert cache: an int, "512MiB"/"2GB", or "25%" of the hi experts.
+    - policy: "hobbit" (mixed precision, HOBBIT eviction: plain LRU until the multidimensional
+      policy lands), "lru" (mixed precision, plain LRU), "hi-only" (hi copies only, plain LRU:
+      the classic expert cache).
+    - hi_threshold: a missed expert whose gating weight is >= this loads at hi precision,
+      otherwise at lo.
+    - skip_threshold: a missed route whose gating weight is < this is skipped (0: never).
+    - upgrade_threshold: a lo-cached expert whose weight is >= this is reloaded at hi
+      (> 1: never upgrade).
+    - hi_type / lo_type: which expert levels of the file act as hi and lo (default: its
+      highest and lowest).
+    """
+
+    expert_budget: int | str | None = None
+    policy: PolicyName = "hobbit"
+    hi_threshold: float = 0.6
+    skip_threshold: float = 0.0
+    upgrade_threshold: float = 0.9
+    hi_type: str | None = None
+    lo_type: str | None = None
+
+    def validate(self) -> None:
+        if self.policy not in POLICY_NAMES:
+            raise HobbitError(f"unknown policy {self.policy!r}; choose from {', '.join(POLICY_NAMES)}")
+        if not 0.0 <= self.skip_threshold <= self.hi_threshold:
+            raise HobbitError("thresholds must satisfy 0 <= skip_threshold <= hi_threshold")
+        if self.upgrade_threshold < 0.0:
+            raise HobbitError("upgrade_threshold must be >= 0")
+
+    def budget_bytes(self, hi_expert_bytes: int) -> int | None:
+        """The budget in bytes, given the model's total hi expert bytes (for percentages)."""
+        if self.expert_budget is None:
+            return None
+        return parse_budget(self.expert_budget, hi_expert_bytes)
+
+    def kv_overrides(self, hi_expert_bytes: int) -> dict[str, int | str]:
+        """Load-time settings, passed to llama.cpp as GGUF kv overrides."""
+        budget = self.budget_bytes(hi_expert_bytes)
+        if budget is None:
+            return {}
+        overrides: dict[str, int | str] = {"hobbit.budget_bytes": budget}
+        if self.hi_type:
+            overrides["hobbit.hi_type"] = self.hi_type
+        if self.policy == "hi-only":
+            overrides["hobbit.lo_type"] = "none"
+        elif self.lo_type:
+            overrides["hobbit.lo_type"] = self.lo_type
+        return overrides
+
+
+def parse_budget(value: int | str, hi_expert_bytes: int) -> int:
+    """Bytes from 1234, "512MiB", "1.5GB" or "25%" (of `hi_expert_bytes`)."""
+    if isinstance(value, int):
+        budget = value
+    else:
+        text = value.strip().lower().replace(" ", "")
+        if text.endswith("%"):
+            try:
+                pct = float(text[:-1])
+            except ValueError:
+                raise HobbitError(f"bad expert budget {value!r}") from None
+            if not 0 < pct <= 100:
+                raise HobbitError(f"expert budget percentage must be in (0, 100], got {value!r}")
+            budget = int(hi_expert_bytes * pct / 100)
+        else:
+            match = re.fullmatch(r"([0-9]*\.?[0-9]+)([a-z]*)", text)
+            if not match or match.group(2) not in _UNITS:
+                raise HobbitError(
+                    f"bad expert budget {value!r}; use bytes with a unit (512MiB, 2GB) or a percentage (25%)")
+            budget = int(float(match.group(1)) * _UNITS[match.group(2)])
+    if budget <= 0:
+        raise HobbitError(f"expert budget must be positive, got {value!r}")
+    return budget

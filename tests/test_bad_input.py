@@ -1,0 +1,56 @@
+"""Bad input: one clear line on stderr, non-zero exit, no traceback, nothing left behind."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from tests.conftest import assert_one_line_error, run_hobbit
+
+
+def run_model(path: Path, tmp_path: Path):  # noqa: ANN201
+    return run_hobbit("run", str(path), "-p", "hi", "-n", "2",
+                      "--stats-json", str(tmp_path / "stats.json"))
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    proc = run_model(tmp_path / "nope.gguf", tmp_path)
+    assert_one_line_error(proc, "model file not found")
+    assert not (tmp_path / "stats.json").exists()
+
+
+def test_not_a_gguf(tmp_path: Path) -> None:
+    bogus = tmp_path / "bogus.gguf"
+    bogus.write_text("this is not a model\n")
+    assert_one_line_error(run_model(bogus, tmp_path), "not a GGUF file")
+
+
+def test_truncated_gguf(mixtral_gguf: Path, tmp_path: Path) -> None:
+    data = mixtral_gguf.read_bytes()
+    for cut in (len(data) // 2, 200):
+        short = tmp_path / f"short{cut}.gguf"
+        short.write_bytes(data[:cut])
+        proc = run_model(short, tmp_path)
+        assert_one_line_error(proc, "GGUF")
+        assert "truncated" in proc.stderr or "corrupt" in proc.stderr
+
+
+def test_dense_model_is_refused(tmp_path: Path) -> None:
+    import gguf
+
+    dense = tmp_path / "dense.gguf"
+    w = gguf.GGUFWriter(str(dense), "llama")
+    w.add_block_count(1)
+    w.add_tensor("token_embd.weight", np.zeros((8, 4), dtype=np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    assert_one_line_error(run_model(dense, tmp_path), "not a Mixture-of-Experts model")
+
+
+def test_bad_option_value(mixtral_gguf: Path) -> None:
+    proc = run_hobbit("run", str(mixtral_gguf), "-p", "hi", "-n", "0")
+    assert proc.returncode != 0
+    assert "Traceback" not in proc.stderr

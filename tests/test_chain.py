@@ -1,0 +1,48 @@
+"""vendor -> patch -> build -> bind -> call: the whole chain answers."""
+
+from __future__ import annotations
+
+import subprocess
+
+from hobbit_py import capi
+from hobbit_py._lib import REPO_ROOT, lib_dir
+from tests.conftest import assert_one_line_error, run_hobbit
+
+
+def test_patched_library_answers_through_ctypes() -> None:
+    assert capi.api_version() == 1
+    import llama_cpp
+
+    assert capi.source_id() == f"llama-cpp-python-{llama_cpp.__version__}"
+
+
+def test_bindings_load_our_library_not_a_bundled_one() -> None:
+    import llama_cpp
+
+    loaded = llama_cpp.llama_cpp._lib._name
+    assert loaded == str(lib_dir() / "libllama.so")
+
+
+def test_missing_library_is_a_one_line_error(mixtral_gguf) -> None:
+    proc = run_hobbit("run", str(mixtral_gguf), "-p", "hi", "-n", "2",
+                      env={"HOBBIT_LIB_DIR": "/nonexistent"})
+    assert_one_line_error(proc, "llama.cpp library not found", "make build")
+
+
+def test_library_from_another_source_is_refused(mixtral_gguf) -> None:
+    proc = run_hobbit("run", str(mixtral_gguf), "-p", "hi", "-n", "2",
+                      env={"HOBBIT_LIB_DIR": str(REPO_ROOT / "build-stock" / "bin")})
+    assert_one_line_error(proc, "unpatched llama.cpp")
+
+
+def test_patch_queue_export_is_stable() -> None:
+    """`make patches` on an unchanged vendor tree rewrites patches/ byte for byte."""
+    before = subprocess.run(["git", "diff", "--stat", "--", "patches"], cwd=REPO_ROOT,
+                            capture_output=True, text=True, check=True).stdout
+    subprocess.run(["make", "-s", "patches"], cwd=REPO_ROOT, check=True, capture_output=True)
+    after = subprocess.run(["git", "diff", "--stat", "--", "patches"], cwd=REPO_ROOT,
+                           capture_output=True, text=True, check=True).stdout
+    untracked = subprocess.run(["git", "ls-files", "--others", "--exclude-standard", "patches"],
+                               cwd=REPO_ROOT, capture_output=True, text=True, check=True).stdout
+    assert before == after
+    assert untracked == ""

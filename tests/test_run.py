@@ -1,0 +1,47 @@
+"""`hobbit run` and the Model class on the fixtures."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from hobbit_py.model import Model
+from tests.conftest import run_hobbit
+
+
+def test_hobbit_run_streams_text_and_reports_speed(moe_gguf: Path, tmp_path: Path) -> None:
+    stats_path = tmp_path / "stats.json"
+    proc = run_hobbit("run", str(moe_gguf), "--prompt", "Once upon a time", "-n", "16",
+                      "--threads", "2", "--stats-json", str(stats_path))
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("Once upon a time")
+    assert len(proc.stdout.strip()) > len("Once upon a time")
+    assert "prefill:" in proc.stderr and "tok/s" in proc.stderr
+    stats = json.loads(stats_path.read_text())
+    assert stats["tokens_generated"] == 16
+    assert stats["prefill_tokens_per_s"] > 0
+    assert stats["decode_tokens_per_s"] > 0
+
+
+def test_model_stream_matches_generate(mixtral_gguf: Path) -> None:
+    with Model(mixtral_gguf, n_ctx=256, threads=2) as model:
+        streamed = "".join(model.stream("Hello", max_tokens=12))
+        generated = model.generate("Hello", max_tokens=12)
+    assert streamed == generated.text
+    assert generated.stats.tokens_generated == 12
+
+
+def test_sampling_is_seeded(mixtral_gguf: Path) -> None:
+    def sample(seed: int) -> list[int]:
+        with Model(mixtral_gguf, n_ctx=256, threads=2, seed=seed) as model:
+            return model.generate("Hello", max_tokens=12, temp=1.0).tokens
+
+    assert sample(7) == sample(7)
+
+
+def test_help_is_complete() -> None:
+    top = run_hobbit("--help")
+    assert top.returncode == 0 and "run" in top.stdout
+    sub = run_hobbit("run", "--help")
+    for flag in ("--prompt", "-n", "--temp", "--seed", "--threads", "--stats-json"):
+        assert flag in sub.stdout
