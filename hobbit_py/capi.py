@@ -7,6 +7,7 @@ from functools import lru_cache
 
 from hobbit_py._lib import HobbitError, load_llama_cpp
 
+API_VERSION = 2  # LLAMA_HOBBIT_API_VERSION these bindings are written for
 EVICTION_LRU = 0
 
 
@@ -62,9 +63,14 @@ def lib() -> ctypes.CDLL:
         "llama_hobbit_last_error": ([], ctypes.c_char_p),
     }
     for name, (argtypes, restype) in signatures.items():
-        fn = getattr(handle, name)
+        fn = getattr(handle, name, None)
+        if fn is None:
+            raise HobbitError(f"the llama.cpp library lacks {name}; rebuild with 'make build'")
         fn.argtypes = argtypes
         fn.restype = restype
+    if handle.llama_hobbit_api_version() != API_VERSION:
+        raise HobbitError(f"the llama.cpp library has HOBBIT API {handle.llama_hobbit_api_version()}, "
+                          f"hobbit_py needs {API_VERSION}; rebuild with 'make build'")
     return handle
 
 

@@ -50,35 +50,56 @@ def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
         raise HobbitError(f"cannot write {path}: {exc.strerror}") from None
 
 
+BudgetOpt = Annotated[str | None, typer.Option(
+    "--expert-budget",
+    help="Expert cache size: bytes with a unit (512MiB, 2GB) or a percentage of the hi expert "
+         "bytes (25%). Routed experts are then read from the file on demand. Default: off, all "
+         "weights resident as in stock llama.cpp.")]
+PolicyOpt = Annotated[str, typer.Option(
+    "--policy",
+    help="hobbit: mixed-precision loading (HOBBIT eviction; plain LRU for now); lru: mixed "
+         "precision, plain LRU; hi-only: hi copies only, plain LRU.")]
+HiOpt = Annotated[float, typer.Option(
+    "--hi-threshold", min=0.0,
+    help="A missed expert with gating weight >= this loads at hi precision, below it at lo.")]
+SkipOpt = Annotated[float, typer.Option(
+    "--skip-threshold", min=0.0, help="A missed route with gating weight < this is skipped.")]
+UpgradeOpt = Annotated[float, typer.Option(
+    "--upgrade-threshold", min=0.0,
+    help="A lo-cached expert with weight >= this is reloaded at hi (> 1: never).")]
+ThreadsOpt = Annotated[int | None, typer.Option(
+    "--threads", "-t", min=1, help="CPU threads (default: all cores).")]
+ModelArg = Annotated[Path, typer.Argument(help="A MoE model in GGUF (plain or multi-precision).")]
+
+
+def make_policy(expert_budget: str | None, policy: str, hi_threshold: float,
+                skip_threshold: float, upgrade_threshold: float) -> Policy:
+    """The Policy the shared CLI flags describe."""
+    pol = Policy(expert_budget=expert_budget, policy=policy,  # type: ignore[arg-type]
+                 hi_threshold=hi_threshold, skip_threshold=skip_threshold,
+                 upgrade_threshold=upgrade_threshold)
+    pol.validate()
+    return pol
+
+
 @app.command()
 def run(
-    model: Annotated[Path, typer.Argument(help="A MoE model in GGUF (plain or multi-precision).")],
+    model: ModelArg,
     prompt: Annotated[str, typer.Option("--prompt", "-p", help="Text to continue.")],
     n_predict: Annotated[int, typer.Option("-n", "--n-predict", min=1,
                                            help="Maximum number of tokens to generate.")] = 128,
     temp: Annotated[float, typer.Option(min=0.0, help="Sampling temperature; 0 is greedy.")] = 0.0,
     seed: Annotated[int, typer.Option(help="Seed for sampling when --temp > 0.")] = 0,
-    threads: Annotated[int | None, typer.Option(
-        "--threads", "-t", min=1, help="CPU threads (default: all cores).")] = None,
+    threads: ThreadsOpt = None,
     n_ctx: Annotated[int, typer.Option("--ctx-size", "-c", min=16,
                                        help="Context length in tokens.")] = 2048,
     stats_json: Annotated[Path | None, typer.Option(
         help="Also write the run's statistics as JSON to this file.")] = None,
-    expert_budget: Annotated[str | None, typer.Option(
-        help="Expert cache size: bytes with a unit (512MiB, 2GB) or a percentage of the hi "
-             "expert bytes (25%). Routed experts are then read from the file on demand. "
-             "Default: off, all weights resident as in stock llama.cpp.")] = None,
-    policy: Annotated[str, typer.Option(
-        help="hobbit: mixed-precision loading (HOBBIT eviction; plain LRU for now); "
-             "lru: mixed precision, plain LRU; hi-only: hi copies only, plain LRU.")] = "hobbit",
-    hi_threshold: Annotated[float, typer.Option(
-        min=0.0, help="A missed expert with gating weight >= this loads at hi precision, "
-                      "below it at lo.")] = Policy.hi_threshold,
-    skip_threshold: Annotated[float, typer.Option(
-        min=0.0, help="A missed route with gating weight < this is skipped.")] = Policy.skip_threshold,
-    upgrade_threshold: Annotated[float, typer.Option(
-        min=0.0, help="A lo-cached expert with weight >= this is reloaded at hi "
-                      "(> 1: never).")] = Policy.upgrade_threshold,
+    expert_budget: BudgetOpt = None,
+    policy: PolicyOpt = "hobbit",
+    hi_threshold: HiOpt = Policy.hi_threshold,
+    skip_threshold: SkipOpt = Policy.skip_threshold,
+    upgrade_threshold: UpgradeOpt = Policy.upgrade_threshold,
 ) -> None:
     """Generate text from MODEL, streaming it to stdout, with speed statistics on stderr.
 
@@ -89,8 +110,7 @@ def run(
     """
     from hobbit_py.model import Model  # noqa: PLC0415  (keeps --help fast)
 
-    pol = Policy(expert_budget=expert_budget, policy=policy, hi_threshold=hi_threshold,  # type: ignore[arg-type]
-                 skip_threshold=skip_threshold, upgrade_threshold=upgrade_threshold)
+    pol = make_policy(expert_budget, policy, hi_threshold, skip_threshold, upgrade_threshold)
     with Model(model, policy=pol, n_ctx=n_ctx, threads=threads, seed=seed) as m:
         typer.echo(prompt, nl=False)
         for piece in m.stream(prompt, max_tokens=n_predict, temp=temp):
@@ -117,6 +137,48 @@ def run(
         if stats_json is not None:
             write_json_atomic(stats_json, {"model": str(model), "policy": pol.policy
                                            if pol.expert_budget else "off", **report})
+
+
+@app.command("eval")
+def eval_cmd(
+    model: ModelArg,
+    text: Annotated[Path | None, typer.Option(
+        help="Plain-text file to score (default: the held-out slice in data/heldout.txt).")] = None,
+    n_ctx: Annotated[int, typer.Option("--ctx-size", "-c", min=16,
+                                       help="Tokens per scored window.")] = 256,
+    max_tokens: Annotated[int | None, typer.Option(
+        min=16, help="Score at most this many tokens of the text.")] = None,
+    threads: ThreadsOpt = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+    expert_budget: BudgetOpt = None,
+    policy: PolicyOpt = "hobbit",
+    hi_threshold: HiOpt = Policy.hi_threshold,
+    skip_threshold: SkipOpt = Policy.skip_threshold,
+    upgrade_threshold: UpgradeOpt = Policy.upgrade_threshold,
+) -> None:
+    """Score a policy against the all-hi reference of the same file.
+
+    Reports perplexity, mean KL divergence of the next-token distributions against the
+    reference (HOBBIT off: every expert at the file's highest level), and top-1 agreement.
+
+    Example: hobbit eval model.gguf --expert-budget 25% --json
+    """
+    from hobbit_py.evaluate import DEFAULT_TEXT, evaluate  # noqa: PLC0415
+
+    pol = make_policy(expert_budget, policy, hi_threshold, skip_threshold, upgrade_threshold)
+    text_path = text or DEFAULT_TEXT
+    if not text_path.is_file():
+        raise HobbitError(f"text file not found: {text_path}")
+    result = evaluate(model, pol, text_path.read_text(errors="replace"), n_ctx=n_ctx,
+                      threads=threads, max_tokens=max_tokens)
+    if json_out:
+        typer.echo(json.dumps({"model": str(model), "text": str(text_path), "policy": pol.policy,
+                               **result.as_dict()}, indent=2, sort_keys=True))
+        return
+    typer.echo(f"tokens scored       {result.tokens_scored}")
+    typer.echo(f"perplexity          {result.perplexity:.4f} (all-hi {result.reference_perplexity:.4f})")
+    typer.echo(f"KL vs all-hi        {result.kl_mean:.6f}")
+    typer.echo(f"top-1 agreement     {result.top1_agreement:.4f}")
 
 
 def _register_plugins() -> None:

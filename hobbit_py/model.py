@@ -81,7 +81,7 @@ class Model:
                 kv_overrides=overrides or None,
             )
         except ValueError as exc:
-            reason = capi.last_error() or str(exc)
+            reason = capi.last_error().removeprefix("hobbit: ") or str(exc)
             raise HobbitError(f"cannot load {self.path}: {reason}") from None
         if overrides:
             p = self.policy

@@ -10,7 +10,7 @@ from tests.conftest import assert_one_line_error, run_hobbit
 
 
 def test_patched_library_answers_through_ctypes() -> None:
-    assert capi.api_version() == 1
+    assert capi.api_version() == capi.API_VERSION
     import llama_cpp
 
     assert capi.source_id() == f"llama-cpp-python-{llama_cpp.__version__}"

@@ -1,0 +1,135 @@
+"""The expert cache on the real inference path: equivalence, counters, budgets, errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from hobbit_py.fixtures import write_fixture
+from hobbit_py.model import Model
+from hobbit_py.policy import Policy
+from tests.conftest import assert_one_line_error, run_hobbit
+from tests.test_equivalence import stock_tokens
+
+PROMPT = "The cache holds the experts that the router picks most often, and"
+N_TOKENS = 24
+HI, LO = "q8_0", "q4_0"
+
+FORCE_HI = dict(hi_threshold=0.0, skip_threshold=0.0, upgrade_threshold=0.0)
+FORCE_LO = dict(hi_threshold=2.0, skip_threshold=0.0, upgrade_threshold=2.0)
+
+
+@pytest.fixture(scope="module", params=["mixtral", "qwen3moe"])
+def arch(request: pytest.FixtureRequest) -> str:
+    return request.param
+
+
+@pytest.fixture(scope="module")
+def files(arch: str, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A two-level (q8_0, q4_0) model and the plain q8_0 and q4_0 models of the same weights."""
+    d = tmp_path_factory.mktemp(f"cache-{arch}")
+    out = {
+        "mixed": write_fixture(d / "mixed.gguf", arch, expert_types=(HI, LO)),
+        "hi": write_fixture(d / "hi.gguf", arch, expert_types=(HI,)),
+        "lo": write_fixture(d / "lo.gguf", arch, expert_types=(LO,)),
+    }
+    return out
+
+
+def ours(path: Path, policy: Policy, tmp_path: Path) -> tuple[list[int], np.ndarray, dict]:
+    with Model(path, policy=policy, n_ctx=512, threads=2, logits_all=True) as model:
+        assert model.hobbit_active == (policy.expert_budget is not None)
+        tokens = model.tokenize(PROMPT)
+        model.llama.eval(tokens)
+        logits = np.array(model.llama.scores[: len(tokens)], dtype=np.float32)
+        generated = model.generate(PROMPT, max_tokens=N_TOKENS).tokens
+        return generated, logits, model.stats()
+
+
+@pytest.mark.parametrize("level", ["hi", "lo"])
+def test_forced_level_with_full_budget_equals_stock_plain_file(
+        files: dict[str, Path], level: str, tmp_path: Path) -> None:
+    force = FORCE_HI if level == "hi" else FORCE_LO
+    policy = Policy(expert_budget="100%", policy="hobbit", **force)
+    tokens, logits, stats = ours(files["mixed"], policy, tmp_path)
+
+    stock_logits_path = tmp_path / "stock.npy"
+    reference = stock_tokens(files[level], PROMPT, N_TOKENS, stock_logits_path)
+    assert tokens == reference
+    np.testing.assert_array_equal(logits, np.load(stock_logits_path))
+    loads = stats["loads_hi"] if level == "hi" else stats["loads_lo"]
+    assert loads > 0
+    assert (stats["loads_lo"] if level == "hi" else stats["loads_hi"]) == 0
+
+
+def test_hi_only_cache_equals_stock(files: dict[str, Path], tmp_path: Path) -> None:
+    tokens, logits, stats = ours(files["mixed"], Policy(expert_budget="100%", policy="hi-only"),
+                                 tmp_path)
+    assert tokens == stock_tokens(files["hi"], PROMPT, N_TOKENS)
+    assert stats["loads_lo"] == 0 and stats["expert_slots_lo"] == 0
+
+
+def test_small_budget_counters_are_consistent(files: dict[str, Path], tmp_path: Path) -> None:
+    policy = Policy(expert_budget="20%", policy="hobbit", hi_threshold=0.6, skip_threshold=0.1)
+    tokens, _, stats = ours(files["mixed"], policy, tmp_path)
+    assert len(tokens) == N_TOKENS
+    assert stats["routes_total"] > 0
+    assert stats["routes_total"] == (stats["hits_hi"] + stats["hits_lo"] + stats["loads_hi"]
+                                     + stats["loads_lo"] + stats["skipped"])
+    assert stats["loads_hi"] > 0 and stats["loads_lo"] > 0 and stats["skipped"] > 0
+    assert 0 < stats["expert_cache_peak_bytes"] <= stats["expert_budget_bytes"]
+    assert stats["expert_cache_capacity_bytes"] <= stats["expert_budget_bytes"]
+
+
+def test_bytes_loaded_is_the_sum_of_loaded_expert_sizes(files: dict[str, Path],
+                                                         tmp_path: Path) -> None:
+    import gguf
+
+    reader = gguf.GGUFReader(files["mixed"])
+    size = {HI: 0, LO: 0}
+    for t in reader.tensors:
+        if t.name.startswith("blk.0.ffn_") and "_exps" in t.name:
+            size[LO if f".{LO}." in t.name else HI] += int(t.n_bytes) // int(t.shape[-1])
+    policy = Policy(expert_budget="20%", policy="hobbit", hi_threshold=0.6)
+    _, _, stats = ours(files["mixed"], policy, tmp_path)
+    expected = stats["loads_hi"] * size[HI] + stats["loads_lo"] * size[LO]
+    # upgrades evict the lo copy but its load was counted once: bytes still match the loads
+    assert stats["bytes_loaded"] == expected
+
+
+def test_cli_reports_expert_stats(files: dict[str, Path], tmp_path: Path) -> None:
+    stats_path = tmp_path / "s.json"
+    proc = run_hobbit("run", str(files["mixed"]), "-p", PROMPT, "-n", "8", "-t", "2",
+                      "--expert-budget", "30%", "--hi-threshold", "0.5",
+                      "--skip-threshold", "0.05", "--policy", "lru",
+                      "--stats-json", str(stats_path))
+    assert proc.returncode == 0, proc.stderr
+    assert "experts:" in proc.stderr
+    stats = json.loads(stats_path.read_text())
+    for key in ("routes_total", "hits_hi", "hits_lo", "loads_hi", "loads_lo", "skipped",
+                "bytes_loaded", "load_stall_ms", "expert_budget_bytes",
+                "expert_cache_peak_bytes", "peak_rss_bytes"):
+        assert key in stats, key
+    assert stats["policy"] == "lru"
+
+
+def test_impossible_budget_names_the_minimum(files: dict[str, Path]) -> None:
+    proc = run_hobbit("run", str(files["mixed"]), "-p", "hi", "-n", "2",
+                      "--expert-budget", "1KiB")
+    assert_one_line_error(proc, "below the minimum", LO)
+
+
+@pytest.mark.parametrize("budget", ["abc", "0", "150%", "-5MiB"])
+def test_bad_budget_values(files: dict[str, Path], budget: str) -> None:
+    proc = run_hobbit("run", str(files["mixed"]), "-p", "hi", "-n", "2",
+                      "--expert-budget", budget)
+    assert_one_line_error(proc, "budget")
+
+
+def test_bad_policy_name(files: dict[str, Path]) -> None:
+    proc = run_hobbit("run", str(files["mixed"]), "-p", "hi", "-n", "2",
+                      "--expert-budget", "50%", "--policy", "fifo")
+    assert_one_line_error(proc, "unknown policy")
