@@ -194,7 +194,17 @@ class Model:
 
 
 def peak_rss_bytes() -> int:
-    """Peak resident set size of this process."""
+    """Peak resident set size of this process since it started its program.
+
+    /proc's VmHWM belongs to the process image; getrusage's ru_maxrss would also count the
+    parent's memory that a fork copied before exec.
+    """
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
