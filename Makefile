@@ -31,8 +31,10 @@ CMAKE_COMMON += -DGGML_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=$(or $(CUDA_ARCH),90) 
 endif
 TARGETS := llama ggml llama-completion llama-bench llama-perplexity llama-quantize test-backend-ops
 HOBBIT_TARGETS := test-hobbit-mmid
+SAN_TARGETS := llama ggml llama-completion test-hobbit-mmid
+SAN_COMMON := -DHOBBIT_SOURCE_ID=llama-cpp-python-$(LLAMA_CPP_PYTHON_VERSION) -DCMAKE_BUILD_TYPE=RelWithDebInfo
 
-.PHONY: all vendor vendor-reset build build-stock venv patches run test sanitize clean distclean
+.PHONY: all vendor vendor-reset build build-stock build-asan build-tsan venv patches run test sanitize clean distclean
 
 all: build build-stock venv
 
@@ -60,6 +62,16 @@ build: vendor
 
 build-stock: vendor
 	$(call cmake_build,build-stock,vendor/llama.cpp-stock,,$(TARGETS))
+
+# the patched tree under AddressSanitizer / ThreadSanitizer (OpenMP off: TSan cannot see it)
+build-asan: vendor
+	$(call cmake_build,build-asan,vendor/llama.cpp,$(SAN_COMMON) -DLLAMA_SANITIZE_ADDRESS=ON,$(SAN_TARGETS))
+
+build-tsan: vendor
+	$(call cmake_build,build-tsan,vendor/llama.cpp,$(SAN_COMMON) -DLLAMA_SANITIZE_THREAD=ON -DGGML_OPENMP=OFF,$(SAN_TARGETS))
+
+sanitize: build-asan build-tsan venv
+	@scripts/sanitize.sh
 
 # llama-cpp-python is built with LLAMA_BUILD=OFF: it ships no llama.cpp of its own and
 # hobbit_py points it at build/bin through LLAMA_CPP_LIB_PATH.
@@ -90,7 +102,7 @@ test: build build-stock venv
 	@$(VPY) -m pytest -q tests
 
 clean:
-	rm -rf build build-stock
+	rm -rf build build-stock build-asan build-tsan
 
 distclean: clean
 	rm -rf vendor/llama.cpp vendor/llama.cpp-stock $(VENV)

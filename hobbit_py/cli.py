@@ -181,6 +181,59 @@ def eval_cmd(
     typer.echo(f"top-1 agreement     {result.top1_agreement:.4f}")
 
 
+@app.command()
+def bench(
+    model: ModelArg,
+    plain_hi: Annotated[Path, typer.Option(
+        "--plain-hi", help="The same model as a plain GGUF at the hi precision (hobbit convert "
+                           "--bits with the hi type only), for the stock llama.cpp baselines.")],
+    expert_budget: BudgetOpt = "25%",
+    prompt: Annotated[str, typer.Option("--prompt", "-p", help="Prompt before the decode.")] = (
+        "The documentation explains how the database server stores tables on disk, and"),
+    n_predict: Annotated[int, typer.Option("-n", min=8, help="Tokens to decode per run.")] = 128,
+    runs: Annotated[int, typer.Option(min=1, help="Runs per variant (median reported).")] = 3,
+    threads: Annotated[int, typer.Option("--threads", "-t", min=1, help="CPU threads.")] = 2,
+    eval_tokens: Annotated[int, typer.Option(
+        min=64, help="Held-out tokens scored for the quality columns.")] = 1024,
+    text: Annotated[Path | None, typer.Option(help="Held-out text (default data/heldout.txt).")] = None,
+    out: Annotated[Path, typer.Option(help="Markdown file the results are written to.")] = Path(
+        "BENCHMARKS.md"),
+    policy: PolicyOpt = "hobbit",
+    hi_threshold: HiOpt = Policy.hi_threshold,
+    skip_threshold: SkipOpt = Policy.skip_threshold,
+    upgrade_threshold: UpgradeOpt = Policy.upgrade_threshold,
+) -> None:
+    """Benchmark HOBBIT against stock llama.cpp and a hi-only LRU cache, side by side.
+
+    Variants, each a fresh process, interleaved, median of --runs: B-resident (stock, all in
+    RAM), B-mmap (stock, mmap, memory cgroup capped to non-expert bytes + budget + overhead),
+    B-lru (our cache, hi only, LRU) and HOBBIT (mixed precision), both under the same cap.
+    The page cache is dropped before each run. Needs root (cgroup v1 and drop_caches).
+    Quality (perplexity, KL and top-1 vs all-hi) comes from the held-out text.
+    """
+    import shlex  # noqa: PLC0415
+
+    from hobbit_py.bench import bench as run_bench  # noqa: PLC0415
+    from hobbit_py.bench import to_markdown  # noqa: PLC0415
+    from hobbit_py.evaluate import DEFAULT_TEXT  # noqa: PLC0415
+
+    pol = make_policy(expert_budget, policy, hi_threshold, skip_threshold, upgrade_threshold)
+    text_path = text or DEFAULT_TEXT
+    if not text_path.is_file():
+        raise HobbitError(f"text file not found: {text_path}")
+    command = "hobbit " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    result = run_bench(model, plain_hi, pol, prompt=prompt, n_predict=n_predict, runs=runs,
+                       threads=threads, text=text_path.read_text(errors="replace"),
+                       eval_tokens=eval_tokens, command=command,
+                       progress=lambda msg: typer.echo(msg, err=True))
+    section = to_markdown(result)
+    header = "# Benchmarks\n\nEvery figure below comes from the command shown with it.\n\n"
+    tmp = out.with_name(f".{out.name}.tmp")
+    tmp.write_text(header + section)
+    tmp.replace(out)
+    typer.echo(section)
+
+
 def _register_plugins() -> None:
     """Add the commands that live in other packages (the converter)."""
     try:

@@ -153,25 +153,8 @@ class Model:
                 f"prompt ({len(prompt_tokens)} tokens) + {max_tokens} new tokens exceed "
                 f"the context of {llm.n_ctx()}"
             )
-        stats = self.last_stats = GenerationStats(prompt_tokens=len(prompt_tokens))
-        llm.reset()
-        start = time.perf_counter()
-        first_at = start
-        eos = llm.token_eos()
-        for token in llm.generate(prompt_tokens, temp=temp, top_k=top_k, top_p=top_p,
-                                  repeat_penalty=1.0, reset=True):
-            now = time.perf_counter()
-            if stats.tokens_generated == 0:
-                first_at = now
-                stats.prefill_seconds = now - start
-            else:
-                stats.decode_seconds = now - first_at
-            if token == eos:
-                break
-            stats.tokens_generated += 1
-            yield token
-            if stats.tokens_generated >= max_tokens:
-                break
+        self.last_stats = GenerationStats(prompt_tokens=len(prompt_tokens))
+        yield from timed_tokens(llm, prompt_tokens, self.last_stats, max_tokens, temp, top_k, top_p)
 
     def stream(self, prompt: str, max_tokens: int = 128, temp: float = 0.0,
                top_k: int = 40, top_p: float = 0.95) -> Iterator[str]:
@@ -191,6 +174,30 @@ class Model:
         tokens = list(self.stream_tokens(prompt, max_tokens, temp, top_k, top_p))
         text = self.llama.detokenize(tokens).decode(errors="replace")
         return Generation(text=text, tokens=tokens, stats=self.last_stats)
+
+
+def timed_tokens(llm, prompt_tokens: list[int], stats: GenerationStats,  # noqa: ANN001
+                 max_tokens: int, temp: float = 0.0, top_k: int = 40,
+                 top_p: float = 0.95) -> Iterator[int]:
+    """Generate with a `llama_cpp.Llama`, timing prefill and decode into `stats`."""
+    llm.reset()
+    start = time.perf_counter()
+    first_at = start
+    eos = llm.token_eos()
+    for token in llm.generate(prompt_tokens, temp=temp, top_k=top_k, top_p=top_p,
+                              repeat_penalty=1.0, reset=True):
+        now = time.perf_counter()
+        if stats.tokens_generated == 0:
+            first_at = now
+            stats.prefill_seconds = now - start
+        else:
+            stats.decode_seconds = now - first_at
+        if token == eos:
+            break
+        stats.tokens_generated += 1
+        yield token
+        if stats.tokens_generated >= max_tokens:
+            break
 
 
 def peak_rss_bytes() -> int:

@@ -1,0 +1,45 @@
+"""One `hobbit bench` measurement in its own process; prints a JSON report as its last line.
+
+    python -m hobbit_py.bench_worker SPEC_JSON
+
+Stock runs load build-stock's library (LLAMA_CPP_LIB_PATH set by the parent) through
+llama-cpp-python directly; our runs go through `Model` with the given policy.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+from hobbit_py.model import GenerationStats, Model, peak_rss_bytes, timed_tokens
+from hobbit_py.policy import Policy
+
+
+def run_stock(spec: dict) -> dict:
+    import llama_cpp  # noqa: PLC0415  (LLAMA_CPP_LIB_PATH points at build-stock)
+
+    llm = llama_cpp.Llama(model_path=spec["model"], n_ctx=1024, n_threads=spec["threads"],
+                          n_threads_batch=spec["threads"], use_mmap=spec["use_mmap"], verbose=False)
+    stats = GenerationStats()
+    tokens = llm.tokenize(spec["prompt"].encode(), add_bos=True, special=False)
+    stats.prompt_tokens = len(tokens)
+    generated = list(timed_tokens(llm, tokens, stats, spec["n_predict"]))
+    llm.close()
+    return {**stats.as_dict(), "tokens": generated, "peak_rss_bytes": peak_rss_bytes()}
+
+
+def run_ours(spec: dict) -> dict:
+    policy = Policy(**spec["policy"])
+    with Model(spec["model"], policy=policy, n_ctx=1024, threads=spec["threads"]) as model:
+        gen = model.generate(spec["prompt"], max_tokens=spec["n_predict"])
+        return {**model.stats(), "tokens": gen.tokens}
+
+
+def main() -> None:
+    spec = json.loads(sys.argv[1])
+    report = run_stock(spec) if spec["stock"] else run_ours(spec)
+    print(json.dumps(report))
+
+
+if __name__ == "__main__":
+    main()
