@@ -1,0 +1,1 @@
+"""Training, data preparation and model tools for HOBBIT's small MoE models."""
