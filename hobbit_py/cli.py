@@ -91,8 +91,8 @@ def run(
     temp: Annotated[float, typer.Option(min=0.0, help="Sampling temperature; 0 is greedy.")] = 0.0,
     seed: Annotated[int, typer.Option(help="Seed for sampling when --temp > 0.")] = 0,
     threads: ThreadsOpt = None,
-    n_ctx: Annotated[int, typer.Option("--ctx-size", "-c", min=16,
-                                       help="Context length in tokens.")] = 2048,
+    n_ctx: Annotated[int, typer.Option("--ctx-size", "-c", min=0,
+                                       help="Context length in tokens (0: the model's own).")] = 0,
     stats_json: Annotated[Path | None, typer.Option(
         help="Also write the run's statistics as JSON to this file.")] = None,
     expert_budget: BudgetOpt = None,
@@ -236,10 +236,8 @@ def bench(
 
 def _register_plugins() -> None:
     """Add the commands that live in other packages (the converter)."""
-    try:
-        from hobbit_convert.cli import register  # noqa: PLC0415
-    except ImportError:
-        return
+    from hobbit_convert.cli import register  # noqa: PLC0415
+
     register(app)
 
 

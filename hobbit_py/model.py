@@ -64,7 +64,7 @@ class Model:
             print(m.generate("Once upon a time", max_tokens=32).text)
     """
 
-    def __init__(self, path: str | Path, *, policy: Policy | None = None, n_ctx: int = 2048,
+    def __init__(self, path: str | Path, *, policy: Policy | None = None, n_ctx: int = 0,
                  threads: int | None = None, seed: int = 0, logits_all: bool = False) -> None:
         self._llm = None
         self.path = Path(path)
