@@ -148,6 +148,9 @@ def eval_cmd(
                                        help="Tokens per scored window.")] = 256,
     max_tokens: Annotated[int | None, typer.Option(
         min=16, help="Score at most this many tokens of the text.")] = None,
+    batch: Annotated[int, typer.Option(
+        min=1, help="Tokens per llama.cpp batch: 1 scores decoding (the policy decides per "
+                    "token), larger scores prefill.")] = 1,
     threads: ThreadsOpt = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
     expert_budget: BudgetOpt = None,
@@ -170,7 +173,7 @@ def eval_cmd(
     if not text_path.is_file():
         raise HobbitError(f"text file not found: {text_path}")
     result = evaluate(model, pol, text_path.read_text(errors="replace"), n_ctx=n_ctx,
-                      threads=threads, max_tokens=max_tokens)
+                      threads=threads, max_tokens=max_tokens, batch=batch)
     if json_out:
         typer.echo(json.dumps({"model": str(model), "text": str(text_path), "policy": pol.policy,
                                **result.as_dict()}, indent=2, sort_keys=True))

@@ -4,6 +4,10 @@ Perplexity of the policy, mean KL divergence KL(ref || policy) of the next-token
 and top-1 agreement with the reference, over a text cut into windows of `n_ctx` tokens. The
 reference is the same file with HOBBIT off (every routed expert at its highest level, as stock
 llama.cpp runs it), computed in the same process window by window.
+
+By default tokens are fed one at a time (`batch=1`), as in interactive decoding, so the policy
+decides per token as it does when generating; a larger batch scores prefill behaviour, where
+one copy of an expert serves every token of the batch.
 """
 
 from __future__ import annotations
@@ -51,13 +55,13 @@ def _window_logprobs(model: Model, tokens: list[int]) -> np.ndarray:
 
 
 def evaluate(path: Path, policy: Policy, text: str, *, n_ctx: int = 256, threads: int | None = None,
-             max_tokens: int | None = None,
+             max_tokens: int | None = None, batch: int = 1,
              progress: Callable[[int, int], None] | None = None) -> EvalResult:
     """Score `policy` on `text` against the all-hi reference of the same file."""
     if policy.expert_budget is None:
         raise HobbitError("eval needs an --expert-budget: without one the policy is the reference")
-    with Model(path, policy=Policy(), n_ctx=n_ctx, threads=threads, logits_all=True) as ref, \
-            Model(path, policy=policy, n_ctx=n_ctx, threads=threads, logits_all=True) as ours:
+    common = dict(n_ctx=n_ctx, threads=threads, logits_all=True, n_batch=batch)
+    with Model(path, policy=Policy(), **common) as ref, Model(path, policy=policy, **common) as ours:
         tokens = ref.llama.tokenize(text.encode(), add_bos=False, special=False)
         if max_tokens is not None:
             tokens = tokens[:max_tokens]

@@ -27,7 +27,8 @@ class Policy:
       policy lands), "lru" (mixed precision, plain LRU), "hi-only" (hi copies only, plain LRU:
       the classic expert cache).
     - hi_threshold: a missed expert whose gating weight is >= this loads at hi precision,
-      otherwise at lo.
+      otherwise at lo. 0.5 with top-2 routing: the leading expert at hi, the other at lo
+      (measured on hobbit-mixtral-tiny at a 30% budget: top-1 agreement 0.971 with all-hi).
     - skip_threshold: a missed route whose gating weight is < this is skipped (0: never).
     - upgrade_threshold: a lo-cached expert whose weight is >= this is reloaded at hi
       (> 1: never upgrade).
@@ -37,7 +38,7 @@ class Policy:
 
     expert_budget: int | str | None = None
     policy: PolicyName = "hobbit"
-    hi_threshold: float = 0.6
+    hi_threshold: float = 0.5
     skip_threshold: float = 0.0
     upgrade_threshold: float = 0.9
     hi_type: str | None = None

@@ -261,27 +261,6 @@ def llama_quantize(src: Path, dst: Path, ftype: str, *extra: str) -> Path:
     return dst
 
 
-def completion(bin_dir: Path, model: Path, n: int = 16, tries: int = 8) -> bytes:
-    """Greedy text from llama-completion (bytes of stdout, complete runs only).
-
-    llama-completion of the pinned tree prints through an asynchronous logger that it does
-    not flush at exit (common/log.cpp, llama.cpp issue 22142): on a loaded machine a run
-    often loses the tail of its stdout. Its last write is "\n\n", so a run whose output
-    ends with it is complete; retry until one is.
-    """
-    seen = []
-    for _ in range(tries):
-        r = subprocess.run([str(bin_dir / "llama-completion"), "-m", str(model), "-p", PROMPT, "-n", str(n),
-                            "--temp", "0", "-no-cnv", "--seed", "1", "-t", "2", "--ignore-eos",
-                            "--no-display-prompt"], capture_output=True, timeout=300)
-        if r.returncode == 0 and r.stdout.endswith(b"\n\n"):
-            assert all(r.stdout.startswith(o) for o in seen), f"llama-completion runs disagree: {seen}"
-            return r.stdout
-        seen.append(r.stdout)
-        last = f"rc={r.returncode} " + r.stderr.decode(errors="replace")[-1500:]
-    raise AssertionError(f"no complete llama-completion run of {model} in {tries} tries; last: {last}")
-
-
 _GREEDY = r"""
 import json, sys
 import numpy as np

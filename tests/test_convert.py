@@ -52,15 +52,16 @@ def assert_same_tensors(ours: Path, ref: Path) -> None:
 
 
 def assert_same_generation(ours: Path, ref: Path) -> None:
-    want = F.completion(F.STOCK_BIN, ref)
-    assert len(want) > 0
-    for bin_dir in (F.STOCK_BIN, F.PATCHED_BIN):
-        if (bin_dir / "llama-completion").exists():
-            assert F.completion(bin_dir, ours) == want, f"llama-completion of {bin_dir} differs"
+    """Prompt ids, greedy ids and first logits of our file on the stock and the patched
+    library equal stock llama.cpp's on the llama-quantize reference, exactly.
+
+    (Token ids through llama-cpp-python, not llama-completion's text: the pinned
+    llama-completion can lose the end of its stdout at exit.)"""
     g_ref = F.greedy_tokens(F.STOCK_BIN, ref)
-    if g_ref is not None:
-        g_ours = F.greedy_tokens(F.STOCK_BIN, ours)
-        assert g_ours == g_ref  # prompt ids, generated ids and first logits, exactly
+    assert g_ref is not None and len(g_ref["tokens"]) > 0
+    for bin_dir in (F.STOCK_BIN, F.PATCHED_BIN):
+        if (bin_dir / "libllama.so").exists():
+            assert F.greedy_tokens(bin_dir, ours) == g_ref, f"generation on {bin_dir} differs"
 
 
 def convert_ok(*args: str) -> str:

@@ -28,19 +28,3 @@ def test_greedy_tokens_equal_stock_llama_cpp_python(moe_gguf: Path) -> None:
         ours = model.generate(PROMPT, max_tokens=N_TOKENS).tokens
     assert len(ours) == N_TOKENS
     assert ours == stock_tokens(moe_gguf, PROMPT, N_TOKENS)
-
-
-def completion(build: str, model: Path) -> bytes:
-    binary = REPO_ROOT / build / "bin" / "llama-completion"
-    proc = subprocess.run([str(binary), "-m", str(model), "-p", PROMPT, "-n", str(N_TOKENS),
-                           "--temp", "0", "--seed", "1", "-t", "2", "-no-cnv", "--no-warmup",
-                           "--simple-io"],
-                          capture_output=True, check=True, timeout=300)
-    return proc.stdout
-
-
-def test_llama_completion_of_both_builds_agrees(moe_gguf: Path) -> None:
-    ours = completion("build", moe_gguf)
-    assert ours.startswith(PROMPT.encode())
-    assert len(ours) > len(PROMPT)
-    assert ours == completion("build-stock", moe_gguf)
