@@ -96,7 +96,7 @@ def run_worker(variant: Variant, model: Path, plain_hi: Path, policy: Policy, pr
         "policy": None if variant.policy is None else {
             "expert_budget": policy.expert_budget, "policy": variant.policy,
             "hi_threshold": policy.hi_threshold, "skip_threshold": policy.skip_threshold,
-            "upgrade_threshold": policy.upgrade_threshold},
+            "upgrade_threshold": policy.upgrade_threshold, "direct_io": policy.direct_io},
     }
     argv = [sys.executable, "-m", "hobbit_py.bench_worker", json.dumps(spec)]
     if cap is not None and variant.capped:

@@ -67,17 +67,20 @@ SkipOpt = Annotated[float, typer.Option(
 UpgradeOpt = Annotated[float, typer.Option(
     "--upgrade-threshold", min=0.0,
     help="A lo-cached expert with weight >= this is reloaded at hi (> 1: never).")]
+DirectOpt = Annotated[bool, typer.Option(
+    "--direct-io/--buffered-io",
+    help="Read experts with O_DIRECT (bypassing the page cache) or through it.")]
 ThreadsOpt = Annotated[int | None, typer.Option(
     "--threads", "-t", min=1, help="CPU threads (default: all cores).")]
 ModelArg = Annotated[Path, typer.Argument(help="A MoE model in GGUF (plain or multi-precision).")]
 
 
 def make_policy(expert_budget: str | None, policy: str, hi_threshold: float,
-                skip_threshold: float, upgrade_threshold: float) -> Policy:
+                skip_threshold: float, upgrade_threshold: float, direct_io: bool = False) -> Policy:
     """The Policy the shared CLI flags describe."""
     pol = Policy(expert_budget=expert_budget, policy=policy,  # type: ignore[arg-type]
                  hi_threshold=hi_threshold, skip_threshold=skip_threshold,
-                 upgrade_threshold=upgrade_threshold)
+                 upgrade_threshold=upgrade_threshold, direct_io=direct_io)
     pol.validate()
     return pol
 
@@ -100,6 +103,7 @@ def run(
     hi_threshold: HiOpt = Policy.hi_threshold,
     skip_threshold: SkipOpt = Policy.skip_threshold,
     upgrade_threshold: UpgradeOpt = Policy.upgrade_threshold,
+    direct_io: DirectOpt = Policy.direct_io,
 ) -> None:
     """Generate text from MODEL, streaming it to stdout, with speed statistics on stderr.
 
@@ -110,7 +114,8 @@ def run(
     """
     from hobbit_py.model import Model  # noqa: PLC0415  (keeps --help fast)
 
-    pol = make_policy(expert_budget, policy, hi_threshold, skip_threshold, upgrade_threshold)
+    pol = make_policy(expert_budget, policy, hi_threshold, skip_threshold, upgrade_threshold,
+                      direct_io)
     with Model(model, policy=pol, n_ctx=n_ctx, threads=threads, seed=seed) as m:
         typer.echo(prompt, nl=False)
         for piece in m.stream(prompt, max_tokens=n_predict, temp=temp):
@@ -205,6 +210,7 @@ def bench(
     hi_threshold: HiOpt = Policy.hi_threshold,
     skip_threshold: SkipOpt = Policy.skip_threshold,
     upgrade_threshold: UpgradeOpt = Policy.upgrade_threshold,
+    direct_io: DirectOpt = Policy.direct_io,
 ) -> None:
     """Benchmark HOBBIT against stock llama.cpp and a hi-only LRU cache, side by side.
 
@@ -220,7 +226,8 @@ def bench(
     from hobbit_py.bench import to_markdown  # noqa: PLC0415
     from hobbit_py.evaluate import DEFAULT_TEXT  # noqa: PLC0415
 
-    pol = make_policy(expert_budget, policy, hi_threshold, skip_threshold, upgrade_threshold)
+    pol = make_policy(expert_budget, policy, hi_threshold, skip_threshold, upgrade_threshold,
+                      direct_io)
     text_path = text or DEFAULT_TEXT
     if not text_path.is_file():
         raise HobbitError(f"text file not found: {text_path}")

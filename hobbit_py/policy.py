@@ -34,6 +34,7 @@ class Policy:
       (> 1: never upgrade).
     - hi_type / lo_type: which expert levels of the file act as hi and lo (default: its
       highest and lowest).
+    - direct_io: read experts with O_DIRECT, bypassing the page cache.
     """
 
     expert_budget: int | str | None = None
@@ -43,6 +44,7 @@ class Policy:
     upgrade_threshold: float = 0.9
     hi_type: str | None = None
     lo_type: str | None = None
+    direct_io: bool = False
 
     def validate(self) -> None:
         if self.policy not in POLICY_NAMES:
@@ -64,6 +66,8 @@ class Policy:
         if budget is None:
             return {}
         overrides: dict[str, int | str] = {"hobbit.budget_bytes": budget}
+        if self.direct_io:
+            overrides["hobbit.direct_io"] = 1
         if self.hi_type:
             overrides["hobbit.hi_type"] = self.hi_type
         if self.policy == "hi-only":

@@ -133,3 +133,11 @@ def test_bad_policy_name(files: dict[str, Path]) -> None:
     proc = run_hobbit("run", str(files["mixed"]), "-p", "hi", "-n", "2",
                       "--expert-budget", "50%", "--policy", "fifo")
     assert_one_line_error(proc, "unknown policy")
+
+
+def test_direct_io_reads_the_same_experts(files: dict[str, Path], tmp_path: Path) -> None:
+    buffered = ours(files["mixed"], Policy(expert_budget="20%"), tmp_path)
+    direct = ours(files["mixed"], Policy(expert_budget="20%", direct_io=True), tmp_path)
+    assert direct[0] == buffered[0]
+    np.testing.assert_array_equal(direct[1], buffered[1])
+    assert direct[2]["bytes_loaded"] == buffered[2]["bytes_loaded"] > 0
