@@ -204,7 +204,7 @@ def bench(
     eval_tokens: Annotated[int, typer.Option(
         min=64, help="Held-out tokens scored for the quality columns.")] = 1024,
     text: Annotated[Path | None, typer.Option(help="Held-out text (default data/heldout.txt).")] = None,
-    out: Annotated[Path, typer.Option(help="Markdown file the results are written to.")] = Path(
+    out: Annotated[Path, typer.Option(help="Markdown file the results are appended to.")] = Path(
         "BENCHMARKS.md"),
     policy: PolicyOpt = "hobbit",
     hi_threshold: HiOpt = Policy.hi_threshold,
@@ -237,9 +237,10 @@ def bench(
                        eval_tokens=eval_tokens, command=command,
                        progress=lambda msg: typer.echo(msg, err=True))
     section = to_markdown(result)
-    header = "# Benchmarks\n\nEvery figure below comes from the command shown with it.\n\n"
+    before = out.read_text() + "\n" if out.exists() else (
+        "# Benchmarks\n\nEvery figure below comes from the command shown with it.\n\n")
     tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_text(header + section)
+    tmp.write_text(before + section)
     tmp.replace(out)
     typer.echo(section)
 

@@ -136,7 +136,7 @@ def test_bad_policy_name(files: dict[str, Path]) -> None:
 
 
 def test_direct_io_reads_the_same_experts(files: dict[str, Path], tmp_path: Path) -> None:
-    buffered = ours(files["mixed"], Policy(expert_budget="20%"), tmp_path)
+    buffered = ours(files["mixed"], Policy(expert_budget="20%", direct_io=False), tmp_path)
     direct = ours(files["mixed"], Policy(expert_budget="20%", direct_io=True), tmp_path)
     assert direct[0] == buffered[0]
     np.testing.assert_array_equal(direct[1], buffered[1])
