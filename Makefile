@@ -1,7 +1,7 @@
 # HOBBIT build. `make run` and `make test` do all set-up on a fresh machine.
 #
 #   make vendor        vendor/llama.cpp from the pinned sdist + patches/ (and the stock worktree)
-#   make build         patched llama.cpp -> build/        (GPU=cuda adds the CUDA backend)
+#   make build         patched llama.cpp + csrc/ -> build/ (GPU=cuda adds the CUDA backend)
 #   make build-stock   unpatched llama.cpp -> build-stock/ (reference and baseline)
 #   make venv          .venv with llama-cpp-python (no bundled llama.cpp), gguf, hobbit
 #   make patches       export vendor/llama.cpp commits above `pristine` back to patches/
@@ -23,7 +23,7 @@ export CCACHE_BASEDIR := $(CURDIR)
 export CCACHE_NOHASHDIR := 1
 
 CMAKE_COMMON := $(if $(shell command -v ninja),-G Ninja,) -DCMAKE_BUILD_TYPE=$(BUILD_TYPE) -DBUILD_SHARED_LIBS=ON \
-	-DLLAMA_BUILD_TESTS=ON -DLLAMA_BUILD_TOOLS=ON -DLLAMA_BUILD_EXAMPLES=OFF \
+	-DLLAMA_BUILD_COMMON=ON -DLLAMA_BUILD_TESTS=ON -DLLAMA_BUILD_TOOLS=ON -DLLAMA_BUILD_EXAMPLES=OFF \
 	-DLLAMA_BUILD_SERVER=OFF -DLLAMA_BUILD_APP=OFF -DLLAMA_OPENSSL=OFF \
 	-DLLAMA_BUILD_IS_DEV=OFF -DGGML_CCACHE=ON
 ifeq ($(GPU),cuda)
@@ -46,11 +46,11 @@ vendor-reset:
 
 # $(1): build dir, $(2): source tree, $(3): extra cmake args, $(4): targets
 define cmake_build
-	@if [ ! -f $(1)/build.ninja ] || [ "$$(cat $(1)/.hobbit-config 2>/dev/null)" != "$(CMAKE_COMMON) $(3)" ]; then \
-		mkdir -p $(1); \
+	@if [ ! -f $(1)/CMakeCache.txt ] || [ "$$(cat $(1)/.hobbit-config 2>/dev/null)" != "$(2) $(CMAKE_COMMON) $(3)" ]; then \
+		mkdir -p $(1); rm -rf $(1)/CMakeCache.txt $(1)/CMakeFiles; \
 		cmake -S $(2) -B $(1) $(CMAKE_COMMON) $(3) >$(1)/configure.log 2>&1 \
 			|| { cat $(1)/configure.log; exit 1; }; \
-		echo "$(CMAKE_COMMON) $(3)" > $(1)/.hobbit-config; \
+		echo "$(2) $(CMAKE_COMMON) $(3)" > $(1)/.hobbit-config; \
 	fi
 	@echo "build: $(1) ($(2))"
 	@cmake --build $(1) -j $(JOBS) --target $(4) | grep -v '^\[' || true; \
@@ -58,17 +58,17 @@ define cmake_build
 endef
 
 build: vendor
-	$(call cmake_build,build,vendor/llama.cpp,-DHOBBIT_SOURCE_ID=llama-cpp-python-$(LLAMA_CPP_PYTHON_VERSION),$(TARGETS) $(HOBBIT_TARGETS))
+	$(call cmake_build,build,csrc,-DHOBBIT_SOURCE_ID=llama-cpp-python-$(LLAMA_CPP_PYTHON_VERSION),$(TARGETS) $(HOBBIT_TARGETS))
 
 build-stock: vendor
 	$(call cmake_build,build-stock,vendor/llama.cpp-stock,,$(TARGETS))
 
 # the patched tree under AddressSanitizer / ThreadSanitizer (OpenMP off: TSan cannot see it)
 build-asan: vendor
-	$(call cmake_build,build-asan,vendor/llama.cpp,$(SAN_COMMON) -DLLAMA_SANITIZE_ADDRESS=ON,$(SAN_TARGETS))
+	$(call cmake_build,build-asan,csrc,$(SAN_COMMON) -DLLAMA_SANITIZE_ADDRESS=ON,$(SAN_TARGETS))
 
 build-tsan: vendor
-	$(call cmake_build,build-tsan,vendor/llama.cpp,$(SAN_COMMON) -DLLAMA_SANITIZE_THREAD=ON -DGGML_OPENMP=OFF,$(SAN_TARGETS))
+	$(call cmake_build,build-tsan,csrc,$(SAN_COMMON) -DLLAMA_SANITIZE_THREAD=ON -DGGML_OPENMP=OFF,$(SAN_TARGETS))
 
 sanitize: build-asan build-tsan venv
 	@scripts/sanitize.sh

@@ -1,0 +1,79 @@
+// HOBBIT: mixed-precision expert offloading for Mixture-of-Experts models.
+//
+// The llama_hobbit_* C API configures the expert cache and its policy on a loaded model and
+// reads its statistics. Everything here is plain C: no exceptions cross this boundary.
+#pragma once
+
+#include "llama.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+// Bumped whenever a function or struct of this header changes.
+#define LLAMA_HOBBIT_API_VERSION 2
+
+// Version of this header the library was built with (LLAMA_HOBBIT_API_VERSION).
+LLAMA_API int32_t llama_hobbit_api_version(void);
+
+// Identifies the pinned llama.cpp source the library was built from,
+// e.g. "llama-cpp-python-0.3.36" ("unknown" when the build did not say).
+LLAMA_API const char * llama_hobbit_source_id(void);
+
+// A model is put in HOBBIT mode at load time, through kv overrides in llama_model_params:
+//   hobbit.budget_bytes (int)  byte budget of the expert cache; its presence enables HOBBIT mode
+//   hobbit.hi_type      (str)  expert level used as high precision (default: the file's first)
+//   hobbit.lo_type      (str)  expert level used as low precision (default: the file's last;
+//                              "none" for a hi-only cache)
+// The routed experts are then not resident: they are read from the file into the cache's slot
+// pools on demand, under the policy below, which can be changed at any time.
+
+enum llama_hobbit_eviction {
+    LLAMA_HOBBIT_EVICT_LRU = 0, // least recently used
+};
+
+struct llama_hobbit_policy {
+    float   hi_threshold;      // a missed route with gating weight >= this loads the hi copy
+    float   skip_threshold;    // a missed route with gating weight <  this is skipped
+    float   upgrade_threshold; // a lo hit with weight >= this reloads the expert at hi (> 1: never)
+    int32_t eviction;          // enum llama_hobbit_eviction
+};
+
+struct llama_hobbit_stats {
+    uint64_t n_calls;          // MoE layer evaluations (one per layer per ubatch)
+    uint64_t routes_total;     // (token, selected expert) pairs seen
+    uint64_t hits_hi;          // routes served by a cached hi copy
+    uint64_t hits_lo;          // routes served by a cached lo copy
+    uint64_t loads_hi;         // routes that loaded a hi copy (one per load)
+    uint64_t loads_lo;         // routes that loaded a lo copy (one per load)
+    uint64_t skipped;          // routes dropped (weight below skip_threshold, or no room)
+    uint64_t upgrades;         // hi loads that replaced a cached lo copy
+    uint64_t bytes_loaded;     // bytes read from the expert store
+    double   load_stall_ms;    // time the compute waited for loads
+    uint64_t budget_bytes;     // the budget asked for
+    uint64_t cache_capacity_bytes; // bytes of slot memory allocated (<= budget_bytes)
+    uint64_t cache_bytes;      // bytes of experts cached now
+    uint64_t cache_peak_bytes; // most bytes of experts cached at once
+    int32_t  n_slots_hi;       // hi experts the cache can hold at once
+    int32_t  n_slots_lo;       // lo experts the cache can hold at once (0: hi only)
+};
+
+// true if the model was loaded in HOBBIT mode
+LLAMA_API bool llama_hobbit_active(const struct llama_model * model);
+
+LLAMA_API struct llama_hobbit_policy llama_hobbit_policy_default(void);
+
+// returns 0 on success, -1 if the model is not in HOBBIT mode or the policy is invalid
+LLAMA_API int32_t llama_hobbit_set_policy(struct llama_model * model, struct llama_hobbit_policy policy);
+LLAMA_API struct llama_hobbit_policy llama_hobbit_get_policy(const struct llama_model * model);
+
+// statistics since load or the last reset (all zero for a model not in HOBBIT mode)
+LLAMA_API struct llama_hobbit_stats llama_hobbit_get_stats(const struct llama_model * model);
+LLAMA_API void llama_hobbit_reset_stats(struct llama_model * model);
+
+// the message of the last HOBBIT error in this thread (e.g. why a load failed), or ""
+LLAMA_API const char * llama_hobbit_last_error(void);
+
+#ifdef __cplusplus
+}
+#endif
