@@ -7,7 +7,7 @@ from functools import lru_cache
 
 from hobbit_py._lib import HobbitError, load_llama_cpp
 
-API_VERSION = 2  # LLAMA_HOBBIT_API_VERSION these bindings are written for
+API_VERSION = 3  # LLAMA_HOBBIT_API_VERSION these bindings are written for
 EVICTION_LRU = 0
 
 
@@ -27,6 +27,7 @@ class StatsStruct(ctypes.Structure):
 
     _fields_ = [
         ("n_calls", ctypes.c_uint64),
+        ("n_waves", ctypes.c_uint64),
         ("routes_total", ctypes.c_uint64),
         ("hits_hi", ctypes.c_uint64),
         ("hits_lo", ctypes.c_uint64),
@@ -34,6 +35,8 @@ class StatsStruct(ctypes.Structure):
         ("loads_lo", ctypes.c_uint64),
         ("skipped", ctypes.c_uint64),
         ("upgrades", ctypes.c_uint64),
+        ("demotions", ctypes.c_uint64),
+        ("failed_loads", ctypes.c_uint64),
         ("bytes_loaded", ctypes.c_uint64),
         ("load_stall_ms", ctypes.c_double),
         ("budget_bytes", ctypes.c_uint64),
@@ -60,6 +63,7 @@ def lib() -> ctypes.CDLL:
         "llama_hobbit_get_policy": ([model_p], PolicyStruct),
         "llama_hobbit_get_stats": ([model_p], StatsStruct),
         "llama_hobbit_reset_stats": ([model_p], None),
+        "llama_hobbit_min_budget": ([model_p], ctypes.c_uint64),
         "llama_hobbit_last_error": ([], ctypes.c_char_p),
     }
     for name, (argtypes, restype) in signatures.items():
@@ -112,3 +116,8 @@ def get_stats(model: int) -> dict[str, float | int]:
 
 def reset_stats(model: int) -> None:
     lib().llama_hobbit_reset_stats(model)
+
+
+def min_budget(model: int) -> int:
+    """The smallest expert budget the model's cache accepts (0 when not in HOBBIT mode)."""
+    return int(lib().llama_hobbit_min_budget(model))

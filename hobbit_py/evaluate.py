@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from hobbit_py._lib import REPO_ROOT, HobbitError
-from hobbit_py.model import Model
+from hobbit_py.model import Model, decode_failure
 from hobbit_py.policy import Policy
 
 DEFAULT_TEXT = REPO_ROOT / "data" / "heldout.txt"
@@ -50,7 +50,12 @@ def _window_logprobs(model: Model, tokens: list[int]) -> np.ndarray:
     """Log-probabilities after each token of one window, from a fresh context."""
     llm = model.llama
     llm.reset()
-    llm.eval(tokens)
+    try:
+        llm.eval(tokens)
+    except RuntimeError as exc:
+        if "llama_decode" not in str(exc):
+            raise
+        raise decode_failure(llm, exc) from None
     return _log_softmax(np.asarray(llm.scores[: len(tokens)]))
 
 

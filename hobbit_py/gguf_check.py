@@ -40,8 +40,11 @@ def inspect_model(path: Path) -> ModelSummary:
         raise HobbitError(f"model file not found: {path}")
     if not path.is_file():
         raise HobbitError(f"not a file: {path}")
-    with path.open("rb") as f:
-        magic = f.read(4)
+    try:
+        with path.open("rb") as f:
+            magic = f.read(4)
+    except OSError as exc:
+        raise HobbitError(f"cannot read {path}: {exc.strerror or exc}") from None
     if magic != GGUF_MAGIC:
         raise HobbitError(f"not a GGUF file: {path}")
     try:

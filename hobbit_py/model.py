@@ -81,6 +81,9 @@ class Model:
                 n_threads_batch=n_threads, seed=seed, logits_all=logits_all, verbose=False,
                 n_batch=n_batch, n_ubatch=n_batch,
                 kv_overrides=overrides or None,
+                # in HOBBIT mode the non-expert weights are read into memory, not mapped: they
+                # stay resident under memory pressure, and a file changed under us cannot fault
+                use_mmap=not overrides,
             )
         except ValueError as exc:
             reason = capi.last_error().removeprefix("hobbit: ") or str(exc)
@@ -100,6 +103,8 @@ class Model:
         cache = capi.get_stats(self.llama.model)
         return {
             **self.last_stats.as_dict(),
+            "n_calls": cache["n_calls"],
+            "n_waves": cache["n_waves"],
             "routes_total": cache["routes_total"],
             "hits_hi": cache["hits_hi"],
             "hits_lo": cache["hits_lo"],
@@ -107,6 +112,8 @@ class Model:
             "loads_lo": cache["loads_lo"],
             "skipped": cache["skipped"],
             "upgrades": cache["upgrades"],
+            "demotions": cache["demotions"],
+            "failed_loads": cache["failed_loads"],
             "bytes_loaded": cache["bytes_loaded"],
             "load_stall_ms": cache["load_stall_ms"],
             "expert_budget_bytes": cache["budget_bytes"],
@@ -186,8 +193,8 @@ def timed_tokens(llm, prompt_tokens: list[int], stats: GenerationStats,  # noqa:
     start = time.perf_counter()
     first_at = start
     eos = llm.token_eos()
-    for token in llm.generate(prompt_tokens, temp=temp, top_k=top_k, top_p=top_p,
-                              repeat_penalty=1.0, reset=True):
+    for token in decoding(llm, llm.generate(prompt_tokens, temp=temp, top_k=top_k, top_p=top_p,
+                                            repeat_penalty=1.0, reset=True)):
         now = time.perf_counter()
         if stats.tokens_generated == 0:
             first_at = now
@@ -200,6 +207,25 @@ def timed_tokens(llm, prompt_tokens: list[int], stats: GenerationStats,  # noqa:
         yield token
         if stats.tokens_generated >= max_tokens:
             break
+
+
+def decode_failure(llm, exc: Exception) -> HobbitError:  # noqa: ANN001
+    """The one-line error for a failed llama_decode: the engine's reason if it gave one.
+
+    The engine sets it on the thread that decoded: call this from that thread, right away.
+    """
+    reason = capi.last_error().removeprefix("hobbit: ")
+    return HobbitError(f"cannot evaluate {Path(llm.model_path).name}: {reason or exc}")
+
+
+def decoding(llm, tokens: Iterator[int]) -> Iterator[int]:  # noqa: ANN001
+    """Pass `tokens` through, turning a failed llama_decode into a `HobbitError`."""
+    try:
+        yield from tokens
+    except RuntimeError as exc:
+        if "llama_decode" not in str(exc):
+            raise
+        raise decode_failure(llm, exc) from None
 
 
 def peak_rss_bytes() -> int:

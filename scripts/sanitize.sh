@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # Run the expert cache's I/O and policy code under AddressSanitizer and ThreadSanitizer:
-# - ASan: the mul_mat_id CPU test, generation through llama-completion with budgets small
-#   enough to evict and reload constantly (2 compute threads), and the concurrency test;
-# - TSan: the concurrency test (generation on one thread while another reads statistics and
-#   changes the policy) with one compute thread. ggml's CPU threadpool hands work to its
-#   threads with fences that TSan does not model, so multi-threaded compute reports races in
-#   stock ggml ops (flash attention's work buffer); those runs say nothing about our code.
+# - ASan: the slot and policy unit tests, the mul_mat_id CPU test, generation through
+#   llama-completion with budgets small enough to evict and reload constantly (2 compute
+#   threads), and the concurrency test;
+# - TSan: the concurrency test (two contexts of one model decoding at once on two threads,
+#   waiting for each other's pins, while a third reads statistics and rewrites the policy)
+#   with one compute thread per context. ggml's CPU threadpool hands work to its threads with
+#   fences that TSan does not model, so multi-threaded compute reports races in stock ggml ops
+#   (flash attention's work buffer); those runs say nothing about our code.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -26,18 +28,22 @@ complete_with_budget() {  # $1: build dir, $2: budget bytes
     echo "ok"
 }
 
-concurrent() {  # $1: build dir, $2: compute threads
-    echo "== $1: test-hobbit-mt ($2 compute thread(s), a second thread polling stats and policy)"
-    "$1/bin/test-hobbit-mt" "$model" 300000 "$2" 2>"$1/sanitize-mt.log" \
+concurrent() {  # $1: build dir, $2: compute threads, $3: budget bytes
+    echo "== $1: test-hobbit-mt (two contexts at once, $2 compute thread(s) each, budget $3)"
+    "$1/bin/test-hobbit-mt" "$model" "$3" "$2" 2 2>"$1/sanitize-mt.log" \
         || { tail -60 "$1/sanitize-mt.log"; exit 1; }
 }
 
 export ASAN_OPTIONS=detect_leaks=1:abort_on_error=1
-echo "== build-asan: test-hobbit-mmid"; build-asan/bin/test-hobbit-mmid | tail -1
+for t in test-hobbit-slots test-hobbit-policy test-hobbit-mmid; do
+    echo "== build-asan: $t"; "build-asan/bin/$t" | tail -1
+done
 complete_with_budget build-asan 300000
 complete_with_budget build-asan 1000000
-concurrent build-asan 2
+concurrent build-asan 2 300000
+concurrent build-asan 2 1000000
 
 export TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1
-concurrent build-tsan 1
+concurrent build-tsan 1 300000
+concurrent build-tsan 1 1000000
 echo "sanitizers: all clean"

@@ -11,7 +11,7 @@ extern "C" {
 #endif
 
 // Bumped whenever a function or struct of this header changes.
-#define LLAMA_HOBBIT_API_VERSION 2
+#define LLAMA_HOBBIT_API_VERSION 3
 
 // Version of this header the library was built with (LLAMA_HOBBIT_API_VERSION).
 LLAMA_API int32_t llama_hobbit_api_version(void);
@@ -25,31 +25,43 @@ LLAMA_API const char * llama_hobbit_source_id(void);
 //   hobbit.hi_type      (str)  expert level used as high precision (default: the file's first)
 //   hobbit.lo_type      (str)  expert level used as low precision (default: the file's last;
 //                              "none" for a hi-only cache)
-// The routed experts are then not resident: they are read from the file into the cache's slot
-// pools on demand, under the policy below, which can be changed at any time.
+//   hobbit.direct_io    (int)  1: read experts with O_DIRECT, bypassing the page cache
+// Any other hobbit.* key is refused. The routed experts are then not resident: they are read
+// from the file into the cache's slot pools on demand, under the policy below, which can be
+// changed at any time. Several contexts may share one HOBBIT model, also from several threads.
+//
+// Faults: if an expert cannot be read (I/O error, short read, the file truncated or changed
+// after load) or memory runs out while serving a batch, llama_decode returns a non-zero value
+// (no output of that batch is valid) and llama_hobbit_last_error() on the calling thread says
+// which file and why. The model and the context stay usable.
 
 enum llama_hobbit_eviction {
     LLAMA_HOBBIT_EVICT_LRU = 0, // least recently used
 };
 
+// Thresholds act on a route's share of its token's total gating weight (weight / sum of the
+// token's selected weights), so the same values mean the same on every architecture.
 struct llama_hobbit_policy {
-    float   hi_threshold;      // a missed route with gating weight >= this loads the hi copy
-    float   skip_threshold;    // a missed route with gating weight <  this is skipped
-    float   upgrade_threshold; // a lo hit with weight >= this reloads the expert at hi (> 1: never)
+    float   hi_threshold;      // a missed expert whose share is >= this loads the hi copy, else lo
+    float   skip_threshold;    // a route with share < this is skipped if its expert is not cached
+    float   upgrade_threshold; // a lo hit with share >= this reloads the expert at hi (> 1: never)
     int32_t eviction;          // enum llama_hobbit_eviction
 };
 
 struct llama_hobbit_stats {
     uint64_t n_calls;          // MoE layer evaluations (one per layer per ubatch)
+    uint64_t n_waves;          // rounds through the slots (> n_calls when a batch needs more experts than fit)
     uint64_t routes_total;     // (token, selected expert) pairs seen
     uint64_t hits_hi;          // routes served by a cached hi copy
     uint64_t hits_lo;          // routes served by a cached lo copy
     uint64_t loads_hi;         // routes that loaded a hi copy (one per load)
     uint64_t loads_lo;         // routes that loaded a lo copy (one per load)
-    uint64_t skipped;          // routes dropped (weight below skip_threshold, or no room)
+    uint64_t skipped;          // routes dropped by skip_threshold (never for lack of room)
     uint64_t upgrades;         // hi loads that replaced a cached lo copy
+    uint64_t demotions;        // misses the policy wanted at hi that were loaded at lo for lack of room
+    uint64_t failed_loads;     // expert reads that failed (each fails its batch)
     uint64_t bytes_loaded;     // bytes read from the expert store
-    double   load_stall_ms;    // time the compute waited for loads
+    double   load_stall_ms;    // time the compute waited for the policy and loads
     uint64_t budget_bytes;     // the budget asked for
     uint64_t cache_capacity_bytes; // bytes of slot memory allocated (<= budget_bytes)
     uint64_t cache_bytes;      // bytes of experts cached now
@@ -71,7 +83,12 @@ LLAMA_API struct llama_hobbit_policy llama_hobbit_get_policy(const struct llama_
 LLAMA_API struct llama_hobbit_stats llama_hobbit_get_stats(const struct llama_model * model);
 LLAMA_API void llama_hobbit_reset_stats(struct llama_model * model);
 
-// the message of the last HOBBIT error in this thread (e.g. why a load failed), or ""
+// the smallest budget (bytes) the expert cache of this model accepts (one expert at the hi
+// level), or 0 if the model is not in HOBBIT mode
+LLAMA_API uint64_t llama_hobbit_min_budget(const struct llama_model * model);
+
+// The message of the last HOBBIT error on this thread, or "". A model load, and a llama_decode
+// on a HOBBIT model, clear it when they start; a failed one sets it.
 LLAMA_API const char * llama_hobbit_last_error(void);
 
 #ifdef __cplusplus

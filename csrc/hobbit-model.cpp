@@ -1,45 +1,30 @@
-#include "llama-hobbit.h"
-#include "llama-hobbit-impl.h"
-#include "llama-hobbit-cache.h"
+// HOBBIT at model load and context creation: reading the load-time settings (kv overrides),
+// building the expert store and cache of a model, and each context's state.
+
+#include "hobbit-hooks.h"
+#include "hobbit-cache.h"
+#include "hobbit-context.h"
 
 #include "llama-impl.h"
 #include "llama-model.h"
 #include "llama-model-loader.h"
 
-#include <fcntl.h>
-#include <unistd.h>
-
-#include <cerrno>
-#include <cstring>
-#include <map>
-#include <mutex>
 #include <regex>
 #include <stdexcept>
-#include <unordered_map>
-
-#ifndef LLAMA_HOBBIT_SOURCE_ID
-#define LLAMA_HOBBIT_SOURCE_ID "unknown"
-#endif
 
 namespace {
 
+// kv override keys read at load time (they are never file keys)
+constexpr const char * KV_PREFIX  = "hobbit.";
+constexpr const char * KV_BUDGET  = "hobbit.budget_bytes"; // int: expert cache budget; enables HOBBIT mode
+constexpr const char * KV_HI_TYPE = "hobbit.hi_type";      // str: level used as hi (default: the first)
+constexpr const char * KV_LO_TYPE = "hobbit.lo_type";      // str: level used as lo (default: the last; "none": hi only)
+constexpr const char * KV_DIRECT  = "hobbit.direct_io";    // int: 1 reads experts with O_DIRECT
+constexpr const char * KV_TYPES   = "hobbit.expert_types"; // file key: requested types of the expert levels
+
+const char * const KNOWN_KEYS[] = { KV_BUDGET, KV_HI_TYPE, KV_LO_TYPE, KV_DIRECT };
 const char * const PROJ_NAME[LLAMA_HOBBIT_N_PROJ] = { "gate", "up", "down" };
 
-// every HOBBIT model and layer, found by model and by the layer's routed up-projection tensor
-struct registry {
-    std::mutex mtx;
-    std::unordered_map<const llama_model *, std::unique_ptr<llama_hobbit_cache>> caches;
-    std::unordered_map<const ggml_tensor *, llama_hobbit_layer *> layers;
-};
-
-registry & reg() {
-    static registry r;
-    return r;
-}
-
-thread_local std::string g_last_error;
-
-// HOBBIT's load-time settings come as kv overrides only (they are not file keys)
 bool override_int(const llama_model_loader & ml, const char * key, int64_t & out) {
     auto it = ml.kv_overrides.find(key);
     if (it == ml.kv_overrides.end()) {
@@ -64,13 +49,6 @@ bool override_str(const llama_model_loader & ml, const char * key, std::string &
     return true;
 }
 
-llama_hobbit_cache * cache_of(const llama_model * model) {
-    auto & r = reg();
-    std::lock_guard<std::mutex> lock(r.mtx);
-    auto it = r.caches.find(model);
-    return it == r.caches.end() ? nullptr : it->second.get();
-}
-
 bool arch_supported(llm_arch arch) {
     switch (arch) {
         case LLM_ARCH_LLAMA:     // Mixtral
@@ -83,6 +61,11 @@ bool arch_supported(llm_arch arch) {
         default:
             return false;
     }
+}
+
+bool is_extra_level(const std::string & name) {
+    static const std::regex re(R"(^blk\.\d+\.ffn_(gate|up|down)_exps\.[a-z0-9_]+\.weight$)");
+    return std::regex_match(name, re);
 }
 
 std::string tensor_name(int il, int proj, const std::string & level) {
@@ -101,7 +84,7 @@ struct level_info {
 // level 0 is the standard tensors; a plain GGUF has only that level
 std::vector<level_info> file_levels(const llama_model_loader & ml) {
     std::vector<level_info> levels = { { "", "level 0" } };
-    const int64_t kid = gguf_find_key(ml.metadata, LLAMA_HOBBIT_KV_TYPES);
+    const int64_t kid = gguf_find_key(ml.metadata, KV_TYPES);
     if (kid >= 0 && gguf_get_kv_type(ml.metadata, kid) == GGUF_TYPE_ARRAY &&
             gguf_get_arr_type(ml.metadata, kid) == GGUF_TYPE_STRING) {
         for (size_t i = 0; i < gguf_get_arr_n(ml.metadata, kid); ++i) {
@@ -116,10 +99,11 @@ std::vector<level_info> file_levels(const llama_model_loader & ml) {
     return levels;
 }
 
-void attach_impl(llama_model & model, llama_model_loader & ml, const std::vector<std::string> & paths) {
+std::shared_ptr<llama_hobbit_cache> attach_impl(const llama_model & model, llama_model_loader & ml,
+                                                const std::vector<std::string> & paths) {
     int64_t budget = -1;
-    if (!override_int(ml, LLAMA_HOBBIT_KV_BUDGET, budget)) {
-        return;
+    if (!override_int(ml, KV_BUDGET, budget)) {
+        return nullptr;
     }
     if (paths.size() != ml.files.size() || paths[0].empty()) {
         throw std::runtime_error("hobbit: split GGUF files are not supported by the expert cache yet");
@@ -148,48 +132,30 @@ void attach_impl(llama_model & model, llama_model_loader & ml, const std::vector
         }
         throw std::runtime_error(format("hobbit: the file has no expert level of type %s", want.c_str()));
     };
-    const int lvl_hi = find_level(LLAMA_HOBBIT_KV_HI_TYPE, 0);
-    const int lvl_lo = find_level(LLAMA_HOBBIT_KV_LO_TYPE, levels.size() > 1 ? (int) levels.size() - 1 : -1);
+    const int lvl_hi = find_level(KV_HI_TYPE, 0);
+    const int lvl_lo = find_level(KV_LO_TYPE, levels.size() > 1 ? (int) levels.size() - 1 : -1);
     if (lvl_hi < 0) {
         throw std::runtime_error("hobbit: the hi level cannot be none");
     }
 
-    auto cache = std::make_unique<llama_hobbit_cache>();
+    auto cache = std::make_shared<llama_hobbit_cache>();
     cache->n_layer       = (int) model.hparams.n_layer();
     cache->n_expert      = (int) model.hparams.n_expert;
     cache->n_expert_used = (int) model.hparams.n_expert_used();
     cache->has_lo        = lvl_lo >= 0 && lvl_lo != lvl_hi;
     cache->type_name[LLAMA_HOBBIT_HI] = levels[lvl_hi].label;
     cache->type_name[LLAMA_HOBBIT_LO] = cache->has_lo ? levels[lvl_lo].label : "";
-    cache->policy = llama_hobbit_policy_default();
-    llama_hobbit_set_evictor(*cache, cache->policy.eviction);
+    cache->serves.assign(cache->n_layer, false);
 
     int64_t direct_io = 0;
-    override_int(ml, LLAMA_HOBBIT_KV_DIRECT, direct_io);
-    for (const auto & path : paths) {
-        const int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC);
-        if (fd < 0) {
-            throw std::runtime_error(format("hobbit: cannot open %s: %s", path.c_str(), strerror(errno)));
-        }
-        cache->fds.push_back(fd);
-        int fd_direct = -1;
-#ifdef O_DIRECT
-        if (direct_io) {
-            fd_direct = open(path.c_str(), O_RDONLY | O_CLOEXEC | O_DIRECT);
-            if (fd_direct < 0) {
-                LLAMA_LOG_WARN("%s: hobbit: O_DIRECT not available for %s (%s), using buffered reads\n",
-                        __func__, path.c_str(), strerror(errno));
-            }
-        }
-#endif
-        cache->fds_direct.push_back(fd_direct);
-    }
+    override_int(ml, KV_DIRECT, direct_io);
+    cache->store.open(paths, direct_io != 0);
+    cache->store.resize(cache->n_layer);
 
     const int n_lvl = cache->has_lo ? 2 : 1;
     const int lvl_file[2] = { lvl_hi, lvl_lo };
     ggml_type type[2][LLAMA_HOBBIT_N_PROJ] = {};
     int64_t   ne[2][LLAMA_HOBBIT_N_PROJ][2] = {};
-    cache->src.resize(size_t(cache->n_layer)*LLAMA_HOBBIT_N_LVL*LLAMA_HOBBIT_N_PROJ);
     int n_moe_layers = 0;
     for (int il = 0; il < cache->n_layer; ++il) {
         const llama_layer & layer = model.layers[il];
@@ -197,7 +163,8 @@ void attach_impl(llama_model & model, llama_model_loader & ml, const std::vector
             continue; // a dense layer
         }
         if (!layer.ffn_gate_exps || !layer.ffn_down_exps || layer.ffn_gate_up_exps ||
-                layer.ffn_up_exps_b || layer.ffn_gate_exps_b || layer.ffn_down_exps_b || layer.ffn_up_exps_s) {
+                layer.ffn_up_exps_b || layer.ffn_gate_exps_b || layer.ffn_down_exps_b || layer.ffn_up_exps_s ||
+                model.hparams.swiglu_clamp_exp[il] != 0.0f) {
             throw std::runtime_error(format("hobbit: layer %d has an expert layout the cache does not support", il));
         }
         for (int lvl = 0; lvl < n_lvl; ++lvl) {
@@ -216,14 +183,15 @@ void attach_impl(llama_model & model, llama_model_loader & ml, const std::vector
                     type[lvl][p] = t->type;
                     ne[lvl][p][0] = t->ne[0];
                     ne[lvl][p][1] = t->ne[1];
-                    cache->expert_bytes[lvl][p] = t->nb[2];
+                    cache->store.expert_bytes[lvl][p] = t->nb[2];
                 } else if (t->type != type[lvl][p] || t->ne[0] != ne[lvl][p][0] || t->ne[1] != ne[lvl][p][1]) {
-                    throw std::runtime_error(format("hobbit: tensor %s differs in type or shape from layer 0; "
-                            "per-layer expert shapes are not supported", name.c_str()));
+                    throw std::runtime_error(format("hobbit: tensor %s differs in type or shape from the first "
+                            "MoE layer; per-layer expert shapes are not supported", name.c_str()));
                 }
-                cache->src_at(il, lvl, p) = { cache->fds.at(w->idx), cache->fds_direct.at(w->idx), w->offs, t->nb[2] };
+                cache->store.range(il, lvl, p) = { (int) w->idx, w->offs, t->nb[2] };
             }
         }
+        cache->serves[il] = true;
         n_moe_layers++;
     }
     if (n_moe_layers == 0) {
@@ -237,6 +205,9 @@ void attach_impl(llama_model & model, llama_model_loader & ml, const std::vector
         /*.no_alloc   =*/ true,
     };
     cache->ctx = ggml_init(params);
+    if (!cache->ctx) {
+        throw std::runtime_error("hobbit: cannot allocate the expert cache's tensor metadata");
+    }
     for (int lvl = 0; lvl < n_lvl; ++lvl) {
         for (int p = 0; p < LLAMA_HOBBIT_N_PROJ; ++p) {
             cache->pool[lvl][p] = ggml_new_tensor_3d(cache->ctx, type[lvl][p], ne[lvl][p][0], ne[lvl][p][1], 1);
@@ -248,163 +219,87 @@ void attach_impl(llama_model & model, llama_model_loader & ml, const std::vector
     if (!cpu_dev) {
         throw std::runtime_error("hobbit: no CPU backend");
     }
-    cache->init_pools(ggml_backend_dev_buffer_type(cpu_dev), size_t(budget));
+    cache->init_pools(ggml_backend_dev_buffer_type(cpu_dev), uint64_t(budget));
 
-    cache->layers.resize(cache->n_layer);
+    const llama_hobbit_stats s = cache->get_stats();
     LLAMA_LOG_INFO("%s: hobbit expert cache: %.2f MiB, %d hi slots (%s)%s%s, %d MoE layers x %d experts\n", __func__,
-            cache->stats.cache_capacity_bytes/1024.0/1024.0, cache->stats.n_slots_hi, cache->type_name[0].c_str(),
-            cache->has_lo ? format(", %d lo slots (", cache->stats.n_slots_lo).c_str() : "",
+            s.cache_capacity_bytes/1024.0/1024.0, s.n_slots_hi, cache->type_name[0].c_str(),
+            cache->has_lo ? format(", %d lo slots (", s.n_slots_lo).c_str() : "",
             cache->has_lo ? (cache->type_name[1] + ")").c_str() : "",
             n_moe_layers, cache->n_expert);
-
-    auto & r = reg();
-    std::lock_guard<std::mutex> lock(r.mtx);
-    for (int il = 0; il < cache->n_layer; ++il) {
-        cache->layers[il] = { cache.get(), il };
-        if (model.layers[il].ffn_up_exps) {
-            r.layers[model.layers[il].ffn_up_exps] = &cache->layers[il];
-        }
-    }
-    r.caches[&model] = std::move(cache);
+    return cache;
 }
 
 } // namespace
-
-//
-// hooks
-//
 
 bool llama_hobbit_is_routed_expert(const std::string & name) {
     static const std::regex re(R"(^blk\.\d+\.ffn_(gate|up|down)_exps(\.[a-z0-9_]+)?\.weight$)");
     return std::regex_match(name, re);
 }
 
-bool llama_hobbit_is_extra_level(const std::string & name) {
-    static const std::regex re(R"(^blk\.\d+\.ffn_(gate|up|down)_exps\.[a-z0-9_]+\.weight$)");
-    return std::regex_match(name, re);
-}
-
 bool llama_hobbit_requested(llama_model_loader & ml) {
+    for (const auto & [key, ov] : ml.kv_overrides) {
+        if (key.rfind(KV_PREFIX, 0) != 0) {
+            continue;
+        }
+        bool known = false;
+        for (const char * k : KNOWN_KEYS) {
+            known = known || key == k;
+        }
+        if (!known) {
+            const std::string msg = format("hobbit: unknown setting %s (known: %s, %s, %s, %s)", key.c_str(),
+                    KV_BUDGET, KV_HI_TYPE, KV_LO_TYPE, KV_DIRECT);
+            llama_hobbit_set_last_error(msg);
+            throw std::runtime_error(msg);
+        }
+    }
     // extra expert levels are never created by the model: don't count them, don't prefetch them
     for (const auto & [name, w] : ml.weights_map) {
-        if (llama_hobbit_is_extra_level(name)) {
+        if (is_extra_level(name)) {
             ml.n_tensors--;
             ml.lazy.add_range(w.idx, w.offs, w.offs + ggml_nbytes(w.tensor));
         }
     }
-    return ml.kv_overrides.count(LLAMA_HOBBIT_KV_BUDGET) > 0;
+    return ml.kv_overrides.count(KV_BUDGET) > 0;
 }
 
-void llama_hobbit_attach(llama_model & model, llama_model_loader & ml, const std::vector<std::string> & paths) {
-    g_last_error.clear();
+std::shared_ptr<llama_hobbit_cache> llama_hobbit_attach(const llama_model & model, llama_model_loader & ml,
+                                                        const std::vector<std::string> & paths) {
     try {
-        attach_impl(model, ml, paths);
+        return attach_impl(model, ml, paths);
     } catch (const std::exception & e) {
-        g_last_error = e.what();
+        llama_hobbit_set_last_error(e.what());
         throw;
     }
 }
 
-void llama_hobbit_detach(const llama_model * model) {
-    auto & r = reg();
-    std::lock_guard<std::mutex> lock(r.mtx);
-    auto it = r.caches.find(model);
-    if (it == r.caches.end()) {
-        return;
-    }
-    for (auto lit = r.layers.begin(); lit != r.layers.end();) {
-        lit = lit->second->cache == it->second.get() ? r.layers.erase(lit) : std::next(lit);
-    }
-    r.caches.erase(it);
-}
-
-llama_hobbit_layer * llama_hobbit_layer_for(const ggml_tensor * up_exps) {
-    if (!up_exps) {
+std::shared_ptr<llama_hobbit_context> llama_hobbit_context_init(const llama_model & model) {
+    if (!model.hobbit) {
         return nullptr;
     }
-    auto & r = reg();
-    std::lock_guard<std::mutex> lock(r.mtx);
-    auto it = r.layers.find(up_exps);
-    return it == r.layers.end() ? nullptr : it->second;
+    return std::make_shared<llama_hobbit_context>(model.hobbit);
 }
 
-//
-// C API
-//
-
-int32_t llama_hobbit_api_version(void) {
-    return LLAMA_HOBBIT_API_VERSION;
-}
-
-const char * llama_hobbit_source_id(void) {
-    return LLAMA_HOBBIT_SOURCE_ID;
-}
-
-bool llama_hobbit_active(const struct llama_model * model) {
-    return cache_of(model) != nullptr;
-}
-
-struct llama_hobbit_policy llama_hobbit_policy_default(void) {
-    llama_hobbit_policy p;
-    p.hi_threshold      = 0.5f;
-    p.skip_threshold    = 0.0f;
-    p.upgrade_threshold = 0.9f;
-    p.eviction          = LLAMA_HOBBIT_EVICT_LRU;
-    return p;
-}
-
-int32_t llama_hobbit_set_policy(struct llama_model * model, struct llama_hobbit_policy policy) {
-    llama_hobbit_cache * cache = cache_of(model);
-    if (!cache) {
-        g_last_error = "hobbit: the model is not in HOBBIT mode";
-        return -1;
-    }
-    if (!(policy.skip_threshold >= 0.0f) || !(policy.hi_threshold >= policy.skip_threshold) ||
-            !(policy.upgrade_threshold >= 0.0f) || policy.eviction != LLAMA_HOBBIT_EVICT_LRU) {
-        g_last_error = "hobbit: invalid policy (need 0 <= skip_threshold <= hi_threshold, upgrade_threshold >= 0, eviction lru)";
-        return -1;
-    }
-    std::lock_guard<std::mutex> lock(cache->mtx);
-    cache->policy = policy;
-    llama_hobbit_set_evictor(*cache, policy.eviction);
-    return 0;
-}
-
-struct llama_hobbit_policy llama_hobbit_get_policy(const struct llama_model * model) {
-    llama_hobbit_cache * cache = cache_of(model);
-    if (!cache) {
-        return llama_hobbit_policy_default();
-    }
-    std::lock_guard<std::mutex> lock(cache->mtx);
-    return cache->policy;
-}
-
-struct llama_hobbit_stats llama_hobbit_get_stats(const struct llama_model * model) {
-    llama_hobbit_cache * cache = cache_of(model);
-    if (!cache) {
-        return llama_hobbit_stats {};
-    }
-    std::lock_guard<std::mutex> lock(cache->mtx);
-    return cache->stats;
-}
-
-void llama_hobbit_reset_stats(struct llama_model * model) {
-    llama_hobbit_cache * cache = cache_of(model);
-    if (!cache) {
+void llama_hobbit_ubatch_begin(llama_hobbit_context * hctx) {
+    if (!hctx) {
         return;
     }
-    std::lock_guard<std::mutex> lock(cache->mtx);
-    llama_hobbit_stats & s = cache->stats;
-    const llama_hobbit_stats keep = s;
-    s = {};
-    s.budget_bytes         = keep.budget_bytes;
-    s.cache_capacity_bytes = keep.cache_capacity_bytes;
-    s.cache_bytes          = keep.cache_bytes;
-    s.cache_peak_bytes     = keep.cache_bytes;
-    s.n_slots_hi           = keep.n_slots_hi;
-    s.n_slots_lo           = keep.n_slots_lo;
+    llama_hobbit_set_last_error("");
+    hctx->failed = false;
+    hctx->error.clear();
 }
 
-const char * llama_hobbit_last_error(void) {
-    return g_last_error.c_str();
+bool llama_hobbit_ubatch_end(llama_hobbit_context * hctx) {
+    if (!hctx) {
+        return true;
+    }
+    hctx->cache->release(*hctx);
+    if (!hctx->failed) {
+        return true;
+    }
+    LLAMA_LOG_ERROR("%s\n", hctx->error.c_str());
+    llama_hobbit_set_last_error(hctx->error);
+    hctx->failed = false;
+    hctx->error.clear();
+    return false;
 }

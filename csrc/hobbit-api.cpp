@@ -1,0 +1,92 @@
+// The llama_hobbit_* C API (include/llama-hobbit.h). No exception crosses it.
+
+#include "llama-hobbit.h"
+#include "hobbit-cache.h"
+#include "hobbit-hooks.h"
+
+#include "llama-model.h"
+
+#include <string>
+
+#ifndef LLAMA_HOBBIT_SOURCE_ID
+#define LLAMA_HOBBIT_SOURCE_ID "unknown"
+#endif
+
+namespace {
+
+thread_local std::string g_last_error;
+
+llama_hobbit_cache * cache_of(const llama_model * model) {
+    return model ? model->hobbit.get() : nullptr;
+}
+
+} // namespace
+
+void llama_hobbit_set_last_error(const std::string & msg) {
+    g_last_error = msg;
+}
+
+int32_t llama_hobbit_api_version(void) {
+    return LLAMA_HOBBIT_API_VERSION;
+}
+
+const char * llama_hobbit_source_id(void) {
+    return LLAMA_HOBBIT_SOURCE_ID;
+}
+
+bool llama_hobbit_active(const struct llama_model * model) {
+    return cache_of(model) != nullptr;
+}
+
+struct llama_hobbit_policy llama_hobbit_policy_default(void) {
+    llama_hobbit_policy p;
+    p.hi_threshold      = 0.5f;
+    p.skip_threshold    = 0.0f;
+    p.upgrade_threshold = 0.9f;
+    p.eviction          = LLAMA_HOBBIT_EVICT_LRU;
+    return p;
+}
+
+int32_t llama_hobbit_set_policy(struct llama_model * model, struct llama_hobbit_policy policy) {
+    llama_hobbit_cache * cache = cache_of(model);
+    if (!cache) {
+        g_last_error = "hobbit: the model is not in HOBBIT mode";
+        return -1;
+    }
+    std::string err;
+    try {
+        if (!cache->set_policy(policy, err)) {
+            g_last_error = err;
+            return -1;
+        }
+    } catch (const std::exception & e) {
+        g_last_error = e.what();
+        return -1;
+    }
+    return 0;
+}
+
+struct llama_hobbit_policy llama_hobbit_get_policy(const struct llama_model * model) {
+    llama_hobbit_cache * cache = cache_of(model);
+    return cache ? cache->get_policy() : llama_hobbit_policy_default();
+}
+
+struct llama_hobbit_stats llama_hobbit_get_stats(const struct llama_model * model) {
+    llama_hobbit_cache * cache = cache_of(model);
+    return cache ? cache->get_stats() : llama_hobbit_stats {};
+}
+
+void llama_hobbit_reset_stats(struct llama_model * model) {
+    if (llama_hobbit_cache * cache = cache_of(model)) {
+        cache->reset_stats();
+    }
+}
+
+uint64_t llama_hobbit_min_budget(const struct llama_model * model) {
+    llama_hobbit_cache * cache = cache_of(model);
+    return cache ? cache->min_budget() : 0;
+}
+
+const char * llama_hobbit_last_error(void) {
+    return g_last_error.c_str();
+}

@@ -1,0 +1,95 @@
+// HOBBIT expert cache: slot pools in backend memory under one byte budget, shared by every
+// context of one model.
+//
+// The model owns the cache (llama_model::hobbit); each context that uses the model has a
+// llama_hobbit_context (hobbit-context.h) with what it has pinned and the layer it is serving.
+// One mutex guards the books (slots, policy, stats); reads from the store run outside it into
+// slots whose entries are marked loading and pinned, so other contexts neither evict nor use
+// them until they are ready. Waves that cannot get room because other contexts pin it wait in
+// FIFO order, holding no pins, so contexts never deadlock and none starves.
+#pragma once
+
+#include "hobbit-policy.h"
+#include "hobbit-slots.h"
+#include "hobbit-store.h"
+#include "llama-hobbit.h"
+
+#include "ggml.h"
+#include "ggml-backend.h"
+
+#include <condition_variable>
+#include <cstdint>
+#include <deque>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+struct llama_hobbit_context;
+
+struct llama_hobbit_cache {
+    // shape
+    int  n_layer       = 0;
+    int  n_expert      = 0;
+    int  n_expert_used = 0;
+    bool has_lo        = false;
+    std::string type_name[LLAMA_HOBBIT_N_LVL]; // requested type of each level used
+    std::vector<bool> serves;                  // [il] the layer's routed experts come from the cache
+
+    llama_hobbit_store store;
+
+    // slot memory: one arena per projection; the hi and lo pool tensors are two views of it
+    size_t unit_bytes[LLAMA_HOBBIT_N_PROJ] = {};
+    ggml_backend_buffer_t buf[LLAMA_HOBBIT_N_PROJ] = {};
+    ggml_context * ctx = nullptr; // holds the pool tensors
+    ggml_tensor  * pool[LLAMA_HOBBIT_N_LVL][LLAMA_HOBBIT_N_PROJ] = {};
+
+    llama_hobbit_cache() = default;
+    llama_hobbit_cache(const llama_hobbit_cache &) = delete;
+    llama_hobbit_cache & operator=(const llama_hobbit_cache &) = delete;
+    ~llama_hobbit_cache();
+
+    // size the slots for `budget` bytes and allocate the arenas in `buft` (throws if the budget
+    // is below the minimum or memory cannot be had: load time only)
+    void init_pools(ggml_backend_buffer_type_t buft, uint64_t budget);
+
+    // smallest budget init_pools accepts: one expert at hi (in units of the lo size)
+    uint64_t min_budget() const;
+
+    int n_waves(int64_t n_used, int64_t n_tokens) const {
+        return llama_hobbit_n_waves(slots, n_used, n_tokens);
+    }
+
+    // serve wave `wave` of layer il for one context: plan, load, wait, and write the slot of
+    // each route into ids ([n_used, n_tokens, hi|lo], -1 where a path does not serve the route).
+    // Never throws; a failure is recorded in the context and every id left -1.
+    void serve_wave(llama_hobbit_context & hctx, int il, int wave, int n_waves,
+                    const llama_hobbit_routes & routes, ggml_tensor * ids);
+
+    // drop every pin the context holds (its graph no longer reads those slots)
+    void release(llama_hobbit_context & hctx);
+
+    // C API
+    llama_hobbit_policy get_policy();
+    bool                set_policy(const llama_hobbit_policy & pol, std::string & err);
+    llama_hobbit_stats  get_stats();
+    void                reset_stats();
+
+private:
+    void serve_wave_locked(std::unique_lock<std::mutex> & lk, llama_hobbit_context & hctx, int il, int wave,
+                           int n_waves, const llama_hobbit_routes & routes, ggml_tensor * ids);
+    void release_locked(llama_hobbit_context & hctx);
+    void note_evicted(const std::vector<int> & evicted);
+    bool load(llama_hobbit_context & hctx, const llama_hobbit_decision & d, std::string & err);
+
+    std::mutex              mtx;
+    std::condition_variable cv;
+    std::deque<uint64_t>    queue; // tickets of waves waiting for room, first come first served
+    uint64_t                next_ticket = 0;
+    uint64_t                tick = 0;
+
+    llama_hobbit_slots                    slots;
+    llama_hobbit_policy                   policy = llama_hobbit_policy_default();
+    std::unique_ptr<llama_hobbit_evictor> evictor;
+    llama_hobbit_stats                    stats  = {};
+};

@@ -1,0 +1,93 @@
+// HOBBIT slot allocator: which cached copy of which expert occupies which part of the slot pools.
+//
+// The pools are cut into `n_units` units of one lo expert (one hi expert when the cache is hi
+// only). A lo copy takes one unit; a hi copy takes `hi_span` consecutive units starting at a
+// multiple of `hi_span`, so hi slot i is units [i*hi_span, (i+1)*hi_span) and lo slot j is
+// unit j: both precisions share one byte budget.
+//
+// Every (layer, expert, level) has an entry with a state (empty, loading, ready) and a pin
+// count: a pinned entry is being read by a running graph (or written by a load) and is never
+// evicted. This class only keeps the books; memory and locking belong to the cache.
+#pragma once
+
+#include "hobbit-store.h"
+
+#include <cstdint>
+#include <vector>
+
+enum llama_hobbit_state : uint8_t {
+    LLAMA_HOBBIT_EMPTY   = 0, // not cached
+    LLAMA_HOBBIT_LOADING = 1, // a slot is assigned and a read into it is in flight
+    LLAMA_HOBBIT_READY   = 2, // cached and valid
+};
+
+// one cached copy of one expert (all projections) at one level, and what eviction looks at
+struct llama_hobbit_entry {
+    int32_t  slot  = -1; // slot in the pool of its level, -1 when not cached
+    uint8_t  state = LLAMA_HOBBIT_EMPTY;
+    int32_t  pins  = 0;  // graphs (and loads) using it now
+    uint64_t last_use = 0; // tick of the last evaluation that used it
+    uint64_t n_use    = 0; // evaluations that used it
+};
+
+// eviction priority: among evictable entries, the one with the lowest score goes first
+struct llama_hobbit_evictor {
+    virtual ~llama_hobbit_evictor() = default;
+    // e: the entry, il: its layer; il_now: the layer being served, tick: the current tick
+    virtual double score(const llama_hobbit_entry & e, int il, int il_now, uint64_t tick) const = 0;
+};
+
+class llama_hobbit_slots {
+public:
+    void init(int n_layer, int n_expert, bool has_lo, int n_units, int hi_span);
+
+    int n_layer  = 0;
+    int n_expert = 0;
+    bool has_lo  = false;
+    int n_units  = 0;
+    int hi_span  = 1;
+
+    int span(int lvl) const { return lvl == LLAMA_HOBBIT_HI ? hi_span : 1; }
+    int n_slots(int lvl) const { return n_units/span(lvl); }
+
+    int index(int il, int e, int lvl) const { return (il*n_expert + e)*LLAMA_HOBBIT_N_LVL + lvl; }
+    int layer_of(int idx) const { return idx/(n_expert*LLAMA_HOBBIT_N_LVL); }
+    int expert_of(int idx) const { return (idx/LLAMA_HOBBIT_N_LVL) % n_expert; }
+    int level_of(int idx) const { return idx % LLAMA_HOBBIT_N_LVL; }
+
+    llama_hobbit_entry       & entry(int idx)       { return entries[idx]; }
+    const llama_hobbit_entry & entry(int idx) const { return entries[idx]; }
+
+    bool cached(int idx) const { return entries[idx].state != LLAMA_HOBBIT_EMPTY; }
+
+    // a unit is available when it is free or held by an entry nobody pins
+    bool available(int unit) const {
+        const int owner = unit_owner[unit];
+        return owner < 0 || entries[owner].pins == 0;
+    }
+    int n_available() const;
+
+    // find room for entry idx (which must be empty) evicting the lowest-scored unpinned entries,
+    // mark it loading with one pin and return its slot; -1 (nothing changed) if no room is
+    // available. `evicted` (optional) receives the entries evicted.
+    int alloc(int idx, const llama_hobbit_evictor & ev, int il_now, uint64_t tick, std::vector<int> * evicted = nullptr);
+
+    // could a copy at level lvl get room if no entry but those in `mine` (sorted) were pinned?
+    bool could_alloc(int lvl, const std::vector<int> & mine) const;
+
+    // drop the copy of entry idx (must be cached); its units become free, its pins stay counted
+    void release(int idx);
+
+    void pin(int idx)   { entries[idx].pins++; }
+    void unpin(int idx) { entries[idx].pins--; }
+
+    // the entry owning a unit, -1 if free
+    int owner(int unit) const { return unit_owner[unit]; }
+
+    // bookkeeping invariants hold (for tests): units and slots agree, pins >= 0
+    bool consistent() const;
+
+private:
+    std::vector<llama_hobbit_entry> entries;    // [il][expert][lvl]
+    std::vector<int32_t>            unit_owner; // entry owning each unit, -1 free
+};
