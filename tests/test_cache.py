@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from hobbit_py._lib import HobbitError
 from hobbit_py.fixtures import write_fixture
 from hobbit_py.model import Model
 from hobbit_py.policy import Policy
@@ -119,7 +120,7 @@ def test_cli_reports_expert_stats(files: dict[str, Path], tmp_path: Path) -> Non
 def test_impossible_budget_names_the_minimum(files: dict[str, Path]) -> None:
     proc = run_hobbit("run", str(files["mixed"]), "-p", "hi", "-n", "2",
                       "--expert-budget", "1KiB")
-    assert_one_line_error(proc, "below the minimum", LO)
+    assert_one_line_error(proc, "below the minimum", f"one expert at {HI}")
 
 
 @pytest.mark.parametrize("budget", ["abc", "0", "150%", "-5MiB"])
@@ -141,3 +142,110 @@ def test_direct_io_reads_the_same_experts(files: dict[str, Path], tmp_path: Path
     assert direct[0] == buffered[0]
     np.testing.assert_array_equal(direct[1], buffered[1])
     assert direct[2]["bytes_loaded"] == buffered[2]["bytes_loaded"] > 0
+
+
+def min_budget(path: Path, hi_only: bool) -> int:
+    """The smallest budget, computed from the file independently of the engine: room for one
+    expert at hi. Slots are cut in units of one lo expert (each projection padded to 64
+    bytes); a hi copy spans as many whole units as its largest projection needs."""
+    import gguf
+
+    per_expert: dict[str, dict[str, int]] = {HI: {}, LO: {}}
+    for t in gguf.GGUFReader(path).tensors:
+        if t.name.startswith("blk.0.ffn_") and "_exps." in t.name:
+            level = LO if f".{LO}." in t.name else HI
+            per_expert[level][t.name.split(".")[2]] = int(t.n_bytes) // int(t.shape[-1])
+    pad = {lvl: {p: -(-n // 64) * 64 for p, n in d.items()} for lvl, d in per_expert.items()}
+    if hi_only:
+        return sum(pad[HI].values())
+    hi_span = max(-(-per_expert[HI][p] // pad[LO][p]) for p in pad[LO])
+    return hi_span * sum(pad[LO].values())
+
+
+LONG_PROMPT = ("The cache holds the experts that the router picks most often, and the policy decides "
+               "which precision each missed expert is loaded at, so that prefill touches most experts")
+
+
+def test_prefill_larger_than_the_slots_is_served_in_waves(files: dict[str, Path], tmp_path: Path) -> None:
+    """hi-only at the smallest budget: a prompt needs every expert of a layer, the slots hold
+    one; served in waves, nothing skipped, exactly the output of a budget that holds all."""
+    budget = min_budget(files["mixed"], hi_only=True)
+    results = {}
+    for name, b in (("min", budget), ("all", "100%")):
+        with Model(files["mixed"], policy=Policy(expert_budget=b, policy="hi-only"), n_ctx=512,
+                   threads=2, logits_all=True) as model:
+            tokens = model.tokenize(LONG_PROMPT)
+            assert len(tokens) > 16
+            model.llama.eval(tokens)
+            logits = np.array(model.llama.scores[: len(tokens)], dtype=np.float32)
+            stats = model.stats()
+            results[name] = (model.generate(LONG_PROMPT, max_tokens=8).tokens, logits, stats)
+    with pytest.raises(HobbitError, match="below the minimum"):
+        Model(files["mixed"], policy=Policy(expert_budget=budget - 64, policy="hi-only"), n_ctx=64)
+    tokens, logits, stats = results["min"]
+    assert stats["expert_slots_hi"] == 1
+    assert stats["skipped"] == 0
+    assert stats["n_waves"] > stats["n_calls"]  # the prompt needed several rounds per layer
+    assert tokens == results["all"][0]
+    np.testing.assert_array_equal(logits, results["all"][1])
+
+
+def test_minimum_budget_never_skips_a_route(files: dict[str, Path], tmp_path: Path) -> None:
+    budget = min_budget(files["mixed"], hi_only=False)
+    with pytest.raises(HobbitError, match="below the minimum"):
+        Model(files["mixed"], policy=Policy(expert_budget=budget - 64), n_ctx=64)
+    policy = Policy(expert_budget=budget, policy="hobbit", skip_threshold=0.0)
+    tokens, _, stats = ours(files["mixed"], policy, tmp_path)
+    assert len(tokens) == N_TOKENS
+    assert stats["skipped"] == 0
+    assert stats["routes_total"] == (stats["hits_hi"] + stats["hits_lo"] + stats["loads_hi"]
+                                     + stats["loads_lo"])
+    # the leading route of every token (share >= 0.5 with top-2) is loaded at hi, never demoted
+    assert stats["loads_hi"] >= stats["loads_lo"] > 0
+
+
+def test_skip_threshold_drops_misses_only(files: dict[str, Path]) -> None:
+    with Model(files["mixed"], policy=Policy(expert_budget="100%", skip_threshold=0.45), n_ctx=512,
+               threads=2) as model:
+        model.generate(PROMPT, max_tokens=N_TOKENS)
+        cold = model.stats()
+        assert cold["skipped"] > 0  # misses below the threshold were dropped
+        # every expert the prompt selects is now cached: the same run skips nothing
+        model.reset_stats()
+        model.generate(PROMPT, max_tokens=N_TOKENS)
+        warm = model.stats()
+    assert warm["skipped"] < cold["skipped"]
+    assert warm["loads_hi"] + warm["loads_lo"] < cold["loads_hi"] + cold["loads_lo"]
+
+
+def test_unknown_hobbit_setting_is_refused(files: dict[str, Path]) -> None:
+    from hobbit_py import capi
+    from hobbit_py._lib import load_llama_cpp
+
+    llama_cpp = load_llama_cpp()
+    with pytest.raises(ValueError):
+        llama_cpp.Llama(model_path=str(files["mixed"]), n_ctx=64, verbose=False,
+                        kv_overrides={"hobbit.budget_bytes": 10**7, "hobbit.budjet": 1})
+    assert "unknown setting hobbit.budjet" in capi.last_error()
+
+
+def test_a_load_error_is_not_reported_by_the_next_load(files: dict[str, Path], tmp_path: Path) -> None:
+    from hobbit_py import capi
+    from hobbit_py._lib import load_llama_cpp
+
+    llama_cpp = load_llama_cpp()
+    with pytest.raises(ValueError):
+        llama_cpp.Llama(model_path=str(files["mixed"]), n_ctx=64, verbose=False,
+                        kv_overrides={"hobbit.budget_bytes": 1})
+    assert "below the minimum" in capi.last_error()
+    # a load that fails for another reason starts from a clean slate
+    short = tmp_path / "short.gguf"
+    short.write_bytes(files["mixed"].read_bytes()[:100_000])
+    with pytest.raises(ValueError):
+        llama_cpp.Llama(model_path=str(short), n_ctx=64, verbose=False)
+    assert capi.last_error() == ""
+    # and a successful HOBBIT load too
+    llm = llama_cpp.Llama(model_path=str(files["mixed"]), n_ctx=64, verbose=False,
+                          kv_overrides={"hobbit.budget_bytes": 10**7})
+    assert capi.active(llm.model) and capi.last_error() == ""
+    llm.close()

@@ -1,0 +1,319 @@
+// Unit tests of the routing policy (csrc/hobbit-policy.h): shares, skip and precision rules,
+// and wave planning, with the slot allocator's books as the cache.
+
+#include "hobbit-evict.h"
+#include "hobbit-policy.h"
+#include "hobbit-test.h"
+
+#include <random>
+#include <vector>
+
+namespace {
+
+// routes of one ubatch: n_used experts per token with their gating weights
+struct test_routes {
+    int64_t n_used;
+    std::vector<int32_t> sel;
+    std::vector<float>   w;
+
+    llama_hobbit_routes view() const {
+        llama_hobbit_routes r;
+        r.sel = (const char *) sel.data(); r.sel_nb0 = sizeof(int32_t); r.sel_nb1 = sizeof(int32_t)*n_used;
+        r.w   = (const char *) w.data();   r.w_nb1   = sizeof(float);   r.w_nb2   = sizeof(float)*n_used;
+        r.n_used = n_used;
+        r.n_tokens = (int64_t) sel.size()/n_used;
+        return r;
+    }
+};
+
+llama_hobbit_policy policy(float hi, float skip = 0.0f, float upgrade = 2.0f) {
+    llama_hobbit_policy p = llama_hobbit_policy_default();
+    p.hi_threshold = hi;
+    p.skip_threshold = skip;
+    p.upgrade_threshold = upgrade;
+    return p;
+}
+
+// one context serving layer evaluations as the cache does, without memory or files
+struct sim_context {
+    llama_hobbit_slots & slots;
+    llama_hobbit_evict_lru lru;
+    llama_hobbit_job job;
+    std::vector<int> pins;
+    uint64_t tick = 0;
+    uint64_t demotions = 0;
+
+    explicit sim_context(llama_hobbit_slots & s) : slots(s) {}
+
+    void release() {
+        for (int idx : pins) {
+            slots.unpin(idx);
+        }
+        pins.clear();
+    }
+
+    // serve all waves of one layer; returns the decisions of every wave, or false if a wave
+    // could not be planned
+    bool serve(int il, const test_routes & tr, const llama_hobbit_policy & pol,
+               std::vector<std::vector<llama_hobbit_decision>> & waves) {
+        const llama_hobbit_routes r = tr.view();
+        const int n_waves = llama_hobbit_n_waves(slots, r.n_used, r.n_tokens);
+        tick++;
+        release();
+        job.init(il, n_waves, slots.n_expert, r, pol.skip_threshold);
+        waves.clear();
+        for (int w = 0; w < n_waves; ++w) {
+            release();
+            std::vector<llama_hobbit_decision> out;
+            llama_hobbit_plan_counts counts;
+            if (!llama_hobbit_plan_wave(slots, job, w, pol, lru, tick, out, counts)) {
+                return false;
+            }
+            demotions += counts.demotions;
+            for (const auto & d : out) {
+                pins.push_back(d.idx);
+                if (d.action == LLAMA_HOBBIT_LOAD) {
+                    slots.entry(d.idx).state = LLAMA_HOBBIT_READY; // the read succeeded
+                    if (d.upgrade) {
+                        const int lo = slots.index(il, d.expert, LLAMA_HOBBIT_LO);
+                        if (slots.cached(lo) && slots.entry(lo).pins == 0) {
+                            slots.release(lo);
+                        }
+                    }
+                }
+            }
+            CHECK(slots.consistent());
+            waves.push_back(out);
+        }
+        release();
+        return true;
+    }
+};
+
+// level each expert was served at over all waves, -1 if never; an expert twice is an error
+std::vector<int> served_levels(const std::vector<std::vector<llama_hobbit_decision>> & waves, int n_expert) {
+    std::vector<int> lvl(n_expert, -1);
+    for (const auto & w : waves) {
+        for (const auto & d : w) {
+            CHECK(lvl[d.expert] < 0);
+            lvl[d.expert] = d.lvl;
+        }
+    }
+    return lvl;
+}
+
+} // namespace
+
+static void test_shares_are_independent_of_scaling() {
+    // the same routing with normalised (Mixtral), unnormalised (Qwen2-MoE) and scaled
+    // (DeepSeek-V2) weights: the same shares, so the same decisions
+    const float raw[3][2] = { { 0.75f, 0.25f }, { 0.30f, 0.10f }, { 12.0f, 4.0f } };
+    for (const auto & w : raw) {
+        test_routes tr{ 2, { 3, 5 }, { w[0], w[1] } };
+        const llama_hobbit_routes r = tr.view();
+        CHECK(r.share(0, 0) > 0.7499f && r.share(0, 0) < 0.7501f);
+        CHECK(r.share(1, 0) > 0.2499f && r.share(1, 0) < 0.2501f);
+
+        llama_hobbit_slots slots;
+        slots.init(1, 8, true, 16, 2);
+        sim_context ctx(slots);
+        std::vector<std::vector<llama_hobbit_decision>> waves;
+        CHECK(ctx.serve(0, tr, policy(0.5f), waves));
+        const std::vector<int> lvl = served_levels(waves, 8);
+        CHECK_EQ(lvl[3], LLAMA_HOBBIT_HI);
+        CHECK_EQ(lvl[5], LLAMA_HOBBIT_LO);
+    }
+    // a token whose weights are all zero: equal shares
+    test_routes zero{ 2, { 1, 2 }, { 0.0f, 0.0f } };
+    CHECK(zero.view().share(0, 0) == 0.5f);
+}
+
+static void test_hits_then_misses_and_upgrade() {
+    llama_hobbit_slots slots;
+    slots.init(1, 8, true, 16, 2);
+    sim_context ctx(slots);
+    std::vector<std::vector<llama_hobbit_decision>> waves;
+    // expert 1 gets loaded at lo (share 0.4)
+    CHECK(ctx.serve(0, { 2, { 0, 1 }, { 0.6f, 0.4f } }, policy(0.5f, 0.0f, 0.9f), waves));
+    CHECK_EQ(waves[0].size(), 2);
+    for (const auto & d : waves[0]) {
+        CHECK_EQ(d.action, LLAMA_HOBBIT_LOAD);
+    }
+    // now both are hits
+    CHECK(ctx.serve(0, { 2, { 1, 0 }, { 0.55f, 0.45f } }, policy(0.5f, 0.0f, 0.9f), waves));
+    for (const auto & d : waves[0]) {
+        CHECK_EQ(d.action, LLAMA_HOBBIT_USE);
+        CHECK_EQ(d.lvl, d.expert == 0 ? LLAMA_HOBBIT_HI : LLAMA_HOBBIT_LO);
+    }
+    // expert 1 at share 0.95 >= upgrade: reloaded at hi, its lo copy dropped
+    CHECK(ctx.serve(0, { 2, { 1, 0 }, { 0.95f, 0.05f } }, policy(0.5f, 0.0f, 0.9f), waves));
+    bool upgraded = false;
+    for (const auto & d : waves[0]) {
+        if (d.expert == 1) {
+            upgraded = d.action == LLAMA_HOBBIT_LOAD && d.lvl == LLAMA_HOBBIT_HI && d.upgrade;
+        }
+    }
+    CHECK(upgraded);
+    CHECK(!slots.cached(slots.index(0, 1, LLAMA_HOBBIT_LO)));
+}
+
+static void test_skip_only_drops_misses() {
+    llama_hobbit_slots slots;
+    slots.init(1, 8, true, 16, 2);
+    sim_context ctx(slots);
+    std::vector<std::vector<llama_hobbit_decision>> waves;
+    const llama_hobbit_policy pol = policy(0.5f, 0.2f);
+    // expert 4 at share 0.1 < skip and not cached: skipped, nothing loaded for it
+    CHECK(ctx.serve(0, { 2, { 2, 4 }, { 0.9f, 0.1f } }, pol, waves));
+    std::vector<int> lvl = served_levels(waves, 8);
+    CHECK_EQ(lvl[2], LLAMA_HOBBIT_HI);
+    CHECK_EQ(lvl[4], -1);
+    CHECK(!slots.cached(slots.index(0, 4, LLAMA_HOBBIT_LO)) && !slots.cached(slots.index(0, 4, LLAMA_HOBBIT_HI)));
+    // expert 2 at share 0.1 < skip but cached: served, a hit costs nothing
+    CHECK(ctx.serve(0, { 2, { 6, 2 }, { 0.9f, 0.1f } }, pol, waves));
+    lvl = served_levels(waves, 8);
+    CHECK_EQ(lvl[2], LLAMA_HOBBIT_HI);
+    CHECK_EQ(lvl[6], LLAMA_HOBBIT_HI);
+    // a skippable route rides along when another route of the same ubatch needs its expert
+    CHECK(ctx.serve(0, { 2, { 7, 5, 5, 7 }, { 0.9f, 0.1f, 0.6f, 0.4f } }, pol, waves));
+    lvl = served_levels(waves, 8);
+    CHECK(lvl[5] >= 0 && lvl[7] >= 0);
+}
+
+static void test_minimum_budget_keeps_hi_in_two_waves() {
+    // room for exactly one hi expert: both routes of a token want hi and get it, one per wave
+    llama_hobbit_slots slots;
+    slots.init(2, 8, true, 2, 2);
+    sim_context ctx(slots);
+    CHECK_EQ(llama_hobbit_n_waves(slots, 2, 1), 2);
+    std::vector<std::vector<llama_hobbit_decision>> waves;
+    for (int step = 0; step < 20; ++step) {
+        const int a = step % 8, b = (step*3 + 1) % 8 == a ? (a + 1) % 8 : (step*3 + 1) % 8;
+        CHECK(ctx.serve(step % 2, { 2, { a, b }, { 0.5f, 0.5f } }, policy(0.5f), waves));
+        CHECK_EQ(waves.size(), 2);
+        const std::vector<int> lvl = served_levels(waves, 8);
+        CHECK_EQ(lvl[a], LLAMA_HOBBIT_HI);
+        CHECK_EQ(lvl[b], LLAMA_HOBBIT_HI);
+    }
+    CHECK_EQ(ctx.demotions, 0);
+}
+
+static void test_prefill_needing_every_expert_is_served_in_waves() {
+    // a ubatch selects all 8 experts; the slots hold 2 hi or 4 lo copies
+    llama_hobbit_slots slots;
+    slots.init(1, 8, true, 4, 2);
+    sim_context ctx(slots);
+    test_routes tr{ 2, {}, {} };
+    for (int t = 0; t < 16; ++t) {
+        tr.sel.push_back(t % 8);
+        tr.sel.push_back((t + 3) % 8);
+        tr.w.push_back(t % 3 == 0 ? 0.7f : 0.45f);
+        tr.w.push_back(t % 3 == 0 ? 0.3f : 0.55f);
+    }
+    std::vector<std::vector<llama_hobbit_decision>> waves;
+    CHECK(ctx.serve(0, tr, policy(0.5f), waves));
+    CHECK_EQ(waves.size(), llama_hobbit_n_waves(slots, 2, 16));
+    const std::vector<int> lvl = served_levels(waves, 8);
+    for (int e = 0; e < 8; ++e) {
+        CHECK(lvl[e] >= 0); // never skipped for lack of room
+    }
+}
+
+static void test_wave_waits_while_another_context_pins_everything() {
+    llama_hobbit_slots slots;
+    slots.init(1, 8, true, 4, 2);
+    sim_context other(slots);
+    std::vector<std::vector<llama_hobbit_decision>> waves;
+    // the other context is in the middle of a wave: it pins every unit
+    const test_routes theirs{ 2, { 0, 1, 2, 3 }, { 0.4f, 0.4f, 0.4f, 0.4f } };
+    other.job.init(0, 1, 8, theirs.view(), 0.0f);
+    std::vector<llama_hobbit_decision> out;
+    llama_hobbit_plan_counts counts;
+    CHECK(llama_hobbit_plan_wave(slots, other.job, 0, policy(0.5f), other.lru, 1, out, counts));
+    for (const auto & d : out) {
+        other.pins.push_back(d.idx);
+    }
+    CHECK_EQ(slots.n_available(), 0);
+
+    // our single-wave decode cannot get room: the plan fails and changes nothing
+    sim_context ours(slots);
+    const test_routes mine{ 2, { 5, 6 }, { 0.5f, 0.5f } };
+    ours.job.init(0, 1, 8, mine.view(), 0.0f);
+    std::vector<llama_hobbit_decision> out2;
+    CHECK(!llama_hobbit_plan_wave(slots, ours.job, 0, policy(0.5f), ours.lru, 2, out2, counts));
+    CHECK(out2.empty());
+    CHECK_EQ(ours.job.pending.size(), 2);
+    CHECK(slots.consistent());
+
+    // once the other context moves on, it succeeds
+    for (const auto & d : out) {
+        slots.entry(d.idx).state = LLAMA_HOBBIT_READY;
+    }
+    other.release();
+    CHECK(llama_hobbit_plan_wave(slots, ours.job, 0, policy(0.5f), ours.lru, 2, out2, counts));
+    CHECK_EQ(out2.size(), 2);
+}
+
+static void test_random_ubatches_serve_every_needed_expert_once() {
+    std::mt19937 rng(99);
+    for (int trial = 0; trial < 300; ++trial) {
+        const int n_expert = 4 + rng() % 12;
+        const int n_used   = 1 + rng() % std::min(4, n_expert);
+        const int hi_span  = 1 + rng() % 3;
+        const bool has_lo  = rng() % 4 != 0;
+        const int span     = has_lo ? hi_span : 1;
+        const int n_units  = span*(1 + rng() % 6);
+        llama_hobbit_slots slots;
+        slots.init(3, n_expert, has_lo, n_units, span);
+        sim_context ctx(slots);
+        const llama_hobbit_policy pol = policy(float(rng() % 100)/100.0f, float(rng() % 30)/100.0f,
+                                               float(50 + rng() % 60)/100.0f);
+        for (int ub = 0; ub < 6; ++ub) {
+            const int n_tokens = 1 + rng() % 12;
+            test_routes tr{ n_used, {}, {} };
+            for (int t = 0; t < n_tokens; ++t) {
+                std::vector<int> pick;
+                while ((int) pick.size() < n_used) {
+                    const int e = rng() % n_expert;
+                    bool dup = false;
+                    for (int p : pick) {
+                        dup = dup || p == e;
+                    }
+                    if (!dup) {
+                        pick.push_back(e);
+                    }
+                }
+                for (int e : pick) {
+                    tr.sel.push_back(e);
+                    tr.w.push_back(float(1 + rng() % 100));
+                }
+            }
+            std::vector<std::vector<llama_hobbit_decision>> waves;
+            CHECK(ctx.serve(rng() % 3, tr, pol, waves));
+            const std::vector<int> lvl = served_levels(waves, n_expert);
+            for (int e = 0; e < n_expert; ++e) {
+                if (ctx.job.need[e] >= 0.0f) {
+                    CHECK(lvl[e] >= 0); // every route that must be served was served
+                }
+            }
+            for (const auto & w : waves) {
+                int units = 0;
+                for (const auto & d : w) {
+                    units += slots.span(d.lvl);
+                }
+                CHECK(units <= n_units); // a wave never holds more than the slots
+            }
+        }
+    }
+}
+
+int main() {
+    test_shares_are_independent_of_scaling();
+    test_hits_then_misses_and_upgrade();
+    test_skip_only_drops_misses();
+    test_minimum_budget_keeps_hi_in_two_waves();
+    test_prefill_needing_every_expert_is_served_in_waves();
+    test_wave_waits_while_another_context_pins_everything();
+    test_random_ubatches_serve_every_needed_expert_once();
+    return hobbit_test_result("test-hobbit-policy");
+}
