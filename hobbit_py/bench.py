@@ -22,7 +22,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from hobbit_py._lib import REPO_ROOT, HobbitError, stock_lib_dir
+from hobbit_py._lib import HobbitError, stock_lib_dir
 from hobbit_py.policy import Policy
 
 CGROUP_ROOT = Path("/sys/fs/cgroup/memory")
@@ -104,7 +104,7 @@ def run_worker(variant: Variant, model: Path, plain_hi: Path, policy: Policy, pr
     env = dict(os.environ)
     if variant.stock:
         env["LLAMA_CPP_LIB_PATH"] = str(stock_lib_dir())
-    proc = subprocess.run(argv, capture_output=True, text=True, env=env, cwd=REPO_ROOT)
+    proc = subprocess.run(argv, capture_output=True, text=True, env=env)
     if proc.returncode != 0:
         tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
         raise HobbitError(f"{variant.name} run failed (exit {proc.returncode}): {tail}")
