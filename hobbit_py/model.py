@@ -66,7 +66,7 @@ class Model:
 
     def __init__(self, path: str | Path, *, policy: Policy | None = None, n_ctx: int = 0,
                  threads: int | None = None, seed: int = 0, logits_all: bool = False,
-                 n_batch: int = 512) -> None:
+                 n_batch: int = 512, use_mmap: bool = True) -> None:
         self._llm = None
         self.path = Path(path)
         self.policy = policy or Policy()
@@ -79,7 +79,7 @@ class Model:
             self._llm = llama_cpp.Llama(
                 model_path=str(self.path), n_ctx=n_ctx, n_threads=n_threads,
                 n_threads_batch=n_threads, seed=seed, logits_all=logits_all, verbose=False,
-                n_batch=n_batch, n_ubatch=n_batch,
+                n_batch=n_batch, n_ubatch=n_batch, use_mmap=use_mmap,
                 kv_overrides=overrides or None,
             )
         except ValueError as exc:
