@@ -5,8 +5,10 @@
 #   make build-stock   unpatched llama.cpp -> build-stock/ (reference and baseline)
 #   make venv          .venv with llama-cpp-python (no bundled llama.cpp), gguf, hobbit
 #   make patches       export vendor/llama.cpp commits above `pristine` back to patches/
+#                      (PATCHES_OUT=DIR exports into DIR instead, leaving patches/ alone)
 #   make run           generate with the embedded default model
-#   make test          the test suite
+#   make test          the test suite (CI=true: a missing dependency fails, never skips),
+#                      with a coverage report of the Python code in out/coverage/
 #   make sanitize      build/ variants with AddressSanitizer and ThreadSanitizer, run their tests
 
 include vendor/pin.mk
@@ -33,6 +35,8 @@ TARGETS := llama ggml llama-completion llama-bench llama-perplexity llama-quanti
 HOBBIT_TARGETS := test-hobbit-slots test-hobbit-policy test-hobbit-mmid test-hobbit-mt
 SAN_TARGETS := llama ggml llama-completion test-hobbit-slots test-hobbit-policy test-hobbit-mmid test-hobbit-mt
 SAN_COMMON := -DHOBBIT_SOURCE_ID=llama-cpp-python-$(LLAMA_CPP_PYTHON_VERSION) -DCMAKE_BUILD_TYPE=RelWithDebInfo
+
+PATCHES_OUT ?= $(CURDIR)/patches
 
 .PHONY: all vendor vendor-reset build build-stock build-asan build-tsan venv patches run test sanitize clean distclean
 
@@ -89,17 +93,20 @@ venv: $(VENV)/.done
 
 patches:
 	@git -C vendor/llama.cpp diff --quiet HEAD || { echo "patches: commit your edits in vendor/llama.cpp first" >&2; exit 1; }
-	@rm -f patches/*.patch
+	@rm -f $(PATCHES_OUT)/*.patch
 	@git -C vendor/llama.cpp format-patch -q --zero-commit --no-signature --full-index \
-		--no-stat -o $(CURDIR)/patches pristine..HEAD
+		--no-stat -o $(PATCHES_OUT) pristine..HEAD
 	@scripts/vendor.sh
-	@echo "patches: $$(ls patches/*.patch 2>/dev/null | wc -l) patch(es) in patches/"
+	@echo "patches: $$(ls $(PATCHES_OUT)/*.patch 2>/dev/null | wc -l) patch(es) in $(PATCHES_OUT)/"
 
 run: build venv
 	@$(VPY) -m hobbit_py.default_run
 
+# CI=true turns a test's missing dependency into a failure (tests/conftest.py `require`)
 test: build build-stock venv
-	@$(VPY) -m pytest -q tests
+	@rm -rf out/coverage && mkdir -p out/coverage
+	@CI=true COVERAGE_FILE=$(CURDIR)/out/coverage/.coverage $(VPY) -m pytest -q \
+		--cov --cov-report=term:skip-covered --cov-report=html:out/coverage/html tests
 
 clean:
 	rm -rf build build-stock build-asan build-tsan

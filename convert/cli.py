@@ -14,6 +14,7 @@ from typing import Annotated, Any, TypeVar
 import typer
 
 from hobbit_py._lib import HobbitError
+from hobbit_py.errors import EXIT_ERROR, EXIT_INTERRUPTED, one_line, print_error
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -69,7 +70,7 @@ BITS_HELP = ("Comma-separated precisions for the routed experts: bit widths 2,3,
 
 
 def _one_line_errors(fn: F) -> F:
-    """User errors become `error: ...` on stderr and exit 1; no tracebacks unless HOBBIT_DEBUG."""
+    """User errors become `hobbit: error: ...` on stderr and exit 1; no tracebacks unless HOBBIT_DEBUG."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -79,20 +80,20 @@ def _one_line_errors(fn: F) -> F:
         except HobbitError as e:
             if debug:
                 raise
-            print(f"error: {e}", file=sys.stderr)
-            raise typer.Exit(1) from None
+            print_error(str(e))
+            raise typer.Exit(EXIT_ERROR) from None
         except KeyboardInterrupt:
-            print("error: interrupted", file=sys.stderr)
-            raise typer.Exit(130) from None
+            print_error("interrupted")
+            raise typer.Exit(EXIT_INTERRUPTED) from None
         except typer.Exit:
             raise
         except Exception as e:  # an internal error: still one line, the traceback on request
             if debug:
                 raise
-            msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
-            print(f"error: internal error: {type(e).__name__}{': ' + msg if msg else ''} "
-                  "(set HOBBIT_DEBUG=1 for the traceback)", file=sys.stderr)
-            raise typer.Exit(2) from None
+            msg = one_line(str(e))
+            print_error(f"internal error: {type(e).__name__}{': ' + msg if msg else ''} "
+                        "(set HOBBIT_DEBUG=1 for the traceback)")
+            raise typer.Exit(EXIT_ERROR) from None
 
     return wrapper  # type: ignore[return-value]
 

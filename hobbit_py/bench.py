@@ -22,10 +22,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from hobbit_py._lib import REPO_ROOT, HobbitError, stock_lib_dir
+from hobbit_py._lib import HobbitError, stock_lib_dir
+from hobbit_py.memcap import MemoryCap, cap_memory
 from hobbit_py.policy import Policy
 
-CGROUP_ROOT = Path("/sys/fs/cgroup/memory")
 CAP_OVERHEAD = 256 * 2**20  # interpreter, bindings, compute buffers, KV cache
 
 
@@ -58,34 +58,6 @@ def drop_page_cache() -> bool:
         return False
 
 
-class MemoryCap:
-    """A cgroup-v1 memory cgroup that worker processes are started in."""
-
-    def __init__(self, limit_bytes: int) -> None:
-        self.path = CGROUP_ROOT / f"hobbit-bench-{os.getpid()}"
-        try:
-            self.path.mkdir(exist_ok=True)
-            (self.path / "memory.limit_in_bytes").write_text(str(limit_bytes))
-            swap = self.path / "memory.memsw.limit_in_bytes"
-            if swap.exists():
-                swap.write_text(str(limit_bytes))
-        except OSError as exc:
-            raise HobbitError(f"cannot create a memory cgroup under {CGROUP_ROOT} ({exc.strerror}); "
-                              "the benchmark needs root and cgroup v1 memory") from None
-        self.limit_bytes = limit_bytes
-
-    def enter_command(self, argv: list[str]) -> list[str]:
-        """argv wrapped so that the process joins the cgroup before it starts."""
-        procs = self.path / "cgroup.procs"
-        return ["sh", "-c", f'echo $$ > "{procs}" && exec "$@"', "sh", *argv]
-
-    def close(self) -> None:
-        try:
-            self.path.rmdir()
-        except OSError:
-            pass
-
-
 def run_worker(variant: Variant, model: Path, plain_hi: Path, policy: Policy, prompt: str,
                n_predict: int, threads: int, cap: MemoryCap | None) -> dict:
     """One measurement in a fresh process; returns the worker's JSON report."""
@@ -100,11 +72,11 @@ def run_worker(variant: Variant, model: Path, plain_hi: Path, policy: Policy, pr
     }
     argv = [sys.executable, "-m", "hobbit_py.bench_worker", json.dumps(spec)]
     if cap is not None and variant.capped:
-        argv = cap.enter_command(argv)
+        argv = cap.wrap(argv)
     env = dict(os.environ)
     if variant.stock:
         env["LLAMA_CPP_LIB_PATH"] = str(stock_lib_dir())
-    proc = subprocess.run(argv, capture_output=True, text=True, env=env, cwd=REPO_ROOT)
+    proc = subprocess.run(argv, capture_output=True, text=True, env=env)
     if proc.returncode != 0:
         tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
         raise HobbitError(f"{variant.name} run failed (exit {proc.returncode}): {tail}")
@@ -147,6 +119,7 @@ class BenchResult:
     model: str
     budget_bytes: int
     cap_bytes: int
+    cap_description: str
     hi_expert_bytes: int
     runs: int
     n_predict: int
@@ -166,7 +139,10 @@ def bench(model: Path, plain_hi: Path, policy: Policy, *, prompt: str, n_predict
     budget = policy.budget_bytes(summary.hi_expert_bytes) or 0
     if budget <= 0:
         raise HobbitError("bench needs an --expert-budget")
-    cap = MemoryCap(_non_expert_bytes(model) + budget + CAP_OVERHEAD)
+    cap = cap_memory(_non_expert_bytes(model) + budget + CAP_OVERHEAD)
+    if not cap.capped:
+        progress(f"bench: no memory cap on this machine, the offloading variants run uncapped "
+                 f"({cap.reason})")
     samples: dict[str, list[dict]] = {v.name: [] for v in VARIANTS}
     dropped = True
     try:
@@ -217,6 +193,7 @@ def bench(model: Path, plain_hi: Path, policy: Policy, *, prompt: str, n_predict
             rows[variant.name].update({"perplexity": ref_ppl, "kl_mean": 0.0, "top1_agreement": 1.0})
     return BenchResult(command=command, machine=machine_description(), model=str(model),
                        budget_bytes=budget, cap_bytes=cap.limit_bytes,
+                       cap_description=cap.describe(),
                        hi_expert_bytes=summary.hi_expert_bytes, runs=runs, n_predict=n_predict,
                        page_cache_dropped=dropped, rows=rows)
 
@@ -233,7 +210,7 @@ def to_markdown(res: BenchResult) -> str:
         f"- machine: {res.machine}",
         f"- hi expert bytes {res.hi_expert_bytes / mib:.0f} MiB, expert budget "
         f"{res.budget_bytes / mib:.0f} MiB ({res.hi_expert_bytes / res.budget_bytes:.1f}x smaller); "
-        f"memory cap of the offloading variants {res.cap_bytes / mib:.0f} MiB (cgroup v1); "
+        f"memory cap of the offloading variants: {res.cap_description}; "
         f"page cache dropped before each run: {'yes' if res.page_cache_dropped else 'NO'}",
         f"- decode of {res.n_predict} tokens after the prompt, median of {res.runs} runs "
         "(min-max), variants interleaved; quality on the held-out text against all-hi",

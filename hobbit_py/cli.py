@@ -5,13 +5,17 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
+import importlib
+
 import typer
 
 from hobbit_py._lib import HobbitError
+from hobbit_py.errors import EXIT_ERROR, EXIT_INTERRUPTED, one_line, print_error
 from hobbit_py.policy import Policy
 
 app = typer.Typer(
@@ -33,21 +37,20 @@ def _root() -> None:
     """HOBBIT: mixed-precision expert offloading for MoE LLMs on llama.cpp."""
 
 
-def fail(message: str, code: int = 1) -> typer.Exit:
-    """Print a one-line error to stderr and return the Exit to raise."""
-    typer.echo(f"hobbit: error: {message}", err=True)
-    return typer.Exit(code)
-
-
-def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
-    """Write `data` as JSON to `path` through a temp file, so no half-written file remains."""
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write `text` to `path` through a temp file, so no half-written file remains."""
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
-        tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+        tmp.write_text(text)
         tmp.replace(path)
     except OSError as exc:
         tmp.unlink(missing_ok=True)
         raise HobbitError(f"cannot write {path}: {exc.strerror}") from None
+
+
+def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
+    """Write `data` as JSON to `path` through a temp file, so no half-written file remains."""
+    write_text_atomic(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
 BudgetOpt = Annotated[str | None, typer.Option(
@@ -204,8 +207,9 @@ def bench(
     eval_tokens: Annotated[int, typer.Option(
         min=64, help="Held-out tokens scored for the quality columns.")] = 1024,
     text: Annotated[Path | None, typer.Option(help="Held-out text (default data/heldout.txt).")] = None,
-    out: Annotated[Path, typer.Option(help="Markdown file the results are appended to.")] = Path(
-        "BENCHMARKS.md"),
+    out: Annotated[Path | None, typer.Option(
+        help="Markdown report to write (replaced if it exists). Default: a new file "
+             "hobbit-bench-YYYYMMDD-HHMMSS.md in the current directory.")] = None,
     policy: PolicyOpt = "hobbit",
     hi_threshold: HiOpt = Policy.hi_threshold,
     skip_threshold: SkipOpt = Policy.skip_threshold,
@@ -217,7 +221,9 @@ def bench(
     Variants, each a fresh process, interleaved, median of --runs: B-resident (stock, all in
     RAM), B-mmap (stock, mmap, memory cgroup capped to non-expert bytes + budget + overhead),
     B-lru (our cache, hi only, LRU) and HOBBIT (mixed precision), both under the same cap.
-    The page cache is dropped before each run. Needs root (cgroup v1 and drop_caches).
+    The cap is a cgroup v2 child, a systemd scope (systemd-run --scope -p MemoryMax) or a
+    cgroup v1, whichever the machine allows; with none the variants run uncapped and the
+    report says so. The page cache is dropped before each run where allowed (root).
     Quality (perplexity, KL and top-1 vs all-hi) comes from the held-out text.
     """
     import shlex  # noqa: PLC0415
@@ -237,12 +243,28 @@ def bench(
                        eval_tokens=eval_tokens, command=command,
                        progress=lambda msg: typer.echo(msg, err=True))
     section = to_markdown(result)
-    before = out.read_text() + "\n" if out.exists() else (
-        "# Benchmarks\n\nEvery figure below comes from the command shown with it.\n\n")
-    tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_text(before + section)
-    tmp.replace(out)
+    path = write_report(out, section)
     typer.echo(section)
+    typer.echo(f"report: {path}", err=True)
+
+
+def write_report(out: Path | None, text: str) -> Path:
+    """Write `text` to `out`, or to a new dated file in the current directory."""
+    if out is not None:
+        write_text_atomic(out, text)
+        return out
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    for n in range(1, 100):
+        path = Path(f"hobbit-bench-{stamp}{'' if n == 1 else f'-{n}'}.md")
+        try:
+            with path.open("x") as f:
+                f.write(text)
+            return path
+        except FileExistsError:
+            continue
+        except OSError as exc:
+            raise HobbitError(f"cannot write {path}: {exc.strerror}") from None
+    raise HobbitError("cannot find a free report name in the current directory")
 
 
 def _register_plugins() -> None:
@@ -257,20 +279,51 @@ def _guarded(fn: Callable[[], Any]) -> None:
     try:
         fn()
     except HobbitError as exc:
-        raise SystemExit(fail(str(exc)).exit_code) from None
+        print_error(str(exc))
+        raise SystemExit(EXIT_ERROR) from None
     except KeyboardInterrupt:
-        raise SystemExit(fail("interrupted", 130).exit_code) from None
+        print_error("interrupted")
+        raise SystemExit(EXIT_INTERRUPTED) from None
     except Exception as exc:  # noqa: BLE001  (last resort: no tracebacks for users)
         if os.environ.get("HOBBIT_DEBUG"):
             raise
-        raise SystemExit(fail(
-            f"{type(exc).__name__}: {exc} (set HOBBIT_DEBUG=1 for a traceback)").exit_code) from None
+        print_error(f"internal error: {type(exc).__name__}: {exc} (set HOBBIT_DEBUG=1 for a traceback)")
+        raise SystemExit(EXIT_ERROR) from None
+
+
+# typer raises click's exception classes; recent typers carry their own copy of click
+_click_errors = importlib.import_module(typer.BadParameter.__module__)
+_NoArgsIsHelp: type[Exception] = getattr(_click_errors, "NoArgsIsHelpError", type("_Never", (Exception,), {}))
+
+
+def usage_error_message(exc: Any) -> str:
+    """click's usage error as one line, with where to read the usage."""
+    where = exc.ctx.command_path if exc.ctx is not None else "hobbit"
+    return f"{one_line(exc.format_message())} (see '{where} --help')"
+
+
+def run_app(args: list[str]) -> None:
+    """Run the typer app on `args` with click's errors turned into HobbitError (one line)."""
+    try:
+        code = app(args=args, prog_name="hobbit", standalone_mode=False)
+    except _NoArgsIsHelp as exc:
+        ctx = getattr(exc, "ctx", None)
+        typer.echo(ctx.get_help() if ctx is not None else str(exc))
+        return
+    except _click_errors.UsageError as exc:
+        raise HobbitError(usage_error_message(exc)) from None
+    except typer.Abort:
+        raise KeyboardInterrupt from None
+    except _click_errors.ClickException as exc:
+        raise HobbitError(one_line(exc.format_message())) from None
+    if isinstance(code, int) and code != 0:
+        raise SystemExit(code)
 
 
 def main() -> None:
     """Entry point of the `hobbit` console script."""
     _register_plugins()
-    _guarded(lambda: app(standalone_mode=True))
+    _guarded(lambda: run_app(sys.argv[1:]))
 
 
 if __name__ == "__main__":

@@ -66,7 +66,7 @@ class Model:
 
     def __init__(self, path: str | Path, *, policy: Policy | None = None, n_ctx: int = 0,
                  threads: int | None = None, seed: int = 0, logits_all: bool = False,
-                 n_batch: int = 512) -> None:
+                 n_batch: int = 512, use_mmap: bool | None = None) -> None:
         self._llm = None
         self.path = Path(path)
         self.policy = policy or Policy()
@@ -81,9 +81,10 @@ class Model:
                 n_threads_batch=n_threads, seed=seed, logits_all=logits_all, verbose=False,
                 n_batch=n_batch, n_ubatch=n_batch,
                 kv_overrides=overrides or None,
-                # in HOBBIT mode the non-expert weights are read into memory, not mapped: they
-                # stay resident under memory pressure, and a file changed under us cannot fault
-                use_mmap=not overrides,
+                # by default, in HOBBIT mode the non-expert weights are read into memory, not
+                # mapped: they stay resident under memory pressure, and a file changed under us
+                # cannot fault the process (the experts are read by HOBBIT, never mapped in)
+                use_mmap=(not overrides) if use_mmap is None else use_mmap,
             )
         except ValueError as exc:
             reason = capi.last_error().removeprefix("hobbit: ") or str(exc)

@@ -3,6 +3,7 @@
 #
 #   scripts/vendor.sh            create the tree if missing, re-apply patches if patches/ changed
 #   scripts/vendor.sh --reset    throw the tree away and make it again
+#   scripts/vendor.sh --fetch    only download the pinned sdist into the cache (sha256 checked)
 #
 # The tree is a local git repo: the pristine sdist content is the commit tagged `pristine`,
 # each file of patches/ is one commit on top (applied with `git am`). vendor/llama.cpp-stock
@@ -32,19 +33,10 @@ fetch_sdist() {
     if [ -f "$sdist" ] && echo "$LLAMA_CPP_PYTHON_SHA256  $sdist" | sha256sum -c --status; then
         return
     fi
-    echo "vendor: downloading llama-cpp-python==$LLAMA_CPP_PYTHON_VERSION sdist from PyPI"
-    local tmp
-    tmp=$(mktemp -d "$cache/dl.XXXXXX")
-    # --no-build-isolation: pip only reads the static metadata; nothing is built here.
-    python3 -m pip download -q --no-deps --no-binary :all: --no-build-isolation \
-        -d "$tmp" "llama-cpp-python==$LLAMA_CPP_PYTHON_VERSION" \
-        || { rm -rf "$tmp"; die "could not download llama-cpp-python==$LLAMA_CPP_PYTHON_VERSION"; }
-    if ! echo "$LLAMA_CPP_PYTHON_SHA256  $tmp/$sdist_name" | sha256sum -c --status; then
-        rm -rf "$tmp"
-        die "sha256 of $sdist_name does not match vendor/pin.mk; refusing to use it"
-    fi
-    mv "$tmp/$sdist_name" "$sdist"
-    rm -rf "$tmp"
+    echo "vendor: downloading llama-cpp-python==$LLAMA_CPP_PYTHON_VERSION sdist from the package index"
+    # a plain download checked against the pin: nothing is built, any python3 will do
+    python3 "$root/scripts/fetch_sdist.py" llama-cpp-python "$LLAMA_CPP_PYTHON_VERSION" \
+        "$LLAMA_CPP_PYTHON_SHA256" "$sdist" || exit 1
 }
 
 count_patches() { local a=(patches/*.patch); echo ${#a[@]}; }
@@ -82,6 +74,11 @@ apply_patches() {
     write_stamp
     echo "vendor: applied $(count_patches) patch(es) on top of pristine"
 }
+
+if [ "${1:-}" = "--fetch" ]; then
+    fetch_sdist
+    exit 0
+fi
 
 if [ "${1:-}" = "--reset" ]; then
     rm -rf "$tree" "$stock"

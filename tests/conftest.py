@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 import subprocess
 import sys
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
@@ -13,6 +15,30 @@ from hobbit_py._lib import REPO_ROOT
 from hobbit_py.fixtures import write_fixture
 
 FIXTURE_ARCHES = ("mixtral", "qwen3moe")
+
+
+def in_ci() -> bool:
+    """True under CI (`CI=true`, set by .ci/run and `make test`)."""
+    return os.environ.get("CI", "").strip().lower() in ("1", "true", "yes")
+
+
+def require(condition: bool, what: str) -> None:
+    """Skip when `what` is missing on a developer's machine; fail in CI, where it is a broken
+    install step and a skip would turn it into a green run."""
+    if condition:
+        return
+    if in_ci():
+        pytest.fail(f"CI lacks {what}", pytrace=False)
+    pytest.skip(f"needs {what}", allow_module_level=True)
+
+
+def require_module(name: str) -> ModuleType:
+    """Import `name`, or `require` it (skip locally, fail in CI)."""
+    try:
+        return importlib.import_module(name)
+    except ImportError:
+        require(False, f"the Python module {name!r}")
+        raise  # unreachable: require skipped or failed
 
 
 @pytest.fixture(scope="session")

@@ -16,14 +16,14 @@ def run_model(path: Path, tmp_path: Path):  # noqa: ANN201
 
 def test_missing_file(tmp_path: Path) -> None:
     proc = run_model(tmp_path / "nope.gguf", tmp_path)
-    assert_one_line_error(proc, "model file not found")
+    assert_one_line_error(proc, "hobbit: error: model file not found: ", str(tmp_path / "nope.gguf"))
     assert not (tmp_path / "stats.json").exists()
 
 
 def test_not_a_gguf(tmp_path: Path) -> None:
     bogus = tmp_path / "bogus.gguf"
     bogus.write_text("this is not a model\n")
-    assert_one_line_error(run_model(bogus, tmp_path), "not a GGUF file")
+    assert_one_line_error(run_model(bogus, tmp_path), f"hobbit: error: not a GGUF file: {bogus}")
 
 
 def test_truncated_gguf(mixtral_gguf: Path, tmp_path: Path) -> None:
@@ -32,8 +32,8 @@ def test_truncated_gguf(mixtral_gguf: Path, tmp_path: Path) -> None:
         short = tmp_path / f"short{cut}.gguf"
         short.write_bytes(data[:cut])
         proc = run_model(short, tmp_path)
-        assert_one_line_error(proc, "GGUF")
-        assert "truncated" in proc.stderr or "corrupt" in proc.stderr
+        assert_one_line_error(proc, "hobbit: error: ", str(short))
+        assert ("truncated GGUF" in proc.stderr or "corrupt or truncated GGUF" in proc.stderr), proc.stderr
 
 
 def test_dense_model_is_refused(tmp_path: Path) -> None:
@@ -47,10 +47,33 @@ def test_dense_model_is_refused(tmp_path: Path) -> None:
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
     w.close()
-    assert_one_line_error(run_model(dense, tmp_path), "not a Mixture-of-Experts model")
+    assert_one_line_error(run_model(dense, tmp_path),
+                          f"hobbit: error: not a Mixture-of-Experts model: {dense} (llama has no experts)")
 
 
 def test_bad_option_value(mixtral_gguf: Path) -> None:
     proc = run_hobbit("run", str(mixtral_gguf), "-p", "hi", "-n", "0")
-    assert proc.returncode != 0
-    assert "Traceback" not in proc.stderr
+    assert_one_line_error(proc, "hobbit: error: ", "'-n'", "greater than or equal to 1", "hobbit run --help")
+    assert proc.returncode == 1
+
+
+def test_unknown_option(mixtral_gguf: Path) -> None:
+    proc = run_hobbit("run", str(mixtral_gguf), "-p", "hi", "--bogus")
+    assert_one_line_error(proc, "hobbit: error: ", "No such option: --bogus")
+    assert proc.returncode == 1
+
+
+def test_missing_argument() -> None:
+    proc = run_hobbit("eval")
+    assert_one_line_error(proc, "hobbit: error: ", "Missing argument", "hobbit eval --help")
+
+
+def test_same_prefix_and_exit_code_for_every_command(tmp_path: Path) -> None:
+    missing = str(tmp_path / "nope.gguf")
+    for args in (["run", missing, "-p", "hi"], ["eval", missing, "--expert-budget", "50%"],
+                 ["bench", missing, "--plain-hi", missing], ["convert", missing, "--bits", "8"],
+                 ["info", missing]):
+        proc = run_hobbit(*args)
+        assert_one_line_error(proc, "hobbit: error: ")
+        assert proc.returncode == 1, args
+        assert "nope.gguf" in proc.stderr, (args, proc.stderr)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +14,7 @@ from hobbit_py.fixtures import write_fixture
 from hobbit_py.model import Model
 from hobbit_py.policy import Policy
 from tests.conftest import assert_one_line_error, run_hobbit
+from tests.pagecache import drop_from_page_cache, resident_fraction
 from tests.test_equivalence import stock_tokens
 
 PROMPT = "The cache holds the experts that the router picks most often, and"
@@ -101,20 +103,59 @@ def test_bytes_loaded_is_the_sum_of_loaded_expert_sizes(files: dict[str, Path],
     assert stats["bytes_loaded"] == expected
 
 
+def expert_bytes(path: Path) -> dict[str, int]:
+    """Bytes of one expert (gate+up+down of one layer) per level, and all hi experts, from the GGUF."""
+    import gguf
+
+    reader = gguf.GGUFReader(path)
+    size = {HI: 0, LO: 0, "all_hi": 0}
+    for t in reader.tensors:
+        if "_exps" not in t.name:
+            continue
+        level = LO if f".{LO}." in t.name else HI
+        if t.name.startswith("blk.0.ffn_"):
+            size[level] += int(t.n_bytes) // int(t.shape[-1])
+        if level == HI:
+            size["all_hi"] += int(t.n_bytes)
+    return size
+
+
 def test_cli_reports_expert_stats(files: dict[str, Path], tmp_path: Path) -> None:
+    n_predict = 8
     stats_path = tmp_path / "s.json"
-    proc = run_hobbit("run", str(files["mixed"]), "-p", PROMPT, "-n", "8", "-t", "2",
+    proc = run_hobbit("run", str(files["mixed"]), "-p", PROMPT, "-n", str(n_predict), "-t", "2",
                       "--expert-budget", "30%", "--hi-threshold", "0.5",
                       "--skip-threshold", "0.05", "--policy", "lru",
                       "--stats-json", str(stats_path))
     assert proc.returncode == 0, proc.stderr
-    assert "experts:" in proc.stderr
     stats = json.loads(stats_path.read_text())
-    for key in ("routes_total", "hits_hi", "hits_lo", "loads_hi", "loads_lo", "skipped",
-                "bytes_loaded", "load_stall_ms", "expert_budget_bytes",
-                "expert_cache_peak_bytes", "peak_rss_bytes"):
-        assert key in stats, key
     assert stats["policy"] == "lru"
+    assert stats["tokens_generated"] == n_predict
+
+    # every (token, selected expert) pair of every MoE layer evaluation is one route. The
+    # prompt is one batch; in it the last layer runs only on the token whose logits are
+    # read (llama.cpp's out_ids), and the last generated token is never evaluated.
+    with Model(files["mixed"], n_ctx=256, threads=2) as model:
+        n_prompt = len(model.tokenize(PROMPT))
+        n_layer, k = model.summary.n_layer, model.summary.n_expert_used
+    assert stats["prompt_tokens"] == n_prompt
+    assert stats["routes_total"] == k * ((n_layer - 1) * n_prompt + 1 + n_layer * (n_predict - 1))
+    outcomes = ("hits_hi", "hits_lo", "loads_hi", "loads_lo", "skipped")
+    assert sum(stats[o] for o in outcomes) == stats["routes_total"]
+    assert all(stats[o] > 0 for o in ("loads_hi", "loads_lo", "skipped"))
+
+    size = expert_bytes(files["mixed"])
+    assert stats["expert_budget_bytes"] == int(size["all_hi"] * 0.30)
+    assert stats["bytes_loaded"] == stats["loads_hi"] * size[HI] + stats["loads_lo"] * size[LO]
+    assert 0 < stats["expert_cache_peak_bytes"] <= stats["expert_cache_capacity_bytes"]
+    assert stats["expert_cache_capacity_bytes"] <= stats["expert_budget_bytes"]
+    assert stats["peak_rss_bytes"] > 0
+
+    # the human summary on stderr says the same as the JSON
+    line = next(ln for ln in proc.stderr.splitlines() if ln.startswith("experts:"))
+    numbers = [int(n) for n in re.findall(r"\d+", line)[:6]]  # routes, hits hi/lo, loads hi/lo, skipped
+    assert numbers == [stats["routes_total"], stats["hits_hi"], stats["hits_lo"], stats["loads_hi"],
+                       stats["loads_lo"], stats["skipped"]], line
 
 
 def test_impossible_budget_names_the_minimum(files: dict[str, Path]) -> None:
@@ -249,3 +290,26 @@ def test_a_load_error_is_not_reported_by_the_next_load(files: dict[str, Path], t
                           kv_overrides={"hobbit.budget_bytes": 10**7})
     assert capi.active(llm.model) and capi.last_error() == ""
     llm.close()
+
+
+@pytest.mark.parametrize("direct_io", [True, False])
+def test_direct_io_bypasses_the_page_cache(files: dict[str, Path], direct_io: bool) -> None:
+    """With O_DIRECT no expert page enters the page cache; buffered loads do bring them in
+    (which shows the check can see them). Weights are copied at load (no mmap), so after the
+    pages are dropped only expert loads can read the file."""
+    import gguf
+
+    path = files["mixed"]
+    experts = [(int(t.data_offset), int(t.data_offset) + int(t.n_bytes))
+               for t in gguf.GGUFReader(path).tensors if "_exps" in t.name]
+    policy = Policy(expert_budget="20%", direct_io=direct_io)
+    with Model(path, policy=policy, n_ctx=256, threads=2, use_mmap=False) as model:
+        drop_from_page_cache(path)
+        assert resident_fraction(path, experts) == 0.0
+        model.generate(PROMPT, max_tokens=N_TOKENS)
+        assert model.stats()["bytes_loaded"] > 0
+        resident = resident_fraction(path, experts)
+    if direct_io:
+        assert resident == 0.0
+    else:
+        assert resident > 0.25

@@ -21,8 +21,9 @@ from gguf import GGMLQuantizationType, GGUFReader, quants
 sys.path.insert(0, str(Path(__file__).parent))
 import hf_fixtures as F  # noqa: E402
 
-pytestmark = pytest.mark.skipif(not (F.STOCK_BIN / "llama-quantize").exists(),
-                                reason="needs the stock build (make build-stock)")
+from tests.conftest import require  # noqa: E402
+
+require((F.STOCK_BIN / "llama-quantize").exists(), "llama-quantize of the stock build (make build-stock)")
 
 # relative RMS error a type may add on N(0, s) weights (a loose multiple of the typical error)
 MAX_REL_RMSE = {"F32": 0.0, "F16": 1e-3, "BF16": 8e-3, "Q8_0": 0.01, "Q6_K": 0.03, "Q5_K": 0.05,

@@ -28,7 +28,7 @@ def fails(out_dir: Path, *args: str, match: str, **kw: object) -> str:
     assert r.returncode != 0
     assert "Traceback" not in r.stderr
     assert len(lines) == 1, r.stderr
-    assert lines[0].startswith("error: ") and match in lines[0], lines[0]
+    assert lines[0].startswith("hobbit: error: ") and match in lines[0], lines[0]
     assert sorted(p.name for p in out_dir.iterdir()) == before  # no output, no temp files
     return lines[0]
 
@@ -162,7 +162,7 @@ def test_output_full(base: Path, tmp_path: Path, source: str) -> None:
     r = F.run_cli("convert", str(src), "--bits", "8,4", "-o", str(out / "o.gguf"), preexec_fn=cap)
     lines = [ln for ln in r.stderr.splitlines() if ln.strip() and not ln.startswith("warning: ")]
     assert r.returncode != 0 and "Traceback" not in r.stderr
-    assert len(lines) == 1 and lines[0].startswith("error: output location is full"), r.stderr
+    assert len(lines) == 1 and lines[0].startswith("hobbit: error: output location is full"), r.stderr
     assert sorted(p.name for p in out.iterdir()) == before
 
 

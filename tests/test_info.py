@@ -12,8 +12,9 @@ from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFReader
 sys.path.insert(0, str(Path(__file__).parent))
 import hf_fixtures as F  # noqa: E402
 
-pytestmark = pytest.mark.skipif(not (F.STOCK_BIN / "llama-quantize").exists(),
-                                reason="needs the stock build (make build-stock)")
+from tests.conftest import require  # noqa: E402
+
+require((F.STOCK_BIN / "llama-quantize").exists(), "llama-quantize of the stock build (make build-stock)")
 
 Q = GGMLQuantizationType
 

@@ -32,11 +32,25 @@ def test_model_stream_matches_generate(mixtral_gguf: Path) -> None:
 
 
 def test_sampling_is_seeded(mixtral_gguf: Path) -> None:
-    def sample(seed: int) -> list[int]:
+    def sample(seed: int, temp: float) -> list[int]:
         with Model(mixtral_gguf, n_ctx=256, threads=2, seed=seed) as model:
-            return model.generate("Hello", max_tokens=12, temp=1.0).tokens
+            return model.generate("Hello", max_tokens=16, temp=temp).tokens
 
-    assert sample(7) == sample(7)
+    assert sample(7, 1.0) == sample(7, 1.0)
+    assert sample(7, 1.0) != sample(8, 1.0)  # the seed reaches the sampler
+    assert sample(7, 0.0) == sample(8, 0.0)  # greedy ignores it
+    assert sample(7, 1.0) != sample(7, 0.0)  # and temp is not ignored
+
+
+def test_cli_seed_and_temp(mixtral_gguf: Path) -> None:
+    def text(*args: str) -> str:
+        proc = run_hobbit("run", str(mixtral_gguf), "-p", "Hello", "-n", "16", "-t", "2", *args)
+        assert proc.returncode == 0, proc.stderr
+        return proc.stdout
+
+    assert text("--temp", "1.0", "--seed", "1") == text("--temp", "1.0", "--seed", "1")
+    assert text("--temp", "1.0", "--seed", "1") != text("--temp", "1.0", "--seed", "2")
+    assert text("--seed", "1") == text("--seed", "2")
 
 
 def test_help_is_complete() -> None:

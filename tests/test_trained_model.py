@@ -6,7 +6,9 @@ from pathlib import Path
 
 import pytest
 
-pytest.importorskip("torch")
+from tests.conftest import require_module
+
+require_module("torch")
 
 from hobbit_convert.convert import convert  # noqa: E402
 from hobbit_py.evaluate import DEFAULT_TEXT, evaluate  # noqa: E402

@@ -7,8 +7,10 @@ from pathlib import Path
 
 import pytest
 
-torch = pytest.importorskip("torch")
-transformers = pytest.importorskip("transformers")
+from tests.conftest import require, require_module
+
+torch = require_module("torch")
+transformers = require_module("transformers")
 from safetensors import safe_open  # noqa: E402
 
 from training.widen import main as widen_main  # noqa: E402
@@ -87,8 +89,8 @@ def test_widen_rejects_bad_arguments(tmp_path: Path) -> None:
         widen(src, tmp_path / "w", expert_ffn=16)
 
 
-@pytest.mark.skipif(not (TRAINED / "config.json").exists(), reason="trained model not present")
 def test_widen_trained_model(tmp_path: Path) -> None:
+    require((TRAINED / "config.json").exists(), f"the trained model in {TRAINED}")
     widen(TRAINED, tmp_path / "wide", factor=2, max_shard_bytes=15 * 10**6)
     assert json.loads((tmp_path / "wide" / "config.json").read_text())["intermediate_size"] == 512
     assert (tmp_path / "wide" / "tokenizer.json").exists()
