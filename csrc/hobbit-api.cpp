@@ -43,7 +43,13 @@ struct llama_hobbit_policy llama_hobbit_policy_default(void) {
     p.hi_threshold      = 0.5f;
     p.skip_threshold    = 0.0f;
     p.upgrade_threshold = 0.9f;
-    p.eviction          = LLAMA_HOBBIT_EVICT_LRU;
+    p.eviction          = LLAMA_HOBBIT_EVICT_BLEND;
+    p.w_recency         = 1.0f;
+    p.w_frequency       = 1.0f;
+    p.w_hi_need         = 1.0f;
+    p.w_distance        = 1.0f;
+    p.prefetch_depth    = LLAMA_HOBBIT_PREFETCH_AUTO;
+    p.prefetch_width    = 0;
     return p;
 }
 

@@ -13,6 +13,15 @@
 
 namespace {
 
+llama_hobbit_evict_weights weights_of(const llama_hobbit_policy & p) {
+    llama_hobbit_evict_weights w;
+    w.recency   = p.w_recency;
+    w.frequency = p.w_frequency;
+    w.hi_need   = p.w_hi_need;
+    w.distance  = p.w_distance;
+    return w;
+}
+
 std::string fmt_bytes(uint64_t n) {
     if (n < 1024*1024) {
         return format("%.1f KiB", double(n)/1024.0);
@@ -37,6 +46,7 @@ void clear_ids(ggml_tensor * ids) {
 } // namespace
 
 llama_hobbit_cache::~llama_hobbit_cache() {
+    loader.stop(); // no read may land in memory freed below
     for (auto * b : buf) {
         if (b) {
             ggml_backend_buffer_free(b);
@@ -98,7 +108,7 @@ void llama_hobbit_cache::init_pools(ggml_backend_buffer_type_t buft, uint64_t bu
         stats.cache_capacity_bytes += size;
     }
     slots.init(n_layer, n_expert, has_lo, (int) n_units, hi_span);
-    evictor = llama_hobbit_make_evictor(policy.eviction);
+    evictor = llama_hobbit_make_evictor(policy.eviction, weights_of(policy));
 
     stats.budget_bytes = budget;
     stats.n_slots_hi   = slots.n_slots(LLAMA_HOBBIT_HI);
@@ -108,7 +118,87 @@ void llama_hobbit_cache::init_pools(ggml_backend_buffer_type_t buft, uint64_t bu
 void llama_hobbit_cache::note_evicted(const std::vector<int> & evicted) {
     for (int idx : evicted) {
         stats.cache_bytes -= store.entry_bytes(slots.level_of(idx));
+        llama_hobbit_entry & e = slots.entry(idx);
+        if (e.prefetched) {
+            stats.prefetch_wasted++;
+            e.prefetched = 0;
+            n_prefetched--;
+        }
     }
+}
+
+void llama_hobbit_cache::start_loader(int n_threads) {
+    loader.start(&store, n_threads, [this](const llama_hobbit_load_ptr & job) { on_loaded(job); });
+    stats.io_threads = n_threads;
+}
+
+std::vector<int> llama_hobbit_cache::next_moe_layers(int il, int n) const {
+    std::vector<int> out;
+    for (int l = il + 1; l < n_layer && (int) out.size() < n; ++l) {
+        if (serves[l] && gate_inp[l]) {
+            out.push_back(l);
+        }
+    }
+    return out;
+}
+
+llama_hobbit_clock llama_hobbit_cache::clock_at(int il) const {
+    llama_hobbit_clock c;
+    c.tick    = tick;
+    c.pass    = pass;
+    c.il_now  = il;
+    c.n_layer = n_layer;
+    return c;
+}
+
+llama_hobbit_load_ptr llama_hobbit_cache::make_load(int idx, int depth) {
+    auto job = std::make_shared<llama_hobbit_load>();
+    job->idx    = idx;
+    job->il     = slots.layer_of(idx);
+    job->expert = slots.expert_of(idx);
+    job->lvl    = slots.level_of(idx);
+    job->depth  = depth;
+    job->bytes  = store.entry_bytes(job->lvl);
+    const int slot = slots.entry(idx).slot;
+    for (int p = 0; p < LLAMA_HOBBIT_N_PROJ; ++p) {
+        job->dst[p] = (char *) pool[job->lvl][p]->data + size_t(slot)*pool[job->lvl][p]->nb[2];
+    }
+    in_flight[idx] = job;
+    return job;
+}
+
+void llama_hobbit_cache::on_loaded(const llama_hobbit_load_ptr & job) {
+    std::lock_guard<std::mutex> lock(mtx);
+    in_flight.erase(job->idx);
+    stats.read_ms += job->read_ms;
+    if (job->ok) {
+        slots.entry(job->idx).state = LLAMA_HOBBIT_READY;
+        stats.bytes_loaded += job->bytes;
+        stats.bytes_prefetched += job->prefetch() ? job->bytes : 0;
+    } else {
+        stats.failed_loads++;
+        stats.cache_bytes -= store.entry_bytes(job->lvl);
+        if (slots.entry(job->idx).prefetched) {
+            slots.entry(job->idx).prefetched = 0;
+            n_prefetched--;
+        }
+        slots.release(job->idx);
+    }
+    job->done = true;
+    cv.notify_all();
+}
+
+bool llama_hobbit_cache::take_back_prefetch(int idx) {
+    auto it = in_flight.find(idx);
+    if (it == in_flight.end() || !it->second->prefetch() || !loader.take_back(it->second)) {
+        return false; // being read: wait for it
+    }
+    const llama_hobbit_load_ptr job = it->second;
+    in_flight.erase(it);
+    note_evicted({ job->idx });
+    slots.release(job->idx);
+    job->done = true;
+    return true;
 }
 
 void llama_hobbit_cache::release_locked(llama_hobbit_context & hctx) {
@@ -125,21 +215,6 @@ void llama_hobbit_cache::release_locked(llama_hobbit_context & hctx) {
 void llama_hobbit_cache::release(llama_hobbit_context & hctx) {
     std::lock_guard<std::mutex> lock(mtx);
     release_locked(hctx);
-}
-
-bool llama_hobbit_cache::load(llama_hobbit_context & hctx, const llama_hobbit_decision & d, std::string & err) {
-    const int slot = slots.entry(d.idx).slot; // stable: the entry is pinned
-    char * dst[LLAMA_HOBBIT_N_PROJ];
-    for (int p = 0; p < LLAMA_HOBBIT_N_PROJ; ++p) {
-        dst[p] = (char *) pool[d.lvl][p]->data + size_t(slot)*pool[d.lvl][p]->nb[2];
-    }
-    // one staging buffer per context, sized once for the largest read
-    const size_t bounce = store.bounce_bytes();
-    if (bounce > 0 && !hctx.bounce.reserve(bounce)) {
-        err = format("hobbit: cannot allocate %zu bytes to read experts from %s", bounce, store.path(0).c_str());
-        return false;
-    }
-    return store.read_expert(slots.layer_of(d.idx), d.expert, d.lvl, dst, hctx.bounce, err);
 }
 
 void llama_hobbit_cache::serve_wave(llama_hobbit_context & hctx, int il, int wave, int n_waves,
@@ -171,77 +246,73 @@ void llama_hobbit_cache::serve_wave_locked(std::unique_lock<std::mutex> & lk, ll
     llama_hobbit_job & job = hctx.job;
     const llama_hobbit_policy pol = policy;
     if (wave == 0) {
+        if (il <= hctx.il_prev) {
+            pass++; // a new walk through the layers
+        }
+        hctx.il_prev = il;
         tick++;
         stats.n_calls++;
         stats.routes_total += uint64_t(routes.n_used*routes.n_tokens);
         job.init(il, n_waves, n_expert, routes, pol.skip_threshold);
+        note_prediction(hctx, il, routes);
     }
     stats.n_waves++;
+    const llama_hobbit_clock now = clock_at(il);
 
-    // plan, waiting in turn while other contexts pin the room this wave needs
+    // plan, waiting in turn while other contexts (or queued prefetches) pin the room it needs
     llama_hobbit_plan_counts counts;
     hctx.decisions.clear();
     const uint64_t ticket = next_ticket++;
     queue.push_back(ticket);
     cv.wait(lk, [&]() {
-        return queue.front() == ticket &&
-            llama_hobbit_plan_wave(slots, job, wave, pol, *evictor, tick, hctx.decisions, counts);
+        if (queue.front() != ticket) {
+            return false;
+        }
+        for (;;) {
+            if (llama_hobbit_plan_wave(slots, job, wave, pol, *evictor, now, hctx.decisions, counts)) {
+                return true;
+            }
+            // room held by a prefetch: one not started yet is taken back at once, one being
+            // read is waited for; room pinned by other contexts is waited for
+            if (counts.busy < 0 || !take_back_prefetch(counts.busy)) {
+                return false;
+            }
+        }
     });
     queue.pop_front();
     cv.notify_all();
 
     note_evicted(counts.evicted);
-    stats.demotions += counts.demotions;
+    stats.demotions     += counts.demotions;
+    stats.prefetch_used += counts.prefetch_used;
+    n_prefetched        -= counts.prefetch_used;
+
+    // demand reads go to the I/O threads at once; a copy being prefetched is read next
+    std::vector<llama_hobbit_load_ptr> loads;
+    std::vector<llama_hobbit_load_ptr> waits; // reads of copies this wave waits for
     for (const auto & d : hctx.decisions) {
         hctx.pins.push_back(d.idx);
         if (d.action == LLAMA_HOBBIT_LOAD) {
             stats.cache_bytes += store.entry_bytes(d.lvl);
             stats.cache_peak_bytes = std::max(stats.cache_peak_bytes, stats.cache_bytes);
-        }
-    }
-
-    // read outside the lock; the loading entries are pinned, nobody else touches their slots
-    std::vector<std::string> errors(hctx.decisions.size());
-    std::vector<bool>        ok(hctx.decisions.size(), true);
-    lk.unlock();
-    for (size_t i = 0; i < hctx.decisions.size(); ++i) {
-        if (hctx.decisions[i].action == LLAMA_HOBBIT_LOAD) {
-            ok[i] = load(hctx, hctx.decisions[i], errors[i]);
-        }
-    }
-    lk.lock();
-
-    bool changed = false;
-    for (size_t i = 0; i < hctx.decisions.size(); ++i) {
-        const llama_hobbit_decision & d = hctx.decisions[i];
-        if (d.action != LLAMA_HOBBIT_LOAD) {
-            continue;
-        }
-        changed = true;
-        if (!ok[i]) {
-            stats.failed_loads++;
-            stats.cache_bytes -= store.entry_bytes(d.lvl);
-            slots.release(d.idx);
-            hctx.fail(errors[i]);
-            continue;
-        }
-        slots.entry(d.idx).state = LLAMA_HOBBIT_READY;
-        stats.bytes_loaded += store.entry_bytes(d.lvl);
-        if (d.upgrade) {
-            stats.upgrades++;
-            const int lo = slots.index(il, d.expert, LLAMA_HOBBIT_LO);
-            if (slots.cached(lo) && slots.entry(lo).pins == 0) {
-                stats.cache_bytes -= store.entry_bytes(LLAMA_HOBBIT_LO);
-                slots.release(lo); // the lo copy is now redundant
+            loads.push_back(make_load(d.idx, 0));
+            loader.submit(loads.back());
+        } else if (d.action == LLAMA_HOBBIT_WAIT) {
+            auto it = in_flight.find(d.idx);
+            if (it != in_flight.end()) {
+                loader.promote(it->second);
+                waits.push_back(it->second);
             }
         }
     }
-    if (changed) {
-        cv.notify_all();
-    }
 
-    // copies other contexts are loading must be ready before the matmuls read them
+    // wait for this wave's reads and for copies others are reading
     cv.wait(lk, [&]() {
+        for (const auto & l : loads) {
+            if (!l->done) {
+                return false;
+            }
+        }
         for (const auto & d : hctx.decisions) {
             if (d.action == LLAMA_HOBBIT_WAIT && slots.entry(d.idx).state == LLAMA_HOBBIT_LOADING) {
                 return false;
@@ -249,9 +320,27 @@ void llama_hobbit_cache::serve_wave_locked(std::unique_lock<std::mutex> & lk, ll
         }
         return true;
     });
+    for (const auto & l : loads) {
+        if (!l->ok) {
+            hctx.fail(l->err);
+        }
+    }
+    for (const auto & l : waits) {
+        if (!l->ok) {
+            hctx.fail(l->err);
+        }
+    }
     for (const auto & d : hctx.decisions) {
         if (d.action == LLAMA_HOBBIT_WAIT && slots.entry(d.idx).state != LLAMA_HOBBIT_READY) {
             hctx.fail(format("hobbit: expert %d of layer %d could not be read by another context", d.expert, il));
+        }
+        if (d.action == LLAMA_HOBBIT_LOAD && d.upgrade && slots.entry(d.idx).state == LLAMA_HOBBIT_READY) {
+            stats.upgrades++;
+            const int lo = slots.index(il, d.expert, LLAMA_HOBBIT_LO);
+            if (slots.entry(lo).state == LLAMA_HOBBIT_READY && slots.entry(lo).pins == 0) {
+                note_evicted({ lo });
+                slots.release(lo); // the lo copy is now redundant
+            }
         }
     }
     if (hctx.failed) {
@@ -286,17 +375,177 @@ void llama_hobbit_cache::serve_wave_locked(std::unique_lock<std::mutex> & lk, ll
     }
 }
 
+void llama_hobbit_cache::note_prediction(llama_hobbit_context & hctx, int il, const llama_hobbit_routes & routes) {
+    const uint8_t made = hctx.pred_made[il];
+    if (!made) {
+        return;
+    }
+    const uint8_t * pred = &hctx.predicted[size_t(il)*n_expert];
+    for (int d = 0; d < LLAMA_HOBBIT_PREFETCH_MAX; ++d) {
+        if (!(made & (1 << d))) {
+            continue;
+        }
+        uint64_t total = 0, right = 0;
+        for (int64_t t = 0; t < routes.n_tokens; ++t) {
+            for (int64_t r = 0; r < routes.n_used; ++r) {
+                total++;
+                right += (pred[routes.expert(r, t)] >> d) & 1;
+            }
+        }
+        stats.predicted[d]       += total;
+        stats.predicted_right[d] += right;
+        hctx.accuracy[d] = 0.8*hctx.accuracy[d] + 0.2*double(right)/double(std::max<uint64_t>(total, 1));
+    }
+    hctx.pred_made[il] = 0;
+    std::fill(hctx.predicted.begin() + size_t(il)*n_expert, hctx.predicted.begin() + size_t(il + 1)*n_expert, 0);
+}
+
+void llama_hobbit_cache::adapt_depth(llama_hobbit_context & hctx) {
+    if (policy.prefetch_depth != LLAMA_HOBBIT_PREFETCH_AUTO) {
+        hctx.depth = std::clamp(policy.prefetch_depth, 0, LLAMA_HOBBIT_PREFETCH_MAX);
+        return;
+    }
+    // prefetch as many layers ahead as it takes for a layer's loads to hide behind compute,
+    // no deeper than predictions stay right half of the time
+    int depth = 1;
+    if (hctx.compute_ms > 0.0 && hctx.stall_ms > 0.05*hctx.compute_ms) {
+        depth = (int) std::ceil((hctx.stall_ms + hctx.compute_ms)/hctx.compute_ms);
+    }
+    depth = std::clamp(depth, 1, LLAMA_HOBBIT_PREFETCH_MAX);
+    while (depth > 1 && hctx.accuracy[depth - 1] < 0.5) {
+        depth--;
+    }
+    hctx.depth = depth;
+}
+
+namespace {
+
+// the policy's evictor, except that it never evicts what a prefetch must leave alone: copies
+// prefetched and not used yet, and experts of the layers from the one served to the deepest
+// predicted
+struct prefetch_guard : llama_hobbit_evictor {
+    const llama_hobbit_evictor & base;
+    int first, last;
+    prefetch_guard(const llama_hobbit_evictor & base, int first, int last) : base(base), first(first), last(last) {}
+
+    double score(const llama_hobbit_entry & e, int il, const llama_hobbit_clock & now) const override {
+        if (e.prefetched || (il >= first && il <= last)) {
+            return std::numeric_limits<double>::infinity();
+        }
+        return base.score(e, il, now);
+    }
+};
+
+} // namespace
+
+void llama_hobbit_cache::prefetch(llama_hobbit_context & hctx, int il, int gating,
+                                  const std::vector<llama_hobbit_router_logits> & logits) {
+    std::lock_guard<std::mutex> lock(mtx);
+    try {
+        prefetch_locked(hctx, il, gating, logits);
+    } catch (const std::exception & e) {
+        // a prefetch is only a guess: failing one costs speed, never correctness
+        LLAMA_LOG_WARN("%s: hobbit: prefetch after layer %d failed: %s\n", __func__, il, e.what());
+    }
+}
+
+void llama_hobbit_cache::prefetch_locked(llama_hobbit_context & hctx, int il, int gating,
+                                         const std::vector<llama_hobbit_router_logits> & logits) {
+    adapt_depth(hctx);
+    stats.prefetch_depth = hctx.depth;
+    if (hctx.depth == 0 || logits.empty()) {
+        return;
+    }
+    const llama_hobbit_policy pol = policy;
+    std::vector<llama_hobbit_prediction> preds;
+    for (const auto & l : logits) {
+        if (l.depth > hctx.depth) {
+            continue;
+        }
+        const ggml_tensor * bias = probs_bias[l.il];
+        const float * bias_data = bias && bias->buffer && ggml_backend_buffer_is_host(bias->buffer)
+            ? (const float *) bias->data : nullptr;
+        preds.emplace_back();
+        preds.back().il    = l.il;
+        preds.back().depth = l.depth;
+        llama_hobbit_predict(l.data, l.nb1, n_expert, l.n_tokens, n_expert_used, pol.prefetch_width, gating,
+                             bias_data, preds.back());
+    }
+    int deepest = il;
+    for (const auto & p : preds) {
+        if (p.depth <= hctx.depth) {
+            deepest = std::max(deepest, p.il);
+        }
+    }
+    const prefetch_guard guard(*evictor, il, deepest);
+    const llama_hobbit_clock now = clock_at(il);
+    // at most one layer's worth of predicted experts per layer of depth prefetched and not used
+    // yet (counted in the books, not by how far the reads got: what is prefetched must not
+    // depend on the disk's timing)
+    const int64_t cap = int64_t(hctx.depth)*(n_expert_used + std::max(0, pol.prefetch_width));
+
+    for (const auto & p : preds) {
+        if (p.depth > hctx.depth) {
+            continue;
+        }
+        hctx.pred_made[p.il] |= uint8_t(1 << (p.depth - 1));
+        std::vector<int> order;
+        for (int e = 0; e < n_expert; ++e) {
+            if (p.need[e] >= 0.0f) {
+                hctx.predicted[size_t(p.il)*n_expert + e] |= uint8_t(1 << (p.depth - 1));
+                order.push_back(e);
+            }
+        }
+        std::sort(order.begin(), order.end(), [&](int a, int b) { return p.need[a] > p.need[b]; });
+        for (int e : order) {
+            if (p.need[e] < pol.skip_threshold && !p.widened[e]) {
+                continue; // a miss the policy would skip
+            }
+            const bool want_hi = !has_lo || (!p.widened[e] && p.need[e] >= pol.hi_threshold);
+            const int hi = slots.index(p.il, e, LLAMA_HOBBIT_HI);
+            const int lo = slots.index(p.il, e, LLAMA_HOBBIT_LO);
+            if (slots.cached(hi) || (has_lo && slots.cached(lo))) {
+                continue; // cached or on its way (a lo copy serves; upgrades are the route's call)
+            }
+            const int idx = want_hi ? hi : lo;
+            if (n_prefetched >= cap) {
+                return;
+            }
+            std::vector<int> evicted;
+            if (slots.alloc(idx, guard, now, &evicted, /*pin =*/ false) < 0) {
+                continue; // no room a prefetch may take now
+            }
+            note_evicted(evicted);
+            n_prefetched++;
+            llama_hobbit_entry & en = slots.entry(idx);
+            en.prefetched = (uint8_t) p.depth;
+            en.last_use   = now.tick; // as fresh as what the layer being served uses
+            en.last_pass  = now.pass;
+            stats.cache_bytes += store.entry_bytes(slots.level_of(idx));
+            stats.cache_peak_bytes = std::max(stats.cache_peak_bytes, stats.cache_bytes);
+            stats.prefetch_issued++;
+            loader.submit(make_load(idx, p.depth));
+        }
+    }
+}
+
 llama_hobbit_policy llama_hobbit_cache::get_policy() {
     std::lock_guard<std::mutex> lock(mtx);
     return policy;
 }
 
 bool llama_hobbit_cache::set_policy(const llama_hobbit_policy & pol, std::string & err) {
-    auto ev = llama_hobbit_make_evictor(pol.eviction);
+    auto ev = llama_hobbit_make_evictor(pol.eviction, weights_of(pol));
+    const bool weights_ok = pol.w_recency >= 0.0f && pol.w_frequency >= 0.0f && pol.w_hi_need >= 0.0f &&
+                            pol.w_distance >= 0.0f;
+    const bool depth_ok = pol.prefetch_depth == LLAMA_HOBBIT_PREFETCH_AUTO ||
+                          (pol.prefetch_depth >= 0 && pol.prefetch_depth <= LLAMA_HOBBIT_PREFETCH_MAX);
     if (!(pol.skip_threshold >= 0.0f) || !(pol.hi_threshold >= pol.skip_threshold) ||
-            !(pol.upgrade_threshold >= 0.0f) || !ev) {
-        err = "hobbit: invalid policy (need 0 <= skip_threshold <= hi_threshold, upgrade_threshold >= 0, "
-              "a known eviction)";
+            !(pol.upgrade_threshold >= 0.0f) || !ev || !weights_ok || !depth_ok ||
+            pol.prefetch_width < 0 || pol.prefetch_width > n_expert) {
+        err = format("hobbit: invalid policy (need 0 <= skip_threshold <= hi_threshold, upgrade_threshold >= 0, "
+                     "a known eviction, weights >= 0, prefetch_depth -1..%d, 0 <= prefetch_width <= %d)",
+                     LLAMA_HOBBIT_PREFETCH_MAX, n_expert);
         return false;
     }
     std::lock_guard<std::mutex> lock(mtx);
@@ -307,7 +556,9 @@ bool llama_hobbit_cache::set_policy(const llama_hobbit_policy & pol, std::string
 
 llama_hobbit_stats llama_hobbit_cache::get_stats() {
     std::lock_guard<std::mutex> lock(mtx);
-    return stats;
+    llama_hobbit_stats s = stats;
+    s.bytes_in_flight_peak = loader.bytes_pending_peak();
+    return s;
 }
 
 void llama_hobbit_cache::reset_stats() {
@@ -320,4 +571,6 @@ void llama_hobbit_cache::reset_stats() {
     stats.cache_peak_bytes     = keep.cache_bytes;
     stats.n_slots_hi           = keep.n_slots_hi;
     stats.n_slots_lo           = keep.n_slots_lo;
+    stats.io_threads           = keep.io_threads;
+    stats.prefetch_depth       = keep.prefetch_depth;
 }

@@ -1,15 +1,22 @@
 // HOBBIT expert cache: slot pools in backend memory under one byte budget, shared by every
-// context of one model.
+// context of one model, filled by a pool of I/O threads.
 //
 // The model owns the cache (llama_model::hobbit); each context that uses the model has a
 // llama_hobbit_context (hobbit-context.h) with what it has pinned and the layer it is serving.
-// One mutex guards the books (slots, policy, stats); reads from the store run outside it into
-// slots whose entries are marked loading and pinned, so other contexts neither evict nor use
-// them until they are ready. Waves that cannot get room because other contexts pin it wait in
-// FIFO order, holding no pins, so contexts never deadlock and none starves.
+// One mutex guards the books (slots, policy, stats). Reads run on the loader's I/O threads
+// (hobbit-loader.h) into slots whose entries are marked loading and pinned, so nobody evicts
+// or reads them until they are ready. Waves that cannot get room because other contexts pin it
+// wait in FIFO order, holding no pins, so contexts never deadlock and none starves.
+//
+// Prefetch: before a layer's experts are served, the graph predicts the next layers' routes
+// (hobbit-prefetch.h) and the cache queues reads of predicted experts that are not cached,
+// behind demand reads, evicting neither pinned entries, nor unused prefetches, nor experts of
+// the layers from the current one to the deepest predicted.
 #pragma once
 
+#include "hobbit-loader.h"
 #include "hobbit-policy.h"
+#include "hobbit-prefetch.h"
 #include "hobbit-slots.h"
 #include "hobbit-store.h"
 #include "llama-hobbit.h"
@@ -23,9 +30,19 @@
 #include <memory>
 #include <mutex>
 #include <string>
+#include <unordered_map>
 #include <vector>
 
 struct llama_hobbit_context;
+
+// the logits of one router applied to an earlier layer's input: [n_expert, n_tokens] F32
+struct llama_hobbit_router_logits {
+    int          il;     // the layer whose router it is
+    int          depth;  // MoE layers ahead of the layer whose input it was applied to
+    const char * data;
+    size_t       nb1;
+    int64_t      n_tokens;
+};
 
 struct llama_hobbit_cache {
     // shape
@@ -35,6 +52,11 @@ struct llama_hobbit_cache {
     bool has_lo        = false;
     std::string type_name[LLAMA_HOBBIT_N_LVL]; // requested type of each level used
     std::vector<bool> serves;                  // [il] the layer's routed experts come from the cache
+
+    // routers of the MoE layers, for prefetch predictions: [il]
+    std::vector<ggml_tensor *> gate_inp;
+    std::vector<ggml_tensor *> gate_inp_b;
+    std::vector<ggml_tensor *> probs_bias;
 
     llama_hobbit_store store;
 
@@ -53,6 +75,9 @@ struct llama_hobbit_cache {
     // is below the minimum or memory cannot be had: load time only)
     void init_pools(ggml_backend_buffer_type_t buft, uint64_t budget);
 
+    // start the I/O threads (throws: load time only)
+    void start_loader(int n_threads);
+
     // smallest budget init_pools accepts: one expert at hi (in units of the lo size)
     uint64_t min_budget() const;
 
@@ -60,11 +85,18 @@ struct llama_hobbit_cache {
         return llama_hobbit_n_waves(slots, n_used, n_tokens);
     }
 
+    // the next MoE layers after il, up to n of them
+    std::vector<int> next_moe_layers(int il, int n) const;
+
     // serve wave `wave` of layer il for one context: plan, load, wait, and write the slot of
     // each route into ids ([n_used, n_tokens, hi|lo], -1 where a path does not serve the route).
     // Never throws; a failure is recorded in the context and every id left -1.
     void serve_wave(llama_hobbit_context & hctx, int il, int wave, int n_waves,
                     const llama_hobbit_routes & routes, ggml_tensor * ids);
+
+    // predict the experts of the next layers from their routers' logits on layer il's input,
+    // and queue prefetches of those not cached (a prefetch op of layer il; never throws)
+    void prefetch(llama_hobbit_context & hctx, int il, int gating, const std::vector<llama_hobbit_router_logits> & logits);
 
     // drop every pin the context holds (its graph no longer reads those slots)
     void release(llama_hobbit_context & hctx);
@@ -78,18 +110,29 @@ struct llama_hobbit_cache {
 private:
     void serve_wave_locked(std::unique_lock<std::mutex> & lk, llama_hobbit_context & hctx, int il, int wave,
                            int n_waves, const llama_hobbit_routes & routes, ggml_tensor * ids);
+    void prefetch_locked(llama_hobbit_context & hctx, int il, int gating, const std::vector<llama_hobbit_router_logits> & logits);
     void release_locked(llama_hobbit_context & hctx);
     void note_evicted(const std::vector<int> & evicted);
-    bool load(llama_hobbit_context & hctx, const llama_hobbit_decision & d, std::string & err);
+    void note_prediction(llama_hobbit_context & hctx, int il, const llama_hobbit_routes & routes);
+    void adapt_depth(llama_hobbit_context & hctx);
+    bool take_back_prefetch(int idx); // a queued prefetch of entry idx is dropped: true if it was
+    llama_hobbit_load_ptr make_load(int idx, int depth);
+    void on_loaded(const llama_hobbit_load_ptr & job); // an I/O thread finished a read
+    llama_hobbit_clock clock_at(int il) const;
 
     std::mutex              mtx;
     std::condition_variable cv;
     std::deque<uint64_t>    queue; // tickets of waves waiting for room, first come first served
     uint64_t                next_ticket = 0;
     uint64_t                tick = 0;
+    uint64_t                pass = 0;
+    int64_t                 n_prefetched = 0; // prefetched copies not used yet (queued, in flight or ready)
 
     llama_hobbit_slots                    slots;
     llama_hobbit_policy                   policy = llama_hobbit_policy_default();
     std::unique_ptr<llama_hobbit_evictor> evictor;
     llama_hobbit_stats                    stats  = {};
+
+    std::unordered_map<int, llama_hobbit_load_ptr> in_flight; // entry -> its read, queued or running
+    llama_hobbit_loader                            loader;    // stopped first of all (destructor)
 };

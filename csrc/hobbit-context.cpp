@@ -1,5 +1,29 @@
 #include "hobbit-context.h"
 
+#include <algorithm>
+
+llama_hobbit_context::llama_hobbit_context(std::shared_ptr<llama_hobbit_cache> cache_) : cache(std::move(cache_)) {
+    predicted.assign(size_t(cache->n_layer)*cache->n_expert, 0);
+    pred_made.assign(cache->n_layer, 0);
+}
+
+void llama_hobbit_context::wave_started(int wave) {
+    const auto now = std::chrono::steady_clock::now();
+    if (wave == 0 && served_at.time_since_epoch().count() != 0) {
+        const double ms = std::chrono::duration<double, std::milli>(now - served_at).count();
+        compute_ms = compute_ms == 0.0 ? ms : 0.8*compute_ms + 0.2*ms;
+    }
+    started_at = now;
+}
+
+void llama_hobbit_context::wave_served(int wave) {
+    served_at = std::chrono::steady_clock::now();
+    if (wave == 0) {
+        const double ms = std::chrono::duration<double, std::milli>(served_at - started_at).count();
+        stall_ms = 0.8*stall_ms + 0.2*ms;
+    }
+}
+
 llama_hobbit_context::~llama_hobbit_context() {
     cache->release(*this);
 }

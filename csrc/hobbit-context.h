@@ -2,30 +2,35 @@
 //
 // A llama_context on a HOBBIT model owns one (llama_context::hobbit). It holds the pins of the
 // wave its graph is computing (released when its next wave starts and when the ubatch ends,
-// also if the graph stopped early), the layer job being served, a read buffer, and the first
-// error of the ubatch, which makes llama_decode fail.
+// also if the graph stopped early), the layer job being served, the first error of the ubatch
+// (which makes llama_decode fail), and what its prefetches predicted and how well.
 #pragma once
 
 #include "hobbit-cache.h"
 #include "hobbit-policy.h"
 #include "hobbit-store.h"
+#include "llama-hobbit.h"
 
+#include <chrono>
 #include <memory>
 #include <string>
 #include <vector>
 
 struct llama_hobbit_context;
 
-// what one route op of the graph serves: the op's userdata
+// what one op of the graph serves: the userdata of a route op (wave >= 0) or of a prefetch op
+// (wave -1; its sources are the router logits of `targets`, at depths 1, 2, ...)
 struct llama_hobbit_op {
     llama_hobbit_context * hctx;
     int il;
     int wave;
     int n_waves;
+    int gating  = 0; // enum llama_expert_gating_func_type of the model
+    std::vector<int> targets;
 };
 
 struct llama_hobbit_context {
-    explicit llama_hobbit_context(std::shared_ptr<llama_hobbit_cache> cache) : cache(std::move(cache)) {}
+    explicit llama_hobbit_context(std::shared_ptr<llama_hobbit_cache> cache);
     llama_hobbit_context(const llama_hobbit_context &) = delete;
     llama_hobbit_context & operator=(const llama_hobbit_context &) = delete;
     ~llama_hobbit_context();
@@ -35,10 +40,20 @@ struct llama_hobbit_context {
     llama_hobbit_job                   job;       // the layer being served
     std::vector<int>                   pins;      // entries pinned for the wave being computed
     std::vector<llama_hobbit_decision> decisions; // scratch of one wave
-    llama_hobbit_bounce                bounce;    // O_DIRECT staging for this context's reads
 
     bool        failed = false; // the ubatch being computed hit a fault
     std::string error;          // the first one
+
+    // prefetch: what earlier layers predicted for each layer, to measure accuracy per depth
+    std::vector<uint8_t> predicted;  // [il][expert] bit d-1: predicted at depth d
+    std::vector<uint8_t> pred_made;  // [il] bit d-1: a prediction at depth d was made for il
+    int    depth = 1;                // prefetch depth in use (adapts when the policy says auto)
+    double accuracy[LLAMA_HOBBIT_PREFETCH_MAX] = { 1.0, 1.0, 1.0 }; // running averages per depth
+    double compute_ms = 0.0;         // running average of compute between two MoE layers
+    double stall_ms   = 0.0;         // running average of the wait in a layer's first wave
+    int    il_prev    = -1;          // the layer served before (a lower one starts a new pass)
+    std::chrono::steady_clock::time_point served_at{};  // when the last wave was served
+    std::chrono::steady_clock::time_point started_at{}; // when the current wave started
 
     void fail(const std::string & msg) {
         if (!failed) {
@@ -47,8 +62,12 @@ struct llama_hobbit_context {
         }
     }
 
-    // the userdata of the route op for (il, wave, n_waves); stable while the context lives
+    // the userdata of the op for (il, wave, n_waves); stable while the context lives
     llama_hobbit_op * op(int il, int wave, int n_waves);
+
+    // time a layer's first wave (for the prefetch depth): before and after serving it
+    void wave_started(int wave);
+    void wave_served(int wave);
 
 private:
     std::vector<std::unique_ptr<llama_hobbit_op>> ops;

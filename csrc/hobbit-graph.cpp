@@ -1,5 +1,6 @@
 // HOBBIT graph: the routed experts of a MoE layer computed from the expert cache.
 //
+//   cur ──► mul_mat(router of layer l+1, l+2, l+3) ──► hobbit_prefetch (CPU op: predict, queue reads)
 //   for each wave w (one wave unless the ubatch needs more experts than the slots hold):
 //     selected, weights [, down of wave w-1] ──► hobbit_route (CPU op: policy + loads) ──► ids [n_used, n_tokens, hi|lo]
 //     for each path (hi, lo): mul_mat_id(pool_up/gate) -> GLU -> mul_mat_id(pool_down)
@@ -8,13 +9,29 @@
 //
 // mul_mat_id skips negative ids and leaves their rows zero, so a route costs nothing in a path
 // that does not serve it, and a skipped route costs nothing at all. A wave's route op depends
-// on the previous wave's output, so it runs after the matmuls that read the slots it may reuse.
+// on the previous wave's output, so it runs after the matmuls that read the slots it may reuse;
+// the first one depends on the prefetch op, so the next layers' reads are queued before this
+// layer's experts are served (behind this layer's own reads, which go first).
 
 #include "hobbit-hooks.h"
 #include "hobbit-cache.h"
 #include "hobbit-context.h"
 
 #include "ggml.h"
+
+static void llama_hobbit_prefetch_op(ggml_tensor * dst, int ith, int nth, void * userdata) {
+    (void) nth;
+    if (ith != 0) {
+        return;
+    }
+    const auto * op = (const llama_hobbit_op *) userdata;
+    std::vector<llama_hobbit_router_logits> logits;
+    for (size_t i = 0; i < op->targets.size(); ++i) {
+        const ggml_tensor * l = dst->src[i];
+        logits.push_back({ op->targets[i], (int) i + 1, (const char *) l->data, l->nb[1], l->ne[1] });
+    }
+    op->hctx->cache->prefetch(*op->hctx, op->il, op->gating, logits);
+}
 
 static void llama_hobbit_route_op(ggml_tensor * dst, int ith, int nth, void * userdata) {
     (void) nth;
@@ -33,7 +50,36 @@ static void llama_hobbit_route_op(ggml_tensor * dst, int ith, int nth, void * us
     routes.w_nb2    = w->nb[2];
     routes.n_used   = sel->ne[0];
     routes.n_tokens = sel->ne[1];
+    op->hctx->wave_started(op->wave);
     op->hctx->cache->serve_wave(*op->hctx, op->il, op->wave, op->n_waves, routes, dst);
+    op->hctx->wave_served(op->wave);
+}
+
+// predict the next MoE layers' experts from this layer's router input: their routers' logits,
+// and the op that turns them into prefetches; nullptr at the last MoE layer
+static ggml_tensor * build_prefetch(llama_hobbit_context * hctx, ggml_context * ctx, int il, ggml_tensor * cur,
+                                    int gating) {
+    const llama_hobbit_cache & cache = *hctx->cache;
+    const std::vector<int> targets = cache.next_moe_layers(il, LLAMA_HOBBIT_PREFETCH_MAX);
+    if (targets.empty()) {
+        return nullptr;
+    }
+    ggml_tensor * x = ggml_reshape_2d(ctx, cur, cur->ne[0], cur->ne[2]);
+    ggml_tensor * args[LLAMA_HOBBIT_PREFETCH_MAX];
+    for (size_t i = 0; i < targets.size(); ++i) {
+        ggml_tensor * logits = ggml_mul_mat(ctx, cache.gate_inp[targets[i]], x);
+        if (cache.gate_inp_b[targets[i]]) {
+            logits = ggml_add(ctx, logits, cache.gate_inp_b[targets[i]]);
+        }
+        args[i] = logits;
+    }
+    llama_hobbit_op * op = hctx->op(il, -1, 0);
+    op->gating  = gating;
+    op->targets = targets;
+    ggml_tensor * pf = ggml_custom_4d(ctx, GGML_TYPE_F32, 1, 1, 1, 1, args, (int) targets.size(),
+            llama_hobbit_prefetch_op, 1, op);
+    ggml_format_name(pf, "hobbit_prefetch-%d", il);
+    return pf;
 }
 
 ggml_tensor * llama_hobbit_build_moe_ffn(
@@ -44,6 +90,7 @@ ggml_tensor * llama_hobbit_build_moe_ffn(
         ggml_tensor          * selected,
         ggml_tensor          * weights,
         bool                   gelu,
+        int                    gating,
         int64_t                n_expert_used) {
     llama_hobbit_cache & cache = *hctx->cache;
     if (il < 0 || il >= cache.n_layer || !cache.serves[il]) {
@@ -56,11 +103,14 @@ ggml_tensor * llama_hobbit_build_moe_ffn(
     const int     n_paths  = cache.has_lo ? 2 : 1;
     const int     n_waves  = cache.n_waves(n_used, n_tokens);
 
-    ggml_tensor * experts = nullptr;
+    ggml_tensor * prefetch = build_prefetch(hctx, ctx, il, cur, gating);
+    ggml_tensor * experts  = nullptr;
     for (int wave = 0; wave < n_waves; ++wave) {
-        ggml_tensor * args[3] = { selected, weights, experts };
+        // after the prefetch op (first wave) or the previous wave's matmuls
+        ggml_tensor * after   = wave == 0 ? prefetch : experts;
+        ggml_tensor * args[3] = { selected, weights, after };
         ggml_tensor * ids = ggml_custom_4d(ctx, GGML_TYPE_I32, n_used, n_tokens, n_paths, 1,
-                args, experts ? 3 : 2, llama_hobbit_route_op, 1, hctx->op(il, wave, n_waves));
+                args, after ? 3 : 2, llama_hobbit_route_op, 1, hctx->op(il, wave, n_waves));
         ggml_format_name(ids, "hobbit_route-%d.%d", il, wave);
 
         for (int lvl = 0; lvl < n_paths; ++lvl) {

@@ -53,6 +53,7 @@ ggml_tensor * llama_hobbit_build_moe_ffn(
         ggml_tensor          * selected,  // [n_expert_used, n_tokens] I32
         ggml_tensor          * weights,   // [1, n_expert_used, n_tokens] F32
         bool                   gelu,      // GEGLU instead of SwiGLU
+        int                    gating,    // enum llama_expert_gating_func_type (for prefetch predictions)
         int64_t                n_expert_used);
 
 // the C API's error channel: this thread's last HOBBIT error (llama_model_load clears it)

@@ -20,9 +20,13 @@ constexpr const char * KV_BUDGET  = "hobbit.budget_bytes"; // int: expert cache 
 constexpr const char * KV_HI_TYPE = "hobbit.hi_type";      // str: level used as hi (default: the first)
 constexpr const char * KV_LO_TYPE = "hobbit.lo_type";      // str: level used as lo (default: the last; "none": hi only)
 constexpr const char * KV_DIRECT  = "hobbit.direct_io";    // int: 1 reads experts with O_DIRECT
+constexpr const char * KV_IO      = "hobbit.io_threads";   // int: I/O threads reading experts
 constexpr const char * KV_TYPES   = "hobbit.expert_types"; // file key: requested types of the expert levels
 
-const char * const KNOWN_KEYS[] = { KV_BUDGET, KV_HI_TYPE, KV_LO_TYPE, KV_DIRECT };
+const char * const KNOWN_KEYS[] = { KV_BUDGET, KV_HI_TYPE, KV_LO_TYPE, KV_DIRECT, KV_IO };
+
+constexpr int IO_THREADS_DEFAULT = 4; // several reads in flight: NVMe and O_DIRECT want a queue
+constexpr int IO_THREADS_MAX     = 64;
 const char * const PROJ_NAME[LLAMA_HOBBIT_N_PROJ] = { "gate", "up", "down" };
 
 bool override_int(const llama_model_loader & ml, const char * key, int64_t & out) {
@@ -146,9 +150,18 @@ std::shared_ptr<llama_hobbit_cache> attach_impl(const llama_model & model, llama
     cache->type_name[LLAMA_HOBBIT_HI] = levels[lvl_hi].label;
     cache->type_name[LLAMA_HOBBIT_LO] = cache->has_lo ? levels[lvl_lo].label : "";
     cache->serves.assign(cache->n_layer, false);
+    cache->gate_inp.assign(cache->n_layer, nullptr);
+    cache->gate_inp_b.assign(cache->n_layer, nullptr);
+    cache->probs_bias.assign(cache->n_layer, nullptr);
 
     int64_t direct_io = 0;
     override_int(ml, KV_DIRECT, direct_io);
+    int64_t io_threads = IO_THREADS_DEFAULT;
+    override_int(ml, KV_IO, io_threads);
+    if (io_threads < 1 || io_threads > IO_THREADS_MAX) {
+        throw std::runtime_error(format("hobbit: %s must be between 1 and %d, got %lld", KV_IO, IO_THREADS_MAX,
+                (long long) io_threads));
+    }
     cache->store.open(paths, direct_io != 0);
     cache->store.resize(cache->n_layer);
 
@@ -191,7 +204,10 @@ std::shared_ptr<llama_hobbit_cache> attach_impl(const llama_model & model, llama
                 cache->store.range(il, lvl, p) = { (int) w->idx, w->offs, t->nb[2] };
             }
         }
-        cache->serves[il] = true;
+        cache->serves[il]     = true;
+        cache->gate_inp[il]   = layer.ffn_gate_inp;
+        cache->gate_inp_b[il] = layer.ffn_gate_inp_b;
+        cache->probs_bias[il] = layer.ffn_exp_probs_b;
         n_moe_layers++;
     }
     if (n_moe_layers == 0) {
@@ -220,6 +236,7 @@ std::shared_ptr<llama_hobbit_cache> attach_impl(const llama_model & model, llama
         throw std::runtime_error("hobbit: no CPU backend");
     }
     cache->init_pools(ggml_backend_dev_buffer_type(cpu_dev), uint64_t(budget));
+    cache->start_loader((int) io_threads);
 
     const llama_hobbit_stats s = cache->get_stats();
     LLAMA_LOG_INFO("%s: hobbit expert cache: %.2f MiB, %d hi slots (%s)%s%s, %d MoE layers x %d experts\n", __func__,
@@ -247,8 +264,8 @@ bool llama_hobbit_requested(llama_model_loader & ml) {
             known = known || key == k;
         }
         if (!known) {
-            const std::string msg = format("hobbit: unknown setting %s (known: %s, %s, %s, %s)", key.c_str(),
-                    KV_BUDGET, KV_HI_TYPE, KV_LO_TYPE, KV_DIRECT);
+            const std::string msg = format("hobbit: unknown setting %s (known: %s, %s, %s, %s, %s)", key.c_str(),
+                    KV_BUDGET, KV_HI_TYPE, KV_LO_TYPE, KV_DIRECT, KV_IO);
             llama_hobbit_set_last_error(msg);
             throw std::runtime_error(msg);
         }

@@ -1,5 +1,7 @@
 #include "hobbit-policy.h"
 
+#include "hobbit-evict.h"
+
 #include <algorithm>
 
 float llama_hobbit_routes::share(int64_t r, int64_t t) const {
@@ -77,7 +79,8 @@ candidate classify(const llama_hobbit_slots & slots, const llama_hobbit_job & jo
 } // namespace
 
 bool llama_hobbit_plan_wave(llama_hobbit_slots & slots, llama_hobbit_job & job, int wave,
-                            const llama_hobbit_policy & pol, const llama_hobbit_evictor & ev, uint64_t tick,
+                            const llama_hobbit_policy & pol, const llama_hobbit_evictor & ev,
+                            const llama_hobbit_clock & now,
                             std::vector<llama_hobbit_decision> & out, llama_hobbit_plan_counts & counts) {
     // Decisions are made as if this context had the cache to itself: `room` counts the units
     // it may still take, and pins of other contexts do not enter it. Where the room a decision
@@ -95,6 +98,7 @@ bool llama_hobbit_plan_wave(llama_hobbit_slots & slots, llama_hobbit_job & job, 
     int64_t room  = slots.n_units;
 
     std::vector<llama_hobbit_decision> plan;
+    counts.busy = -1;
     std::vector<int> mine;      // entries pinned by this attempt (sorted), to undo it
     std::vector<int> allocated; // entries this attempt gave a slot
     uint64_t demotions = 0;
@@ -123,7 +127,11 @@ bool llama_hobbit_plan_wave(llama_hobbit_slots & slots, llama_hobbit_job & job, 
     enum { LOADED, NO_ROOM, BLOCKED };
     auto load = [&](const candidate & c, int lvl) {
         const int idx = slots.index(job.il, c.e, lvl);
-        if (slots.alloc(idx, ev, job.il, tick, &counts.evicted) >= 0) {
+        const int r = slots.alloc(idx, ev, now, &counts.evicted, true, &counts.busy);
+        if (r == llama_hobbit_slots::BUSY) {
+            return BLOCKED;
+        }
+        if (r >= 0) {
             take(idx);
             allocated.push_back(idx);
             room  -= slots.span(lvl);
@@ -200,8 +208,8 @@ bool llama_hobbit_plan_wave(llama_hobbit_slots & slots, llama_hobbit_job & job, 
         job.wave[d.expert]   = (int8_t) wave;
         job.loaded[d.expert] = d.action == LLAMA_HOBBIT_LOAD;
         llama_hobbit_entry & en = slots.entry(d.idx);
-        en.last_use = tick;
-        en.n_use++;
+        counts.prefetch_used += en.prefetched > 0 ? 1 : 0;
+        llama_hobbit_note_use(en, now, job.need[d.expert] >= pol.hi_threshold);
         out.push_back(d);
     }
     counts.demotions += demotions;

@@ -72,15 +72,19 @@ struct llama_hobbit_job {
 };
 
 struct llama_hobbit_plan_counts {
-    uint64_t demotions = 0;
-    std::vector<int> evicted; // entries evicted to make room (also by attempts that were undone)
+    uint64_t demotions     = 0;
+    uint64_t prefetch_used = 0; // prefetched copies used for the first time
+    std::vector<int> evicted;   // entries evicted to make room (also by attempts that were undone)
+    int busy = -1;              // after a failed attempt: the prefetch in flight it must wait for, or -1
 };
 
 // plan wave `wave` of `job`: pick experts in order of need, pin their cached copies and
 // allocate slots (state loading, one pin) for the ones to load, appending to `out`. Decisions
 // are those the context would make if it had the cache to itself. Returns false when room they
-// need is pinned by other contexts: the attempt is undone (only its evictions stay) and the
-// caller waits for those contexts to move on, then tries again.
+// need is pinned by other contexts, or holds a prefetch still being read (counts.busy): the
+// attempt is undone (only its evictions stay) and the caller waits for those contexts to move
+// on, or for the read (or takes the prefetch back), then tries again.
 bool llama_hobbit_plan_wave(llama_hobbit_slots & slots, llama_hobbit_job & job, int wave,
-                            const llama_hobbit_policy & pol, const llama_hobbit_evictor & ev, uint64_t tick,
+                            const llama_hobbit_policy & pol, const llama_hobbit_evictor & ev,
+                            const llama_hobbit_clock & now,
                             std::vector<llama_hobbit_decision> & out, llama_hobbit_plan_counts & counts);

@@ -21,8 +21,8 @@ int llama_hobbit_slots::n_available() const {
     return n;
 }
 
-int llama_hobbit_slots::alloc(int idx, const llama_hobbit_evictor & ev, int il_now, uint64_t tick,
-                              std::vector<int> * evicted) {
+int llama_hobbit_slots::alloc(int idx, const llama_hobbit_evictor & ev, const llama_hobbit_clock & now,
+                              std::vector<int> * evicted, bool pin, int * busy) {
     const int lvl = level_of(idx);
     const int sp  = span(lvl);
     int    best       = -1;
@@ -41,7 +41,7 @@ int llama_hobbit_slots::alloc(int idx, const llama_hobbit_evictor & ev, int il_n
                 ok = false;
                 break;
             }
-            score = std::max(score, ev.score(entries[o], layer_of(o), il_now, tick));
+            score = std::max(score, ev.score(entries[o], layer_of(o), now));
             n_occ++;
         }
         if (!ok) {
@@ -59,7 +59,16 @@ int llama_hobbit_slots::alloc(int idx, const llama_hobbit_evictor & ev, int il_n
         }
     }
     if (best < 0) {
-        return -1;
+        return -1; // no room (an entry scored +inf is protected: never evicted)
+    }
+    for (int u = best; u < best + sp; ++u) {
+        const int o = unit_owner[u];
+        if (o >= 0 && this->busy(o)) {
+            if (busy) {
+                *busy = o;
+            }
+            return BUSY; // its read still writes into these units
+        }
     }
     for (int u = best; u < best + sp; ++u) {
         const int o = unit_owner[u];
@@ -76,7 +85,7 @@ int llama_hobbit_slots::alloc(int idx, const llama_hobbit_evictor & ev, int il_n
     llama_hobbit_entry & e = entries[idx];
     e.slot  = best/sp;
     e.state = LLAMA_HOBBIT_LOADING;
-    e.pins += 1; // stale pins of contexts that saw an earlier copy fail stay counted
+    e.pins += pin ? 1 : 0; // stale pins of contexts that saw an earlier copy fail stay counted
     return e.slot;
 }
 

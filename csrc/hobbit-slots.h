@@ -6,8 +6,10 @@
 // unit j: both precisions share one byte budget.
 //
 // Every (layer, expert, level) has an entry with a state (empty, loading, ready) and a pin
-// count: a pinned entry is being read by a running graph (or written by a load) and is never
-// evicted. This class only keeps the books; memory and locking belong to the cache.
+// count: a pinned entry is being read by a running graph (or written by a load a graph waits
+// for) and is never evicted. A prefetch holds no pin: its copy may be chosen for eviction like
+// any unused one, which then waits for its read to end. This class only keeps the books;
+// memory and locking belong to the cache.
 #pragma once
 
 #include "hobbit-store.h"
@@ -21,20 +23,34 @@ enum llama_hobbit_state : uint8_t {
     LLAMA_HOBBIT_READY   = 2, // cached and valid
 };
 
+// where the cache is in time and in the model when an eviction is decided. Time is counted in
+// ticks (one per MoE layer evaluation) and passes (one per walk through the layers: a pass
+// starts when a layer is served that is not after the one served before).
+struct llama_hobbit_clock {
+    uint64_t tick    = 0;
+    uint64_t pass    = 0;
+    int      il_now  = 0; // the layer being served
+    int      n_layer = 1;
+};
+
 // one cached copy of one expert (all projections) at one level, and what eviction looks at
 struct llama_hobbit_entry {
     int32_t  slot  = -1; // slot in the pool of its level, -1 when not cached
     uint8_t  state = LLAMA_HOBBIT_EMPTY;
     int32_t  pins  = 0;  // graphs (and loads) using it now
-    uint64_t last_use = 0; // tick of the last evaluation that used it
-    uint64_t n_use    = 0; // evaluations that used it
+    uint64_t last_use  = 0; // tick of the last use
+    uint64_t last_pass = 0; // pass of the last use
+    float    uses      = 0.0f; // uses, decayed per pass, as of pass decay_pass
+    float    hi_needs  = 0.0f; // uses where the policy wanted hi precision, decayed likewise
+    uint64_t decay_pass = 0;
+    uint8_t  prefetched = 0; // > 0: loaded by a prefetch this many layers ahead, not used yet
 };
 
 // eviction priority: among evictable entries, the one with the lowest score goes first
 struct llama_hobbit_evictor {
     virtual ~llama_hobbit_evictor() = default;
-    // e: the entry, il: its layer; il_now: the layer being served, tick: the current tick
-    virtual double score(const llama_hobbit_entry & e, int il, int il_now, uint64_t tick) const = 0;
+    // e: the entry, il: its layer
+    virtual double score(const llama_hobbit_entry & e, int il, const llama_hobbit_clock & now) const = 0;
 };
 
 class llama_hobbit_slots {
@@ -60,6 +76,9 @@ public:
 
     bool cached(int idx) const { return entries[idx].state != LLAMA_HOBBIT_EMPTY; }
 
+    // an unpinned copy still being read: a prefetch in flight, evictable once its read is over
+    bool busy(int idx) const { return entries[idx].state == LLAMA_HOBBIT_LOADING && entries[idx].pins == 0; }
+
     // a unit is available when it is free or held by an entry nobody pins
     bool available(int unit) const {
         const int owner = unit_owner[unit];
@@ -67,10 +86,15 @@ public:
     }
     int n_available() const;
 
-    // find room for entry idx (which must be empty) evicting the lowest-scored unpinned entries,
-    // mark it loading with one pin and return its slot; -1 (nothing changed) if no room is
-    // available. `evicted` (optional) receives the entries evicted.
-    int alloc(int idx, const llama_hobbit_evictor & ev, int il_now, uint64_t tick, std::vector<int> * evicted = nullptr);
+    // Find room for entry idx (which must be empty), evicting the lowest-scored unpinned
+    // entries, and mark it loading (with one pin if `pin`: a graph waits for it; a prefetch
+    // holds none). Returns its slot; -1 if no room is available (nothing changed); or
+    // LLAMA_HOBBIT_BUSY if the room chosen holds an unpinned copy still being read (a
+    // prefetch): nothing changed, *busy names it, and the choice stands once it is read or
+    // taken back. `evicted` (optional) receives the entries evicted.
+    static constexpr int BUSY = -2;
+    int alloc(int idx, const llama_hobbit_evictor & ev, const llama_hobbit_clock & now, std::vector<int> * evicted = nullptr,
+              bool pin = true, int * busy = nullptr);
 
     // could a copy at level lvl get room if no entry but those in `mine` (sorted) were pinned?
     bool could_alloc(int lvl, const std::vector<int> & mine) const;

@@ -7,8 +7,12 @@ from functools import lru_cache
 
 from hobbit_py._lib import HobbitError, load_llama_cpp
 
-API_VERSION = 3  # LLAMA_HOBBIT_API_VERSION these bindings are written for
-EVICTION_LRU = 0
+API_VERSION = 4  # LLAMA_HOBBIT_API_VERSION these bindings are written for
+PREFETCH_MAX = 3  # LLAMA_HOBBIT_PREFETCH_MAX
+PREFETCH_AUTO = -1
+
+# enum llama_hobbit_eviction
+EVICTION = {"lru": 0, "lfu": 1, "fld": 2, "least-stale": 3, "blend": 4}
 
 
 class PolicyStruct(ctypes.Structure):
@@ -19,6 +23,12 @@ class PolicyStruct(ctypes.Structure):
         ("skip_threshold", ctypes.c_float),
         ("upgrade_threshold", ctypes.c_float),
         ("eviction", ctypes.c_int32),
+        ("w_recency", ctypes.c_float),
+        ("w_frequency", ctypes.c_float),
+        ("w_hi_need", ctypes.c_float),
+        ("w_distance", ctypes.c_float),
+        ("prefetch_depth", ctypes.c_int32),
+        ("prefetch_width", ctypes.c_int32),
     ]
 
 
@@ -38,7 +48,17 @@ class StatsStruct(ctypes.Structure):
         ("demotions", ctypes.c_uint64),
         ("failed_loads", ctypes.c_uint64),
         ("bytes_loaded", ctypes.c_uint64),
+        ("bytes_prefetched", ctypes.c_uint64),
         ("load_stall_ms", ctypes.c_double),
+        ("read_ms", ctypes.c_double),
+        ("prefetch_issued", ctypes.c_uint64),
+        ("prefetch_used", ctypes.c_uint64),
+        ("prefetch_wasted", ctypes.c_uint64),
+        ("predicted", ctypes.c_uint64 * PREFETCH_MAX),
+        ("predicted_right", ctypes.c_uint64 * PREFETCH_MAX),
+        ("prefetch_depth", ctypes.c_int32),
+        ("io_threads", ctypes.c_int32),
+        ("bytes_in_flight_peak", ctypes.c_uint64),
         ("budget_bytes", ctypes.c_uint64),
         ("cache_capacity_bytes", ctypes.c_uint64),
         ("cache_bytes", ctypes.c_uint64),
@@ -97,9 +117,13 @@ def active(model: int) -> bool:
     return bool(lib().llama_hobbit_active(model))
 
 
-def set_policy(model: int, hi_threshold: float, skip_threshold: float,
-               upgrade_threshold: float, eviction: int = EVICTION_LRU) -> None:
-    policy = PolicyStruct(hi_threshold, skip_threshold, upgrade_threshold, eviction)
+def set_policy(model: int, **fields: float | int) -> None:
+    """Set the policy: the library's defaults, with `fields` (PolicyStruct's names) changed."""
+    policy = lib().llama_hobbit_policy_default()
+    for name, value in fields.items():
+        if name not in dict(PolicyStruct._fields_):
+            raise HobbitError(f"unknown policy field {name}")
+        setattr(policy, name, value)
     if lib().llama_hobbit_set_policy(model, policy) != 0:
         raise HobbitError(last_error())
 
@@ -110,8 +134,17 @@ def get_policy(model: int) -> dict[str, float | int]:
 
 
 def get_stats(model: int) -> dict[str, float | int]:
+    """The stats as a dict; the per-depth arrays become predicted_d1.., predicted_right_d1.."""
     s = lib().llama_hobbit_get_stats(model)
-    return {name: getattr(s, name) for name, _ in StatsStruct._fields_}
+    out: dict[str, float | int] = {}
+    for name, _ in StatsStruct._fields_:
+        value = getattr(s, name)
+        if name.startswith("predicted"):
+            for d in range(PREFETCH_MAX):
+                out[f"{name}_d{d + 1}"] = int(value[d])
+        else:
+            out[name] = value
+    return out
 
 
 def reset_stats(model: int) -> None:

@@ -91,7 +91,7 @@ class Model:
             raise HobbitError(f"cannot load {self.path}: {reason}") from None
         if overrides:
             p = self.policy
-            capi.set_policy(self._llm.model, p.hi_threshold, p.skip_threshold, p.upgrade_threshold)
+            capi.set_policy(self._llm.model, **p.engine_policy())
         self.last_stats = GenerationStats()
 
     @property
@@ -115,6 +115,16 @@ class Model:
             "upgrades": cache["upgrades"],
             "demotions": cache["demotions"],
             "failed_loads": cache["failed_loads"],
+            "bytes_prefetched": cache["bytes_prefetched"],
+            "read_ms": cache["read_ms"],
+            "prefetch_issued": cache["prefetch_issued"],
+            "prefetch_used": cache["prefetch_used"],
+            "prefetch_wasted": cache["prefetch_wasted"],
+            "prefetch_depth": cache["prefetch_depth"],
+            **{f"{k}_d{d}": cache[f"{k}_d{d}"] for k in ("predicted", "predicted_right")
+               for d in range(1, capi.PREFETCH_MAX + 1)},
+            "io_threads": cache["io_threads"],
+            "bytes_in_flight_peak": cache["bytes_in_flight_peak"],
             "bytes_loaded": cache["bytes_loaded"],
             "load_stall_ms": cache["load_stall_ms"],
             "expert_budget_bytes": cache["budget_bytes"],

@@ -8,8 +8,12 @@ from typing import Literal
 
 from hobbit_py._lib import HobbitError
 
-PolicyName = Literal["hobbit", "lru", "hi-only"]
-POLICY_NAMES: tuple[str, ...] = ("hobbit", "lru", "hi-only")
+PolicyName = Literal["hobbit", "lru", "lfu", "fld", "least-stale", "hi-only"]
+POLICY_NAMES: tuple[str, ...] = ("hobbit", "lru", "lfu", "fld", "least-stale", "hi-only")
+# the engine's eviction rule behind each policy name (hi-only: the classic LRU expert cache)
+EVICTION_OF = {"hobbit": "blend", "lru": "lru", "lfu": "lfu", "fld": "fld", "least-stale": "least-stale",
+               "hi-only": "lru"}
+PREFETCH_MAX = 3
 
 _UNITS = {
     "": 1, "b": 1,
@@ -23,9 +27,10 @@ class Policy:
     """How HOBBIT serves routed experts. `expert_budget=None` turns HOBBIT off (stock path).
 
     - expert_budget: bytes of expert cache: an int, "512MiB"/"2GB", or "25%" of the hi experts.
-    - policy: "hobbit" (mixed precision, HOBBIT eviction: plain LRU until the multidimensional
-      policy lands), "lru" (mixed precision, plain LRU), "hi-only" (hi copies only, plain LRU:
-      the classic expert cache).
+    - policy: "hobbit" (mixed precision, the multidimensional eviction: a weighted blend of
+      recency, frequency, hi-precision needs and layer distance); "lru", "lfu", "fld" and
+      "least-stale" (mixed precision, one eviction rule each, for ablations); "hi-only" (hi
+      copies only, plain LRU: the classic expert cache).
     - hi_threshold: a missed expert whose gating weight is >= this loads at hi precision,
       otherwise at lo. 0.5 with top-2 routing: the leading expert at hi, the other at lo
       (measured on hobbit-mixtral-tiny at a 30% budget: top-1 agreement 0.971 with all-hi).
@@ -36,6 +41,11 @@ class Policy:
       highest and lowest).
     - direct_io: read experts with O_DIRECT, bypassing the page cache (default: measured
       1.8x faster decode than buffered reads under a memory cap, see BENCHMARKS.md).
+    - prefetch_depth: "auto" (adapts between 1 and 3 layers ahead), 0 (off) or 1..3: predict
+      the next layers' experts with their routers and read them while this layer computes.
+    - prefetch_width: predicted candidates beyond the router's top-k also prefetched (at lo).
+    - w_recency, w_frequency, w_hi_need, w_distance: weights of the "hobbit" eviction blend.
+    - io_threads: I/O threads reading experts (several reads in flight).
     """
 
     expert_budget: int | str | None = None
@@ -46,6 +56,13 @@ class Policy:
     hi_type: str | None = None
     lo_type: str | None = None
     direct_io: bool = True
+    prefetch_depth: int | str = "auto"
+    prefetch_width: int = 0
+    w_recency: float = 1.0
+    w_frequency: float = 1.0
+    w_hi_need: float = 1.0
+    w_distance: float = 1.0
+    io_threads: int = 4
 
     def validate(self) -> None:
         if self.policy not in POLICY_NAMES:
@@ -54,6 +71,29 @@ class Policy:
             raise HobbitError("thresholds must satisfy 0 <= skip_threshold <= hi_threshold")
         if self.upgrade_threshold < 0.0:
             raise HobbitError("upgrade_threshold must be >= 0")
+        if self.prefetch_depth != "auto" and (not isinstance(self.prefetch_depth, int)
+                                              or not 0 <= self.prefetch_depth <= PREFETCH_MAX):
+            raise HobbitError(f"prefetch depth must be auto or 0..{PREFETCH_MAX}, got {self.prefetch_depth!r}")
+        if self.prefetch_width < 0:
+            raise HobbitError("prefetch width must be >= 0")
+        if min(self.w_recency, self.w_frequency, self.w_hi_need, self.w_distance) < 0.0:
+            raise HobbitError("eviction weights must be >= 0")
+        if not 1 <= self.io_threads <= 64:
+            raise HobbitError(f"io threads must be 1..64, got {self.io_threads}")
+
+    def engine_policy(self) -> dict[str, float | int]:
+        """The run-time policy as the engine takes it (llama_hobbit_policy's fields)."""
+        from hobbit_py import capi  # noqa: PLC0415  (loads the library)
+
+        return {
+            "hi_threshold": self.hi_threshold, "skip_threshold": self.skip_threshold,
+            "upgrade_threshold": self.upgrade_threshold,
+            "eviction": capi.EVICTION[EVICTION_OF[self.policy]],
+            "w_recency": self.w_recency, "w_frequency": self.w_frequency,
+            "w_hi_need": self.w_hi_need, "w_distance": self.w_distance,
+            "prefetch_depth": capi.PREFETCH_AUTO if self.prefetch_depth == "auto" else int(self.prefetch_depth),
+            "prefetch_width": self.prefetch_width,
+        }
 
     def budget_bytes(self, hi_expert_bytes: int) -> int | None:
         """The budget in bytes, given the model's total hi expert bytes (for percentages)."""
@@ -68,6 +108,7 @@ class Policy:
             return {}
         overrides: dict[str, int | str] = {"hobbit.budget_bytes": budget}
         overrides["hobbit.direct_io"] = int(self.direct_io)
+        overrides["hobbit.io_threads"] = self.io_threads
         if self.hi_type:
             overrides["hobbit.hi_type"] = self.hi_type
         if self.policy == "hi-only":

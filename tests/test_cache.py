@@ -99,8 +99,10 @@ def test_bytes_loaded_is_the_sum_of_loaded_expert_sizes(files: dict[str, Path],
     policy = Policy(expert_budget="20%", policy="hobbit", hi_threshold=0.6)
     _, _, stats = ours(files["mixed"], policy, tmp_path)
     expected = stats["loads_hi"] * size[HI] + stats["loads_lo"] * size[LO]
-    # upgrades evict the lo copy but its load was counted once: bytes still match the loads
-    assert stats["bytes_loaded"] == expected
+    # upgrades evict the lo copy but its load was counted once: bytes still match the loads,
+    # and what prefetches read (served later as hits) is counted apart
+    assert stats["bytes_loaded"] - stats["bytes_prefetched"] == expected
+    assert stats["bytes_prefetched"] <= stats["prefetch_issued"] * size[HI]
 
 
 def expert_bytes(path: Path) -> dict[str, int]:
@@ -146,7 +148,8 @@ def test_cli_reports_expert_stats(files: dict[str, Path], tmp_path: Path) -> Non
 
     size = expert_bytes(files["mixed"])
     assert stats["expert_budget_bytes"] == int(size["all_hi"] * 0.30)
-    assert stats["bytes_loaded"] == stats["loads_hi"] * size[HI] + stats["loads_lo"] * size[LO]
+    demand = stats["bytes_loaded"] - stats["bytes_prefetched"]
+    assert demand == stats["loads_hi"] * size[HI] + stats["loads_lo"] * size[LO]
     assert 0 < stats["expert_cache_peak_bytes"] <= stats["expert_cache_capacity_bytes"]
     assert stats["expert_cache_capacity_bytes"] <= stats["expert_budget_bytes"]
     assert stats["peak_rss_bytes"] > 0
@@ -182,7 +185,11 @@ def test_direct_io_reads_the_same_experts(files: dict[str, Path], tmp_path: Path
     direct = ours(files["mixed"], Policy(expert_budget="20%", direct_io=True), tmp_path)
     assert direct[0] == buffered[0]
     np.testing.assert_array_equal(direct[1], buffered[1])
-    assert direct[2]["bytes_loaded"] == buffered[2]["bytes_loaded"] > 0
+    # the same decisions, so the same demand reads (how much of a prefetch was read before it
+    # was taken back depends on the disk's timing)
+    demand = [r[2]["bytes_loaded"] - r[2]["bytes_prefetched"] for r in (direct, buffered)]
+    assert demand[0] == demand[1] > 0
+    assert direct[2]["prefetch_issued"] == buffered[2]["prefetch_issued"]
 
 
 def min_budget(path: Path, hi_only: bool) -> int:

@@ -11,7 +11,7 @@ extern "C" {
 #endif
 
 // Bumped whenever a function or struct of this header changes.
-#define LLAMA_HOBBIT_API_VERSION 3
+#define LLAMA_HOBBIT_API_VERSION 4
 
 // Version of this header the library was built with (LLAMA_HOBBIT_API_VERSION).
 LLAMA_API int32_t llama_hobbit_api_version(void);
@@ -26,6 +26,7 @@ LLAMA_API const char * llama_hobbit_source_id(void);
 //   hobbit.lo_type      (str)  expert level used as low precision (default: the file's last;
 //                              "none" for a hi-only cache)
 //   hobbit.direct_io    (int)  1: read experts with O_DIRECT, bypassing the page cache
+//   hobbit.io_threads   (int)  I/O threads reading experts (default 4)
 // Any other hobbit.* key is refused. The routed experts are then not resident: they are read
 // from the file into the cache's slot pools on demand, under the policy below, which can be
 // changed at any time. Several contexts may share one HOBBIT model, also from several threads.
@@ -36,8 +37,15 @@ LLAMA_API const char * llama_hobbit_source_id(void);
 // which file and why. The model and the context stay usable.
 
 enum llama_hobbit_eviction {
-    LLAMA_HOBBIT_EVICT_LRU = 0, // least recently used
+    LLAMA_HOBBIT_EVICT_LRU   = 0, // least recently used
+    LLAMA_HOBBIT_EVICT_LFU   = 1, // least frequently used in the sequence (decayed per pass)
+    LLAMA_HOBBIT_EVICT_FLD   = 2, // the layer needed furthest ahead first (forward layer distance)
+    LLAMA_HOBBIT_EVICT_STALE = 3, // least stale: the expert whose layer went by most often without it first
+    LLAMA_HOBBIT_EVICT_BLEND = 4, // HOBBIT: weighted recency + frequency + hi needs + layer distance
 };
+
+#define LLAMA_HOBBIT_PREFETCH_AUTO (-1) // prefetch_depth: adapt between 1 and LLAMA_HOBBIT_PREFETCH_MAX
+#define LLAMA_HOBBIT_PREFETCH_MAX  3
 
 // Thresholds act on a route's share of its token's total gating weight (weight / sum of the
 // token's selected weights), so the same values mean the same on every architecture.
@@ -46,6 +54,12 @@ struct llama_hobbit_policy {
     float   skip_threshold;    // a route with share < this is skipped if its expert is not cached
     float   upgrade_threshold; // a lo hit with share >= this reloads the expert at hi (> 1: never)
     int32_t eviction;          // enum llama_hobbit_eviction
+    float   w_recency;         // weights of the blend (LLAMA_HOBBIT_EVICT_BLEND), each >= 0
+    float   w_frequency;
+    float   w_hi_need;
+    float   w_distance;
+    int32_t prefetch_depth;    // layers ahead to prefetch: 0 off, 1..3, or LLAMA_HOBBIT_PREFETCH_AUTO
+    int32_t prefetch_width;    // predicted experts beyond the router's top-k also prefetched (at lo)
 };
 
 struct llama_hobbit_stats {
@@ -59,9 +73,19 @@ struct llama_hobbit_stats {
     uint64_t skipped;          // routes dropped by skip_threshold (never for lack of room)
     uint64_t upgrades;         // hi loads that replaced a cached lo copy
     uint64_t demotions;        // misses the policy wanted at hi that were loaded at lo for lack of room
-    uint64_t failed_loads;     // expert reads that failed (each fails its batch)
-    uint64_t bytes_loaded;     // bytes read from the expert store
+    uint64_t failed_loads;     // expert reads that failed (a demand one fails its batch)
+    uint64_t bytes_loaded;     // bytes read from the expert store (demand and prefetch)
+    uint64_t bytes_prefetched; // of which by prefetches
     double   load_stall_ms;    // time the compute waited for the policy and loads
+    double   read_ms;          // time the I/O threads spent reading (summed over threads)
+    uint64_t prefetch_issued;  // prefetch reads started
+    uint64_t prefetch_used;    // prefetched copies a route then used
+    uint64_t prefetch_wasted;  // prefetched copies evicted or cancelled before any use
+    uint64_t predicted[LLAMA_HOBBIT_PREFETCH_MAX];       // routes of a layer predicted at depth d+1 ...
+    uint64_t predicted_right[LLAMA_HOBBIT_PREFETCH_MAX]; // ... and how many of those routes' experts were predicted
+    int32_t  prefetch_depth;   // the depth in use now (adapts with LLAMA_HOBBIT_PREFETCH_AUTO)
+    int32_t  io_threads;
+    uint64_t bytes_in_flight_peak; // most bytes queued or being read at once
     uint64_t budget_bytes;     // the budget asked for
     uint64_t cache_capacity_bytes; // bytes of slot memory allocated (<= budget_bytes)
     uint64_t cache_bytes;      // bytes of experts cached now

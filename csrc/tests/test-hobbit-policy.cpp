@@ -45,6 +45,15 @@ struct sim_context {
 
     explicit sim_context(llama_hobbit_slots & s) : slots(s) {}
 
+    llama_hobbit_clock now(int il) const {
+        llama_hobbit_clock c;
+        c.tick    = tick;
+        c.pass    = tick;
+        c.il_now  = il;
+        c.n_layer = slots.n_layer;
+        return c;
+    }
+
     void release() {
         for (int idx : pins) {
             slots.unpin(idx);
@@ -66,7 +75,7 @@ struct sim_context {
             release();
             std::vector<llama_hobbit_decision> out;
             llama_hobbit_plan_counts counts;
-            if (!llama_hobbit_plan_wave(slots, job, w, pol, lru, tick, out, counts)) {
+            if (!llama_hobbit_plan_wave(slots, job, w, pol, lru, now(il), out, counts)) {
                 return false;
             }
             demotions += counts.demotions;
@@ -229,7 +238,7 @@ static void test_wave_waits_while_another_context_pins_everything() {
     other.job.init(0, 1, 8, theirs.view(), 0.0f);
     std::vector<llama_hobbit_decision> out;
     llama_hobbit_plan_counts counts;
-    CHECK(llama_hobbit_plan_wave(slots, other.job, 0, policy(0.5f), other.lru, 1, out, counts));
+    CHECK(llama_hobbit_plan_wave(slots, other.job, 0, policy(0.5f), other.lru, other.now(0), out, counts));
     for (const auto & d : out) {
         other.pins.push_back(d.idx);
     }
@@ -240,7 +249,7 @@ static void test_wave_waits_while_another_context_pins_everything() {
     const test_routes mine{ 2, { 5, 6 }, { 0.5f, 0.5f } };
     ours.job.init(0, 1, 8, mine.view(), 0.0f);
     std::vector<llama_hobbit_decision> out2;
-    CHECK(!llama_hobbit_plan_wave(slots, ours.job, 0, policy(0.5f), ours.lru, 2, out2, counts));
+    CHECK(!llama_hobbit_plan_wave(slots, ours.job, 0, policy(0.5f), ours.lru, ours.now(0), out2, counts));
     CHECK(out2.empty());
     CHECK_EQ(ours.job.pending.size(), 2);
     CHECK(slots.consistent());
@@ -250,7 +259,7 @@ static void test_wave_waits_while_another_context_pins_everything() {
         slots.entry(d.idx).state = LLAMA_HOBBIT_READY;
     }
     other.release();
-    CHECK(llama_hobbit_plan_wave(slots, ours.job, 0, policy(0.5f), ours.lru, 2, out2, counts));
+    CHECK(llama_hobbit_plan_wave(slots, ours.job, 0, policy(0.5f), ours.lru, ours.now(0), out2, counts));
     CHECK_EQ(out2.size(), 2);
 }
 

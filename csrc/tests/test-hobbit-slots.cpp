@@ -9,6 +9,13 @@
 #include <set>
 #include <vector>
 
+// the clock at a tick (layer 0 of pass 0)
+static llama_hobbit_clock at(uint64_t tick) {
+    llama_hobbit_clock c;
+    c.tick = tick;
+    return c;
+}
+
 static void test_lo_and_hi_placement() {
     llama_hobbit_slots s;
     s.init(/*n_layer*/ 2, /*n_expert*/ 4, /*has_lo*/ true, /*n_units*/ 6, /*hi_span*/ 2);
@@ -18,7 +25,7 @@ static void test_lo_and_hi_placement() {
     CHECK_EQ(s.n_slots(LLAMA_HOBBIT_LO), 6);
 
     const int hi0 = s.index(0, 0, LLAMA_HOBBIT_HI);
-    const int slot = s.alloc(hi0, lru, 0, 1);
+    const int slot = s.alloc(hi0, lru, at(1));
     CHECK(slot >= 0);
     CHECK_EQ(s.entry(hi0).state, LLAMA_HOBBIT_LOADING);
     CHECK_EQ(s.entry(hi0).pins, 1);
@@ -27,7 +34,7 @@ static void test_lo_and_hi_placement() {
     CHECK_EQ(s.n_available(), 4);
 
     const int lo1 = s.index(0, 1, LLAMA_HOBBIT_LO);
-    const int lslot = s.alloc(lo1, lru, 0, 1);
+    const int lslot = s.alloc(lo1, lru, at(1));
     CHECK(lslot >= 0 && lslot/2 != slot);
     CHECK_EQ(s.n_available(), 3);
     CHECK(s.consistent());
@@ -47,22 +54,22 @@ static void test_pinned_and_loading_entries_are_never_evicted() {
     std::vector<int> idx;
     for (int e = 0; e < 4; ++e) {
         idx.push_back(s.index(0, e, LLAMA_HOBBIT_LO));
-        CHECK(s.alloc(idx.back(), lru, 0, 1) >= 0); // loading, pinned
+        CHECK(s.alloc(idx.back(), lru, at(1)) >= 0); // loading, pinned
     }
     CHECK_EQ(s.n_available(), 0);
     const int more = s.index(0, 5, LLAMA_HOBBIT_LO);
-    CHECK_EQ(s.alloc(more, lru, 0, 2), -1);
+    CHECK_EQ(s.alloc(more, lru, at(2)), -1);
     CHECK(!s.cached(more));
     // ready but pinned by a graph: still not evictable
     for (int i : idx) {
         s.entry(i).state = LLAMA_HOBBIT_READY;
     }
-    CHECK_EQ(s.alloc(more, lru, 0, 2), -1);
+    CHECK_EQ(s.alloc(more, lru, at(2)), -1);
     // unpin one: it goes
     s.unpin(idx[2]);
     CHECK_EQ(s.n_available(), 1);
     std::vector<int> evicted;
-    CHECK(s.alloc(more, lru, 0, 2, &evicted) >= 0);
+    CHECK(s.alloc(more, lru, at(2), &evicted) >= 0);
     CHECK_EQ(evicted.size(), 1);
     CHECK_EQ(evicted[0], idx[2]);
     CHECK(!s.cached(idx[2]));
@@ -78,7 +85,7 @@ static void test_lru_order_and_hi_spans() {
     int idx[4];
     for (int e = 0; e < 4; ++e) {
         idx[e] = s.index(0, e, LLAMA_HOBBIT_LO);
-        CHECK_EQ(s.alloc(idx[e], lru, 0, 0), e);
+        CHECK_EQ(s.alloc(idx[e], lru, at(0)), e);
         s.entry(idx[e]).state    = LLAMA_HOBBIT_READY;
         s.entry(idx[e]).last_use = ticks[e];
         s.unpin(idx[e]);
@@ -86,7 +93,7 @@ static void test_lru_order_and_hi_spans() {
     // a lo copy takes the least recently used unit
     const int lo5 = s.index(0, 5, LLAMA_HOBBIT_LO);
     std::vector<int> evicted;
-    CHECK_EQ(s.alloc(lo5, lru, 0, 5, &evicted), 1);
+    CHECK_EQ(s.alloc(lo5, lru, at(5), &evicted), 1);
     CHECK_EQ(evicted.size(), 1);
     CHECK_EQ(evicted[0], idx[1]);
     s.entry(lo5).state    = LLAMA_HOBBIT_READY;
@@ -95,7 +102,7 @@ static void test_lru_order_and_hi_spans() {
     // a hi copy takes the aligned span whose most recent use is oldest: units 2-3 (ticks 3 and 2)
     const int hi6 = s.index(0, 6, LLAMA_HOBBIT_HI);
     evicted.clear();
-    CHECK_EQ(s.alloc(hi6, lru, 0, 6, &evicted), 1);
+    CHECK_EQ(s.alloc(hi6, lru, at(6), &evicted), 1);
     CHECK_EQ(evicted.size(), 2);
     CHECK(s.owner(2) == hi6 && s.owner(3) == hi6);
     CHECK(s.cached(idx[0]) && s.cached(lo5));
@@ -107,14 +114,14 @@ static void test_fragmentation_blocks_hi_but_not_lo() {
     s.init(1, 8, true, 4, 2);
     llama_hobbit_evict_lru lru;
     // pinned lo copies in units 0 and 2: every hi span has a pinned unit
-    CHECK_EQ(s.alloc(s.index(0, 0, LLAMA_HOBBIT_LO), lru, 0, 0), 0);
-    CHECK_EQ(s.alloc(s.index(0, 1, LLAMA_HOBBIT_LO), lru, 0, 0), 1);
-    CHECK_EQ(s.alloc(s.index(0, 2, LLAMA_HOBBIT_LO), lru, 0, 0), 2);
+    CHECK_EQ(s.alloc(s.index(0, 0, LLAMA_HOBBIT_LO), lru, at(0)), 0);
+    CHECK_EQ(s.alloc(s.index(0, 1, LLAMA_HOBBIT_LO), lru, at(0)), 1);
+    CHECK_EQ(s.alloc(s.index(0, 2, LLAMA_HOBBIT_LO), lru, at(0)), 2);
     s.unpin(s.index(0, 1, LLAMA_HOBBIT_LO));
     s.entry(s.index(0, 1, LLAMA_HOBBIT_LO)).state = LLAMA_HOBBIT_READY;
     CHECK_EQ(s.n_available(), 2);
-    CHECK_EQ(s.alloc(s.index(0, 5, LLAMA_HOBBIT_HI), lru, 0, 1), -1);
-    CHECK(s.alloc(s.index(0, 5, LLAMA_HOBBIT_LO), lru, 0, 1) >= 0);
+    CHECK_EQ(s.alloc(s.index(0, 5, LLAMA_HOBBIT_HI), lru, at(1)), -1);
+    CHECK(s.alloc(s.index(0, 5, LLAMA_HOBBIT_LO), lru, at(1)) >= 0);
     CHECK(s.consistent());
 }
 
@@ -134,7 +141,7 @@ static void test_random_operations_keep_the_books() {
                 continue;
             }
             const int avail_before = s.n_available();
-            if (s.alloc(idx, lru, il, step) >= 0) {
+            if (s.alloc(idx, lru, at(step)) >= 0) {
                 pinned.insert(idx);
                 CHECK_EQ(s.n_available(), avail_before - s.span(lvl));
             }

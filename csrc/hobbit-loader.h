@@ -1,0 +1,90 @@
+// HOBBIT loader: a pool of I/O threads of HOBBIT's own that read expert copies into their slots,
+// several reads in flight, off the compute threads.
+//
+// Demand loads (a graph is waiting for them) go before prefetches; a queued prefetch that a
+// graph comes to need is promoted, and queued prefetches can be taken back to free their slots.
+// The loader knows nothing of the cache's books: a finished read is handed to a callback,
+// which the cache uses to mark the slot ready (or free it) under its own lock. Lock order: the
+// cache's mutex may be held while calling the loader, never the other way round.
+#pragma once
+
+#include "hobbit-store.h"
+
+#include <condition_variable>
+#include <cstddef>
+#include <cstdint>
+#include <deque>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+// one read of one expert copy (all projections) into its slot
+struct llama_hobbit_load {
+    int    idx    = -1; // entry in the slot books
+    int    il     = -1;
+    int    expert = -1;
+    int    lvl    = 0;
+    char * dst[LLAMA_HOBBIT_N_PROJ] = {};
+    size_t bytes  = 0;
+    int    depth  = 0; // 0: a demand load; j > 0: a prefetch made j layers ahead
+
+    // set by the loader (started) and by the completion callback under the cache's lock
+    bool        started = false;
+    bool        done    = false;
+    bool        ok      = false;
+    std::string err;
+    double      read_ms = 0.0;
+
+    bool prefetch() const { return depth > 0; }
+};
+
+using llama_hobbit_load_ptr = std::shared_ptr<llama_hobbit_load>;
+
+class llama_hobbit_loader {
+public:
+    using done_fn = std::function<void(const llama_hobbit_load_ptr &)>;
+
+    llama_hobbit_loader() = default;
+    llama_hobbit_loader(const llama_hobbit_loader &) = delete;
+    llama_hobbit_loader & operator=(const llama_hobbit_loader &) = delete;
+    ~llama_hobbit_loader() { stop(); }
+
+    // start n_threads I/O threads reading from `store`; `on_done` runs on an I/O thread after
+    // each read (ok or not), with no loader lock held. Throws if a thread cannot be started.
+    void start(const llama_hobbit_store * store, int n_threads, done_fn on_done);
+
+    // finish the reads in flight, drop the queued ones (their callbacks run, not ok), join
+    void stop();
+
+    void submit(const llama_hobbit_load_ptr & job);
+
+    // a queued prefetch is needed now: read it before the other prefetches
+    void promote(const llama_hobbit_load_ptr & job);
+
+    // take back a read not started yet: true if it was still queued (it will not run)
+    bool take_back(const llama_hobbit_load_ptr & job);
+
+    // bytes queued or being read, and the most there ever were
+    size_t bytes_pending() const;
+    size_t bytes_pending_peak() const;
+
+    int n_threads() const { return (int) threads.size(); }
+
+private:
+    void run();
+
+    const llama_hobbit_store * store = nullptr;
+    done_fn                    on_done;
+
+    mutable std::mutex                mtx;
+    std::condition_variable           cv;
+    std::deque<llama_hobbit_load_ptr> demand;
+    std::deque<llama_hobbit_load_ptr> prefetch;
+    std::vector<std::thread>          threads;
+    bool                              stopping = false;
+    size_t                            pending = 0;
+    size_t                            pending_peak = 0;
+};

@@ -1,0 +1,57 @@
+#include "hobbit-prefetch.h"
+
+#include "llama-hparams.h"
+
+#include <algorithm>
+#include <cmath>
+#include <numeric>
+
+float llama_hobbit_gate(int func, float logit) {
+    switch (func) {
+        case LLAMA_EXPERT_GATING_FUNC_TYPE_SIGMOID:
+            return 1.0f/(1.0f + std::exp(-logit));
+        case LLAMA_EXPERT_GATING_FUNC_TYPE_SQRT_SOFTPLUS:
+            return std::sqrt(logit > 20.0f ? logit : std::log1p(std::exp(logit)));
+        default:
+            // softmax (and softmax over the selected weights): exp, normalised over the selected
+            // experts below; the shift by the row maximum is applied by the caller
+            return std::exp(logit);
+    }
+}
+
+void llama_hobbit_predict(const char * logits, size_t nb1, int n_expert, int64_t n_tokens, int n_used,
+                          int width, int gating_func, const float * bias, llama_hobbit_prediction & out) {
+    out.need.assign(n_expert, -1.0f);
+    out.widened.assign(n_expert, 0);
+    const bool exp_gate = gating_func != LLAMA_EXPERT_GATING_FUNC_TYPE_SIGMOID &&
+                          gating_func != LLAMA_EXPERT_GATING_FUNC_TYPE_SQRT_SOFTPLUS;
+    std::vector<float> g(n_expert), sel(n_expert);
+    std::vector<int>   order(n_expert);
+    const int n_pick = std::min(n_expert, n_used + std::max(0, width));
+    for (int64_t t = 0; t < n_tokens; ++t) {
+        const float * l = (const float *) (logits + t*nb1);
+        const float shift = exp_gate ? *std::max_element(l, l + n_expert) : 0.0f;
+        for (int e = 0; e < n_expert; ++e) {
+            g[e]   = llama_hobbit_gate(gating_func, l[e] - shift);
+            sel[e] = g[e] + (bias ? bias[e] : 0.0f);
+        }
+        std::iota(order.begin(), order.end(), 0);
+        std::partial_sort(order.begin(), order.begin() + n_pick, order.end(),
+                [&](int a, int b) { return sel[a] != sel[b] ? sel[a] > sel[b] : a < b; });
+        float total = 0.0f;
+        for (int i = 0; i < n_used && i < n_expert; ++i) {
+            total += g[order[i]];
+        }
+        for (int i = 0; i < n_pick; ++i) {
+            const int e = order[i];
+            if (i < n_used) {
+                const float share = total > 0.0f ? g[e]/total : 1.0f/float(n_used);
+                out.need[e]    = std::max(out.need[e], share);
+                out.widened[e] = 0;
+            } else if (out.need[e] < 0.0f) {
+                out.need[e]    = 0.0f;
+                out.widened[e] = 1;
+            }
+        }
+    }
+}
