@@ -188,6 +188,21 @@ void llama_hobbit_cache::on_loaded(const llama_hobbit_load_ptr & job) {
     cv.notify_all();
 }
 
+void llama_hobbit_cache::expire_prefetches(int il) {
+    // a prefetch for this layer that its evaluation did not use was a wrong guess: it stays
+    // cached, as any copy, but no longer counts against the prefetch cap nor is protected
+    for (int e = 0; e < n_expert; ++e) {
+        for (int lvl = 0; lvl < LLAMA_HOBBIT_N_LVL; ++lvl) {
+            llama_hobbit_entry & en = slots.entry(slots.index(il, e, lvl));
+            if (en.prefetched) {
+                en.prefetched = 0;
+                n_prefetched--;
+                stats.prefetch_wasted++;
+            }
+        }
+    }
+}
+
 bool llama_hobbit_cache::take_back_prefetch(int idx) {
     auto it = in_flight.find(idx);
     if (it == in_flight.end() || !it->second->prefetch() || !loader.take_back(it->second)) {
@@ -349,6 +364,9 @@ void llama_hobbit_cache::serve_wave_locked(std::unique_lock<std::mutex> & lk, ll
 
     // the slot of each route for each path; -1 leaves the route out of that path
     const bool last = wave == n_waves - 1;
+    if (last) {
+        expire_prefetches(il);
+    }
     uint64_t unserved = 0;
     for (int64_t t = 0; t < routes.n_tokens; ++t) {
         for (int64_t r = 0; r < routes.n_used; ++r) {
@@ -485,14 +503,17 @@ void llama_hobbit_cache::prefetch_locked(llama_hobbit_context & hctx, int il, in
     const int64_t cap = int64_t(hctx.depth)*(n_expert_used + std::max(0, pol.prefetch_width));
 
     for (const auto & p : preds) {
-        if (p.depth > hctx.depth) {
-            continue;
-        }
         hctx.pred_made[p.il] |= uint8_t(1 << (p.depth - 1));
-        std::vector<int> order;
         for (int e = 0; e < n_expert; ++e) {
             if (p.need[e] >= 0.0f) {
                 hctx.predicted[size_t(p.il)*n_expert + e] |= uint8_t(1 << (p.depth - 1));
+            }
+        }
+    }
+    for (const auto & p : preds) {
+        std::vector<int> order;
+        for (int e = 0; e < n_expert; ++e) {
+            if (p.need[e] >= 0.0f) {
                 order.push_back(e);
             }
         }

@@ -116,6 +116,7 @@ private:
     void note_prediction(llama_hobbit_context & hctx, int il, const llama_hobbit_routes & routes);
     void adapt_depth(llama_hobbit_context & hctx);
     bool take_back_prefetch(int idx); // a queued prefetch of entry idx is dropped: true if it was
+    void expire_prefetches(int il);   // a layer was served: its unused prefetches were wrong guesses
     llama_hobbit_load_ptr make_load(int idx, int depth);
     void on_loaded(const llama_hobbit_load_ptr & job); // an I/O thread finished a read
     llama_hobbit_clock clock_at(int il) const;

@@ -1,0 +1,124 @@
+"""Asynchronous loads, prefetch and the eviction policies on the real inference path."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from hobbit_py.fixtures import write_fixture
+from hobbit_py.model import Model
+from hobbit_py.policy import POLICY_NAMES, Policy
+from tests.test_cache import min_budget
+from tests.test_equivalence import stock_tokens
+
+PROMPT = "The cache holds the experts that the router picks most often, and"
+N_TOKENS = 24
+FORCE_HI = dict(hi_threshold=0.0, skip_threshold=0.0, upgrade_threshold=0.0)
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    d = tmp_path_factory.mktemp("prefetch")
+    return {"mixed": write_fixture(d / "mixed.gguf", "mixtral", expert_types=("q8_0", "q4_0")),
+            "hi": write_fixture(d / "hi.gguf", "mixtral", expert_types=("q8_0",))}
+
+
+def run(path: Path, policy: Policy, n: int = N_TOKENS, prompt: str = PROMPT) -> tuple[list[int], np.ndarray, dict]:
+    with Model(path, policy=policy, n_ctx=1024, threads=2, logits_all=True) as model:
+        tokens = model.tokenize(prompt)
+        model.llama.eval(tokens)
+        logits = np.array(model.llama.scores[: len(tokens)], dtype=np.float32)
+        return model.generate(prompt, max_tokens=n).tokens, logits, model.stats()
+
+
+@pytest.mark.parametrize("depth", [0, 3])
+@pytest.mark.parametrize("name", POLICY_NAMES)
+def test_every_policy_with_and_without_prefetch_equals_stock(files: dict[str, Path], tmp_path: Path,
+                                                            name: str, depth: int) -> None:
+    """A budget that holds every hi expert and thresholds that force hi: stock llama.cpp's
+    tokens and logits on the plain hi file, whatever the eviction rule and prefetch."""
+    tokens, logits, stats = run(files["mixed"], Policy(expert_budget="100%", policy=name, prefetch_depth=depth,
+                                                       **FORCE_HI))
+    stock_logits = tmp_path / "stock.npy"
+    assert tokens == stock_tokens(files["hi"], PROMPT, N_TOKENS, stock_logits)
+    np.testing.assert_array_equal(logits, np.load(stock_logits))
+    assert stats["loads_lo"] == 0 and stats["loads_hi"] > 0
+    if depth == 0:
+        assert stats["prefetch_issued"] == 0
+    else:
+        assert stats["prefetch_issued"] > 0
+
+
+def test_stress_smallest_budget_deep_prefetch_many_io_threads(files: dict[str, Path]) -> None:
+    """The smallest legal budget, prefetch 3 layers ahead, 8 I/O threads, a few hundred tokens:
+    it finishes, every copy a graph read was whole (the tokens and logits equal a budget that
+    holds everything: an overwritten or half-read slot would change them), and the counters
+    add up."""
+    n = 300
+    small = Policy(expert_budget=min_budget(files["mixed"], hi_only=False), prefetch_depth=3, prefetch_width=2,
+                   io_threads=8, **FORCE_HI)
+    tokens, logits, s = run(files["mixed"], small, n=n)
+    ref_tokens, ref_logits, _ = run(files["mixed"], Policy(expert_budget="100%", prefetch_depth=0, **FORCE_HI), n=n)
+    assert len(tokens) == len(ref_tokens) > 100
+    assert tokens == ref_tokens
+    np.testing.assert_array_equal(logits, ref_logits)
+    assert s["routes_total"] == s["hits_hi"] + s["hits_lo"] + s["loads_hi"] + s["loads_lo"] + s["skipped"]
+    assert s["skipped"] == 0
+    assert s["prefetch_used"] <= s["prefetch_issued"]
+    assert s["prefetch_used"] + s["prefetch_wasted"] <= s["prefetch_issued"]
+    assert s["bytes_prefetched"] <= s["bytes_loaded"]
+    assert s["io_threads"] == 8
+    assert s["expert_cache_peak_bytes"] <= s["expert_cache_capacity_bytes"]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Our trained model (real routing, unlike the random fixtures) as q8_0 + q4_k."""
+    from hobbit_convert.convert import convert
+
+    root = Path(__file__).resolve().parent.parent
+    return convert(str(root / "models" / "hobbit-mixtral-tiny"), "q8_0,q4_k",
+                   tmp_path_factory.mktemp("trained") / "tiny.gguf").output
+
+
+def test_prefetch_predicts_and_is_used(trained: Path) -> None:
+    """The next layers' routers on this layer's input predict most of their routes (depth 1
+    best), and used prefetches turn misses into hits."""
+    prompt = "The documentation explains how the server stores each table on disk, and"
+    _, _, off = run(trained, Policy(expert_budget="30%", prefetch_depth=0), n=64, prompt=prompt)
+    _, _, on = run(trained, Policy(expert_budget="30%", prefetch_depth=3), n=64, prompt=prompt)
+    assert off["prefetch_issued"] == 0 and off["predicted_d1"] == 0
+    assert on["prefetch_issued"] > 0 and on["prefetch_used"] > 0
+    accuracy = [on[f"predicted_right_d{d}"] / on[f"predicted_d{d}"] for d in (1, 2, 3)]
+    assert accuracy[0] > 0.7, accuracy
+    assert accuracy[0] >= accuracy[1] >= accuracy[2] - 0.05, accuracy
+    hits = {k: (s["hits_hi"] + s["hits_lo"]) / s["routes_total"] for k, s in (("off", off), ("on", on))}
+    assert hits["on"] > hits["off"] + 0.1, hits
+
+
+@pytest.mark.parametrize("name", ["lru", "lfu", "fld", "least-stale", "hobbit"])
+def test_eviction_rules_differ_and_keep_the_books(files: dict[str, Path], name: str) -> None:
+    _, _, s = run(files["mixed"], Policy(expert_budget="25%", policy=name, prefetch_depth=0), n=48)
+    assert s["routes_total"] == s["hits_hi"] + s["hits_lo"] + s["loads_hi"] + s["loads_lo"] + s["skipped"]
+    assert 0 < s["hits_hi"] + s["hits_lo"] < s["routes_total"]
+    assert s["expert_cache_peak_bytes"] <= s["expert_cache_capacity_bytes"]
+
+
+def test_eviction_rules_are_not_all_the_same(files: dict[str, Path]) -> None:
+    """The rules decide differently: not every one evicts what LRU evicts."""
+    loads = {}
+    for name in ("lru", "lfu", "fld", "least-stale", "hobbit"):
+        _, _, s = run(files["mixed"], Policy(expert_budget="25%", policy=name, prefetch_depth=0), n=48)
+        loads[name] = (s["loads_hi"], s["loads_lo"], s["bytes_loaded"])
+    assert len(set(loads.values())) >= 3, loads
+
+
+def test_bad_prefetch_and_io_settings_are_refused(files: dict[str, Path]) -> None:
+    from hobbit_py._lib import HobbitError
+
+    for bad in (dict(prefetch_depth=4), dict(prefetch_depth=-1), dict(prefetch_width=-1), dict(io_threads=0),
+                dict(w_distance=-1.0)):
+        with pytest.raises(HobbitError):
+            Model(files["mixed"], policy=Policy(expert_budget="50%", **bad), n_ctx=64)
