@@ -11,10 +11,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-model=out/sanitize-mixtral-q8_0-q4_0.gguf
+# six MoE layers, so that prefetches three layers ahead have layers to take room from
+model=out/sanitize-mixtral6-q8_0-q4_0.gguf
 if [ ! -f "$model" ]; then
     mkdir -p out
-    .venv/bin/python -m hobbit_py.fixtures "$model.tmp" --arch mixtral --expert-types q8_0,q4_0 >/dev/null
+    .venv/bin/python -m hobbit_py.fixtures "$model.tmp" --arch mixtral --layers 6 --expert-types q8_0,q4_0 >/dev/null
     mv "$model.tmp" "$model"
 fi
 

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 from pathlib import Path
 
 import pytest
 
 from hobbit_py._lib import lib_dir
-from hobbit_py.fixtures import write_fixture
+from hobbit_py.fixtures import FixtureShape, write_fixture
 
 
 def engine_program(name: str) -> Path:
@@ -27,7 +28,8 @@ def test_engine_unit_tests(name: str) -> None:
 
 @pytest.fixture(scope="module")
 def mixed(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_fixture(tmp_path_factory.mktemp("engine") / "mixed.gguf", "mixtral",
+    # six MoE layers: prefetches three layers ahead have layers to take room from
+    return write_fixture(tmp_path_factory.mktemp("engine") / "mixed.gguf", "mixtral", FixtureShape(n_layer=6),
                          expert_types=("q8_0", "q4_0"))
 
 
@@ -40,3 +42,5 @@ def test_two_contexts_on_one_model_at_once_equal_each_alone(mixed: Path, budget:
     summary = proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else proc.stderr[-2000:]
     assert proc.returncode == 0, summary
     assert "0 of 6 concurrent generations differ from alone: OK" in summary
+    prefetches = int(re.search(r"(\d+) prefetches", summary).group(1))
+    assert prefetches > 0

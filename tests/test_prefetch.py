@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hobbit_py.fixtures import write_fixture
+from hobbit_py.fixtures import FixtureShape, write_fixture
 from hobbit_py.model import Model
 from hobbit_py.policy import POLICY_NAMES, Policy
 from tests.test_cache import min_budget
@@ -21,8 +21,10 @@ FORCE_HI = dict(hi_threshold=0.0, skip_threshold=0.0, upgrade_threshold=0.0)
 @pytest.fixture(scope="module")
 def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     d = tmp_path_factory.mktemp("prefetch")
-    return {"mixed": write_fixture(d / "mixed.gguf", "mixtral", expert_types=("q8_0", "q4_0")),
-            "hi": write_fixture(d / "hi.gguf", "mixtral", expert_types=("q8_0",))}
+    # six MoE layers: prefetches three layers ahead have layers to take room from
+    shape = FixtureShape(n_layer=6)
+    return {"mixed": write_fixture(d / "mixed.gguf", "mixtral", shape, expert_types=("q8_0", "q4_0")),
+            "hi": write_fixture(d / "hi.gguf", "mixtral", shape, expert_types=("q8_0",))}
 
 
 def run(path: Path, policy: Policy, n: int = N_TOKENS, prompt: str = PROMPT) -> tuple[list[int], np.ndarray, dict]:
@@ -71,6 +73,7 @@ def test_stress_smallest_budget_deep_prefetch_many_io_threads(files: dict[str, P
     assert s["bytes_prefetched"] <= s["bytes_loaded"]
     assert s["io_threads"] == 8
     assert s["expert_cache_peak_bytes"] <= s["expert_cache_capacity_bytes"]
+    assert s["prefetch_issued"] > 0 and s["n_waves"] > s["n_calls"]
 
 
 @pytest.fixture(scope="module")

@@ -123,10 +123,11 @@ int main(int argc, char ** argv) {
 
     const llama_hobbit_stats s = llama_hobbit_get_stats(model);
     const bool consistent = s.routes_total == s.hits_hi + s.hits_lo + s.loads_hi + s.loads_lo + s.skipped;
-    printf("routes %llu, loads %llu hi %llu lo, waves %llu for %llu layer evaluations, %d of %d concurrent "
-           "generations differ from alone: %s\n",
+    printf("routes %llu, loads %llu hi %llu lo, %llu prefetches, waves %llu for %llu layer evaluations, "
+           "%d of %d concurrent generations differ from alone: %s\n",
             (unsigned long long) s.routes_total, (unsigned long long) s.loads_hi, (unsigned long long) s.loads_lo,
-            (unsigned long long) s.n_waves, (unsigned long long) s.n_calls, differ, 2*trials,
+            (unsigned long long) s.prefetch_issued, (unsigned long long) s.n_waves, (unsigned long long) s.n_calls,
+            differ, 2*trials,
             ok && consistent && differ == 0 ? "OK" : "FAIL");
 
     llama_model_free(model);
