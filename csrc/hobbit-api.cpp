@@ -93,6 +93,35 @@ uint64_t llama_hobbit_min_budget(const struct llama_model * model) {
     return cache ? cache->min_budget() : 0;
 }
 
+int32_t llama_hobbit_trace_enable(struct llama_model * model, bool enable, uint64_t capacity) {
+    llama_hobbit_cache * cache = cache_of(model);
+    if (!cache) {
+        g_last_error = "hobbit: the model is not in HOBBIT mode";
+        return -1;
+    }
+    try {
+        cache->trace_enable(enable, capacity);
+    } catch (const std::exception & e) {
+        g_last_error = e.what();
+        return -1;
+    }
+    return 0;
+}
+
+size_t llama_hobbit_trace_read(struct llama_model * model, struct llama_hobbit_route_event * out, size_t max,
+                               uint64_t * dropped) {
+    llama_hobbit_cache * cache = cache_of(model);
+    if (!cache || !out) {
+        return 0;
+    }
+    try {
+        return cache->trace_read(out, max, dropped);
+    } catch (const std::exception & e) {
+        g_last_error = e.what();
+        return 0;
+    }
+}
+
 const char * llama_hobbit_last_error(void) {
     return g_last_error.c_str();
 }

@@ -372,19 +372,34 @@ void llama_hobbit_cache::serve_wave_locked(std::unique_lock<std::mutex> & lk, ll
         for (int64_t r = 0; r < routes.n_used; ++r) {
             const int e = routes.expert(r, t);
             const int lvl = job.level[e];
+            int outcome = -1;
             if (lvl >= 0 && job.wave[e] == wave) {
                 id_at(ids, lvl, r, t) = slots.entry(slots.index(il, e, lvl)).slot;
                 if (job.loaded[e]) {
                     (lvl == LLAMA_HOBBIT_HI ? stats.loads_hi : stats.loads_lo)++;
+                    outcome = lvl == LLAMA_HOBBIT_HI ? LLAMA_HOBBIT_LOAD_HI : LLAMA_HOBBIT_LOAD_LO;
                     job.loaded[e] = 0;
                 } else {
                     (lvl == LLAMA_HOBBIT_HI ? stats.hits_hi : stats.hits_lo)++;
+                    outcome = lvl == LLAMA_HOBBIT_HI ? LLAMA_HOBBIT_HIT_HI : LLAMA_HOBBIT_HIT_LO;
                 }
             } else if (lvl < 0 && ((wave == 0 && job.need[e] < 0.0f) || (last && job.need[e] >= 0.0f))) {
                 stats.skipped++;
                 unserved += job.need[e] >= 0.0f ? 1 : 0;
+                outcome = LLAMA_HOBBIT_SKIP;
+            }
+            if (tracing && outcome >= 0) {
+                if (trace.size() < trace_capacity) {
+                    trace.push_back({ trace_evals, il, (int32_t) t, e, routes.share(r, t), outcome,
+                                      outcome == LLAMA_HOBBIT_SKIP ? 0 : job.prefetched[e] });
+                } else {
+                    trace_dropped++;
+                }
             }
         }
+    }
+    if (last) {
+        trace_evals++;
     }
     if (unserved > 0) {
         // the wave count and quotas make this impossible; say so loudly if it ever happens
@@ -548,6 +563,28 @@ void llama_hobbit_cache::prefetch_locked(llama_hobbit_context & hctx, int il, in
             loader.submit(make_load(idx, p.depth));
         }
     }
+}
+
+void llama_hobbit_cache::trace_enable(bool enable, uint64_t capacity) {
+    std::lock_guard<std::mutex> lock(mtx);
+    tracing        = enable;
+    trace_capacity = capacity;
+    if (enable) {
+        trace.clear();
+        trace_evals   = 0;
+        trace_dropped = 0;
+    }
+}
+
+size_t llama_hobbit_cache::trace_read(llama_hobbit_route_event * out, size_t max, uint64_t * dropped) {
+    std::lock_guard<std::mutex> lock(mtx);
+    const size_t n = std::min(max, trace.size());
+    std::copy(trace.begin(), trace.begin() + n, out);
+    trace.erase(trace.begin(), trace.begin() + n);
+    if (dropped) {
+        *dropped = trace_dropped;
+    }
+    return n;
 }
 
 llama_hobbit_policy llama_hobbit_cache::get_policy() {

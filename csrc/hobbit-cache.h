@@ -102,6 +102,8 @@ struct llama_hobbit_cache {
     void release(llama_hobbit_context & hctx);
 
     // C API
+    void                trace_enable(bool enable, uint64_t capacity);
+    size_t              trace_read(llama_hobbit_route_event * out, size_t max, uint64_t * dropped);
     llama_hobbit_policy get_policy();
     bool                set_policy(const llama_hobbit_policy & pol, std::string & err);
     llama_hobbit_stats  get_stats();
@@ -133,6 +135,12 @@ private:
     llama_hobbit_policy                   policy = llama_hobbit_policy_default();
     std::unique_ptr<llama_hobbit_evictor> evictor;
     llama_hobbit_stats                    stats  = {};
+
+    bool                                  tracing = false;
+    uint64_t                              trace_capacity = 0;
+    uint64_t                              trace_evals = 0;
+    uint64_t                              trace_dropped = 0;
+    std::deque<llama_hobbit_route_event>  trace;
 
     std::unordered_map<int, llama_hobbit_load_ptr> in_flight; // entry -> its read, queued or running
     llama_hobbit_loader                            loader;    // stopped first of all (destructor)

@@ -27,6 +27,7 @@ void llama_hobbit_job::init(int il_, int n_waves_, int n_expert, const llama_hob
     level.assign(n_expert, -1);
     wave.assign(n_expert, -1);
     loaded.assign(n_expert, 0);
+    prefetched.assign(n_expert, 0);
     pending.clear();
     optional.clear();
     for (int64_t t = 0; t < routes.n_tokens; ++t) {
@@ -209,6 +210,7 @@ bool llama_hobbit_plan_wave(llama_hobbit_slots & slots, llama_hobbit_job & job, 
         job.loaded[d.expert] = d.action == LLAMA_HOBBIT_LOAD;
         llama_hobbit_entry & en = slots.entry(d.idx);
         counts.prefetch_used += en.prefetched > 0 ? 1 : 0;
+        job.prefetched[d.expert] = (int8_t) en.prefetched;
         llama_hobbit_note_use(en, now, job.need[d.expert] >= pol.hi_threshold);
         out.push_back(d);
     }

@@ -53,6 +53,7 @@ struct llama_hobbit_decision {
     int     idx;    // entry (pinned once for this decision)
     uint8_t action; // enum llama_hobbit_action
     bool    upgrade; // a hi load replacing a cached lo copy
+    uint8_t prefetched = 0; // a copy a prefetch brought in, used for the first time (its depth)
 };
 
 // what one context has to serve for the MoE layer it is evaluating
@@ -66,6 +67,7 @@ struct llama_hobbit_job {
     std::vector<int8_t> level;    // [n_expert] level that served it, -1: not (yet)
     std::vector<int8_t> wave;     // [n_expert] wave that served it
     std::vector<int8_t> loaded;   // [n_expert] its first route counts a load
+    std::vector<int8_t> prefetched; // [n_expert] served by a prefetched copy (its depth), else 0
 
     // start a layer evaluation from its routes
     void init(int il, int n_waves, int n_expert, const llama_hobbit_routes & routes, float skip_threshold);

@@ -7,9 +7,12 @@ from functools import lru_cache
 
 from hobbit_py._lib import HobbitError, load_llama_cpp
 
-API_VERSION = 4  # LLAMA_HOBBIT_API_VERSION these bindings are written for
+API_VERSION = 5  # LLAMA_HOBBIT_API_VERSION these bindings are written for
 PREFETCH_MAX = 3  # LLAMA_HOBBIT_PREFETCH_MAX
 PREFETCH_AUTO = -1
+
+# enum llama_hobbit_outcome
+OUTCOMES = ("hit_hi", "hit_lo", "load_hi", "load_lo", "skip")
 
 # enum llama_hobbit_eviction
 EVICTION = {"lru": 0, "lfu": 1, "fld": 2, "least-stale": 3, "blend": 4}
@@ -68,6 +71,20 @@ class StatsStruct(ctypes.Structure):
     ]
 
 
+class RouteEventStruct(ctypes.Structure):
+    """struct llama_hobbit_route_event"""
+
+    _fields_ = [
+        ("eval", ctypes.c_uint64),
+        ("layer", ctypes.c_int32),
+        ("token", ctypes.c_int32),
+        ("expert", ctypes.c_int32),
+        ("share", ctypes.c_float),
+        ("outcome", ctypes.c_int32),
+        ("prefetched", ctypes.c_int32),
+    ]
+
+
 @lru_cache(maxsize=1)
 def lib() -> ctypes.CDLL:
     """The patched libllama that llama_cpp loaded, with the hobbit signatures declared."""
@@ -84,6 +101,9 @@ def lib() -> ctypes.CDLL:
         "llama_hobbit_get_stats": ([model_p], StatsStruct),
         "llama_hobbit_reset_stats": ([model_p], None),
         "llama_hobbit_min_budget": ([model_p], ctypes.c_uint64),
+        "llama_hobbit_trace_enable": ([model_p, ctypes.c_bool, ctypes.c_uint64], ctypes.c_int32),
+        "llama_hobbit_trace_read": ([model_p, ctypes.POINTER(RouteEventStruct), ctypes.c_size_t,
+                                     ctypes.POINTER(ctypes.c_uint64)], ctypes.c_size_t),
         "llama_hobbit_last_error": ([], ctypes.c_char_p),
     }
     for name, (argtypes, restype) in signatures.items():
@@ -154,3 +174,23 @@ def reset_stats(model: int) -> None:
 def min_budget(model: int) -> int:
     """The smallest expert budget the model's cache accepts (0 when not in HOBBIT mode)."""
     return int(lib().llama_hobbit_min_budget(model))
+
+
+def trace_enable(model: int, enable: bool, capacity: int = 1 << 22) -> None:
+    """Start (clearing the record) or stop recording what every route got."""
+    if lib().llama_hobbit_trace_enable(model, enable, capacity) != 0:
+        raise HobbitError(last_error())
+
+
+def trace_read(model: int, chunk: int = 1 << 16) -> tuple[list[dict[str, float | int | str]], int]:
+    """Drain the recorded route events (oldest first) and the number dropped for lack of room."""
+    buf = (RouteEventStruct * chunk)()
+    dropped = ctypes.c_uint64(0)
+    events: list[dict[str, float | int | str]] = []
+    while True:
+        n = lib().llama_hobbit_trace_read(model, buf, chunk, ctypes.byref(dropped))
+        for ev in buf[:n]:
+            events.append({"eval": ev.eval, "layer": ev.layer, "token": ev.token, "expert": ev.expert,
+                           "share": ev.share, "outcome": OUTCOMES[ev.outcome], "prefetched": ev.prefetched})
+        if n < chunk:
+            return events, int(dropped.value)

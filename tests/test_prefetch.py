@@ -125,3 +125,31 @@ def test_bad_prefetch_and_io_settings_are_refused(files: dict[str, Path]) -> Non
                 dict(w_distance=-1.0)):
         with pytest.raises(HobbitError):
             Model(files["mixed"], policy=Policy(expert_budget="50%", **bad), n_ctx=64)
+
+
+def test_trace_records_every_route_as_the_counters_do(files: dict[str, Path]) -> None:
+    from collections import Counter
+
+    from hobbit_py import capi
+
+    with Model(files["mixed"], policy=Policy(expert_budget="25%", skip_threshold=0.1), n_ctx=512,
+               threads=2) as model:
+        capi.trace_enable(model.llama.model, True)
+        model.reset_stats()
+        model.generate(PROMPT, max_tokens=16)
+        events, dropped = capi.trace_read(model.llama.model)
+        capi.trace_enable(model.llama.model, False)
+        stats = model.stats()
+    assert dropped == 0
+    assert len(events) == stats["routes_total"]
+    counts = Counter(e["outcome"] for e in events)
+    assert counts["hit_hi"] == stats["hits_hi"] and counts["hit_lo"] == stats["hits_lo"]
+    assert counts["load_hi"] == stats["loads_hi"] and counts["load_lo"] == stats["loads_lo"]
+    assert counts["skip"] == stats["skipped"] > 0
+    # skips are misses whose share was under the threshold; every route of a token shares its weight
+    assert all(e["share"] < 0.1 for e in events if e["outcome"] == "skip")
+    # a prefetched copy is used for the first time once (by one or more routes of a ubatch)
+    first_uses = {(e["eval"], e["layer"], e["expert"]) for e in events if e["prefetched"]}
+    assert len(first_uses) == stats["prefetch_used"] > 0
+    assert {e["layer"] for e in events} == set(range(6))
+    assert stats["n_calls"] == len({(e["eval"], e["layer"]) for e in events})

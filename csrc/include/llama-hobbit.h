@@ -11,7 +11,7 @@ extern "C" {
 #endif
 
 // Bumped whenever a function or struct of this header changes.
-#define LLAMA_HOBBIT_API_VERSION 4
+#define LLAMA_HOBBIT_API_VERSION 5
 
 // Version of this header the library was built with (LLAMA_HOBBIT_API_VERSION).
 LLAMA_API int32_t llama_hobbit_api_version(void);
@@ -110,6 +110,34 @@ LLAMA_API void llama_hobbit_reset_stats(struct llama_model * model);
 // the smallest budget (bytes) the expert cache of this model accepts (one expert at the hi
 // level), or 0 if the model is not in HOBBIT mode
 LLAMA_API uint64_t llama_hobbit_min_budget(const struct llama_model * model);
+
+// Tracing: what every route got, for timelines of the cache. While enabled, each route of each
+// MoE layer evaluation is recorded (up to `capacity` events; later ones are counted as dropped).
+enum llama_hobbit_outcome {
+    LLAMA_HOBBIT_HIT_HI  = 0,
+    LLAMA_HOBBIT_HIT_LO  = 1,
+    LLAMA_HOBBIT_LOAD_HI = 2,
+    LLAMA_HOBBIT_LOAD_LO = 3,
+    LLAMA_HOBBIT_SKIP    = 4,
+};
+
+struct llama_hobbit_route_event {
+    uint64_t eval;       // which layer evaluation (counts from 0 since tracing was enabled)
+    int32_t  layer;
+    int32_t  token;      // token of the ubatch
+    int32_t  expert;
+    float    share;      // the route's share of its token's gating weight
+    int32_t  outcome;    // enum llama_hobbit_outcome
+    int32_t  prefetched; // a hit on a copy a prefetch brought in (its depth), else 0
+};
+
+// start (clearing what was recorded) or stop recording; returns 0, -1 if not in HOBBIT mode
+LLAMA_API int32_t llama_hobbit_trace_enable(struct llama_model * model, bool enable, uint64_t capacity);
+
+// move up to max recorded events (oldest first) to out; returns how many. *dropped (optional)
+// receives how many events did not fit since tracing was enabled.
+LLAMA_API size_t llama_hobbit_trace_read(struct llama_model * model, struct llama_hobbit_route_event * out,
+                                         size_t max, uint64_t * dropped);
 
 // The message of the last HOBBIT error on this thread, or "". A model load, and a llama_decode
 // on a HOBBIT model, clear it when they start; a failed one sets it.
