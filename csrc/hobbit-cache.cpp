@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cstdlib>
 #include <cmath>
 #include <limits>
 #include <stdexcept>
@@ -55,6 +56,9 @@ llama_hobbit_cache::~llama_hobbit_cache() {
     if (ctx) {
         ggml_free(ctx);
     }
+    for (void * a : arena) {
+        free(a);
+    }
 }
 
 uint64_t llama_hobbit_cache::min_budget() const {
@@ -68,10 +72,13 @@ uint64_t llama_hobbit_cache::min_budget() const {
 void llama_hobbit_cache::init_pools(ggml_backend_buffer_type_t buft, uint64_t budget) {
     const int lo = has_lo ? LLAMA_HOBBIT_LO : LLAMA_HOBBIT_HI;
 
+    // with O_DIRECT, units are whole blocks, so that block-aligned experts in the file are read
+    // straight into their slots without a copy through a staging buffer
+    const size_t unit_align = store.any_direct() ? llama_hobbit_store::DIRECT_ALIGN : 64;
     uint64_t unit_total = 0;
     int hi_span = 1;
     for (int p = 0; p < LLAMA_HOBBIT_N_PROJ; ++p) {
-        unit_bytes[p] = GGML_PAD(store.expert_bytes[lo][p], 64);
+        unit_bytes[p] = GGML_PAD(store.expert_bytes[lo][p], unit_align);
         unit_total   += unit_bytes[p];
         hi_span = std::max<int>(hi_span, (int) ((store.expert_bytes[LLAMA_HOBBIT_HI][p] + unit_bytes[p] - 1)/unit_bytes[p]));
     }
@@ -89,7 +96,16 @@ void llama_hobbit_cache::init_pools(ggml_backend_buffer_type_t buft, uint64_t bu
 
     for (int p = 0; p < LLAMA_HOBBIT_N_PROJ; ++p) {
         const size_t size = size_t(n_units)*unit_bytes[p];
-        buf[p] = ggml_backend_buft_alloc_buffer(buft, size);
+        if (ggml_backend_buft_is_host(buft)) {
+            // host memory of our own, block-aligned for O_DIRECT reads into the slots
+            if (posix_memalign(&arena[p], llama_hobbit_store::DIRECT_ALIGN, size) != 0) {
+                arena[p] = nullptr;
+                throw std::runtime_error(format("hobbit: cannot allocate %s of expert cache", fmt_bytes(size).c_str()));
+            }
+            buf[p] = ggml_backend_cpu_buffer_from_ptr(arena[p], size);
+        } else {
+            buf[p] = ggml_backend_buft_alloc_buffer(buft, size);
+        }
         if (!buf[p]) {
             throw std::runtime_error(format("hobbit: cannot allocate %s of expert cache", fmt_bytes(size).c_str()));
         }
@@ -438,17 +454,23 @@ void llama_hobbit_cache::adapt_depth(llama_hobbit_context & hctx) {
         hctx.depth = std::clamp(policy.prefetch_depth, 0, LLAMA_HOBBIT_PREFETCH_MAX);
         return;
     }
-    // prefetch as many layers ahead as it takes for a layer's loads to hide behind compute,
-    // no deeper than predictions stay right half of the time
-    int depth = 1;
-    if (hctx.compute_ms > 0.0 && hctx.stall_ms > 0.05*hctx.compute_ms) {
-        depth = (int) std::ceil((hctx.stall_ms + hctx.compute_ms)/hctx.compute_ms);
+    // Prefetching d layers ahead can hide up to d layers of compute of a layer's wait for its
+    // loads, for the share of predictions that are right; the wrong ones cost reads as long as
+    // the loads they stand for. Take the depth whose expected saving per layer is largest
+    // (0, no prefetch, saves nothing and costs nothing): a device whose loads dwarf compute
+    // gains little from reading early and pays for every wrong guess.
+    const double wait = hctx.stall_ms, compute = hctx.compute_ms;
+    int    best = 0;
+    double best_saving = 0.0;
+    for (int d = 1; d <= LLAMA_HOBBIT_PREFETCH_MAX; ++d) {
+        const double acc    = hctx.accuracy[d - 1];
+        const double saving = acc*std::min(d*compute, wait) - (1.0 - acc)*wait;
+        if (saving > best_saving) {
+            best = d;
+            best_saving = saving;
+        }
     }
-    depth = std::clamp(depth, 1, LLAMA_HOBBIT_PREFETCH_MAX);
-    while (depth > 1 && hctx.accuracy[depth - 1] < 0.5) {
-        depth--;
-    }
-    hctx.depth = depth;
+    hctx.depth = best;
 }
 
 namespace {
@@ -486,15 +508,14 @@ void llama_hobbit_cache::prefetch_locked(llama_hobbit_context & hctx, int il, in
                                          const std::vector<llama_hobbit_router_logits> & logits) {
     adapt_depth(hctx);
     stats.prefetch_depth = hctx.depth;
-    if (hctx.depth == 0 || logits.empty()) {
+    const llama_hobbit_policy pol = policy;
+    if (logits.empty() || (hctx.depth == 0 && pol.prefetch_depth == 0)) {
         return;
     }
-    const llama_hobbit_policy pol = policy;
+    // predictions at every depth are recorded (to keep measuring accuracy); reads are queued
+    // for those at the depth in use
     std::vector<llama_hobbit_prediction> preds;
     for (const auto & l : logits) {
-        if (l.depth > hctx.depth) {
-            continue;
-        }
         const ggml_tensor * bias = probs_bias[l.il];
         const float * bias_data = bias && bias->buffer && ggml_backend_buffer_is_host(bias->buffer)
             ? (const float *) bias->data : nullptr;
@@ -526,6 +547,9 @@ void llama_hobbit_cache::prefetch_locked(llama_hobbit_context & hctx, int il, in
         }
     }
     for (const auto & p : preds) {
+        if (p.depth > hctx.depth) {
+            continue;
+        }
         std::vector<int> order;
         for (int e = 0; e < n_expert; ++e) {
             if (p.need[e] >= 0.0f) {

@@ -63,6 +63,7 @@ struct llama_hobbit_cache {
     // slot memory: one arena per projection; the hi and lo pool tensors are two views of it
     size_t unit_bytes[LLAMA_HOBBIT_N_PROJ] = {};
     ggml_backend_buffer_t buf[LLAMA_HOBBIT_N_PROJ] = {};
+    void * arena[LLAMA_HOBBIT_N_PROJ] = {}; // host memory of the buffers, when the cache owns it
     ggml_context * ctx = nullptr; // holds the pool tensors
     ggml_tensor  * pool[LLAMA_HOBBIT_N_LVL][LLAMA_HOBBIT_N_PROJ] = {};
 

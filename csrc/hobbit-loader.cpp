@@ -25,10 +25,14 @@ void llama_hobbit_loader::stop() {
     {
         std::lock_guard<std::mutex> lock(mtx);
         stopping = true;
-        dropped.insert(dropped.end(), demand.begin(), demand.end());
-        dropped.insert(dropped.end(), prefetch.begin(), prefetch.end());
-        demand.clear();
-        prefetch.clear();
+        for (auto * q : { &demand, &prefetch }) {
+            for (const auto & [job, p] : *q) {
+                if (std::find(dropped.begin(), dropped.end(), job) == dropped.end()) {
+                    dropped.push_back(job);
+                }
+            }
+            q->clear();
+        }
     }
     cv.notify_all();
     for (auto & t : threads) {
@@ -38,6 +42,7 @@ void llama_hobbit_loader::stop() {
     }
     threads.clear();
     for (const auto & job : dropped) {
+        job->ok  = false;
         job->err = "hobbit: the expert loader stopped";
         if (on_done) {
             on_done(job);
@@ -48,33 +53,56 @@ void llama_hobbit_loader::stop() {
 void llama_hobbit_loader::submit(const llama_hobbit_load_ptr & job) {
     {
         std::lock_guard<std::mutex> lock(mtx);
-        (job->prefetch() ? prefetch : demand).push_back(job);
+        auto & q = job->prefetch() ? prefetch : demand;
+        for (int p = 0; p < LLAMA_HOBBIT_N_PROJ; ++p) {
+            q.emplace_back(job, p);
+        }
         pending += job->bytes;
         pending_peak = std::max(pending_peak, pending);
     }
-    cv.notify_one();
+    cv.notify_all();
 }
 
 void llama_hobbit_loader::promote(const llama_hobbit_load_ptr & job) {
-    std::lock_guard<std::mutex> lock(mtx);
-    auto it = std::find(prefetch.begin(), prefetch.end(), job);
-    if (it != prefetch.end()) {
-        prefetch.erase(it);
-        demand.push_back(job);
+    {
+        std::lock_guard<std::mutex> lock(mtx);
+        bool moved = false;
+        for (auto it = prefetch.begin(); it != prefetch.end();) {
+            if (it->first == job) {
+                demand.push_back(*it);
+                it = prefetch.erase(it);
+                moved = true;
+            } else {
+                ++it;
+            }
+        }
+        if (!moved) {
+            return;
+        }
     }
+    cv.notify_all();
 }
 
 bool llama_hobbit_loader::take_back(const llama_hobbit_load_ptr & job) {
     std::lock_guard<std::mutex> lock(mtx);
+    if (job->parts_started > 0) {
+        return false; // a read of it is running: it must finish
+    }
+    bool found = false;
     for (auto * q : { &prefetch, &demand }) {
-        auto it = std::find(q->begin(), q->end(), job);
-        if (it != q->end()) {
-            q->erase(it);
-            pending -= job->bytes;
-            return true;
+        for (auto it = q->begin(); it != q->end();) {
+            if (it->first == job) {
+                it = q->erase(it);
+                found = true;
+            } else {
+                ++it;
+            }
         }
     }
-    return false;
+    if (found) {
+        pending -= job->bytes;
+    }
+    return found;
 }
 
 size_t llama_hobbit_loader::bytes_pending() const {
@@ -88,36 +116,55 @@ size_t llama_hobbit_loader::bytes_pending_peak() const {
 }
 
 void llama_hobbit_loader::run() {
-    llama_hobbit_bounce bounce; // this thread's O_DIRECT staging buffer
+    llama_hobbit_bounce bounce; // this thread's O_DIRECT staging buffer, for unaligned ranges
     for (;;) {
-        llama_hobbit_load_ptr job;
+        part item;
         {
             std::unique_lock<std::mutex> lock(mtx);
-            cv.wait(lock, [&]() { return stopping || !demand.empty() || !prefetch.empty(); });
+            // a prefetch is read only while no read a graph waits for is queued or running: it
+            // uses the time the disk would sit idle, never bandwidth a waiting graph needs
+            // and one prefetch read at a time, so a graph that comes to wait finds the disk soon
+            cv.wait(lock, [&]() {
+                return stopping || !demand.empty() ||
+                    (!prefetch.empty() && demand_running == 0 && prefetch_running == 0);
+            });
             if (stopping) {
                 return;
             }
             auto & q = demand.empty() ? prefetch : demand;
-            job = q.front();
+            item = q.front();
             q.pop_front();
-            job->started = true;
+            item.first->parts_started++;
+            (item.first->prefetch() ? prefetch_running : demand_running)++;
         }
+        const llama_hobbit_load_ptr & job = item.first;
         const auto t0 = std::chrono::steady_clock::now();
-        const size_t need = store->bounce_bytes();
-        bool ok = need == 0 || bounce.reserve(need);
         std::string err;
+        const size_t need = store->bounce_bytes(); // sized once, for the largest read
+        bool ok = need == 0 || bounce.reserve(need);
         if (!ok) {
             err = format("hobbit: cannot allocate %zu bytes to read experts from %s", need, store->path(0).c_str());
         } else {
-            ok = store->read_expert(job->il, job->expert, job->lvl, job->dst, bounce, err);
+            ok = store->read_part(job->il, job->expert, job->lvl, item.second, job->dst[item.second], bounce, err);
         }
-        job->read_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
-        job->ok  = ok;
-        job->err = err;
+        const double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+        bool last;
         {
             std::lock_guard<std::mutex> lock(mtx);
-            pending -= job->bytes;
+            job->read_ms += ms;
+            if (!ok && job->ok) {
+                job->ok  = false;
+                job->err = err;
+            }
+            (job->prefetch() ? prefetch_running : demand_running)--;
+            last = ++job->parts_done == LLAMA_HOBBIT_N_PROJ;
+            if (last) {
+                pending -= job->bytes;
+            }
         }
-        on_done(job);
+        cv.notify_all(); // prefetches may go now
+        if (last) {
+            on_done(job);
+        }
     }
 }

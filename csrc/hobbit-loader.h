@@ -1,8 +1,10 @@
 // HOBBIT loader: a pool of I/O threads of HOBBIT's own that read expert copies into their slots,
-// several reads in flight, off the compute threads.
+// several reads in flight, off the compute threads: each projection of an expert is a read of
+// its own, so one expert's load keeps several reads in flight too.
 //
-// Demand loads (a graph is waiting for them) go before prefetches; a queued prefetch that a
-// graph comes to need is promoted, and queued prefetches can be taken back to free their slots.
+// Demand loads (a graph is waiting for them) go before prefetches, and a prefetch is read only
+// while no demand read is queued or running, so it never takes bandwidth a waiting graph
+// needs. A queued prefetch that a graph comes to need is promoted; one can be taken back.
 // The loader knows nothing of the cache's books: a finished read is handed to a callback,
 // which the cache uses to mark the slot ready (or free it) under its own lock. Lock order: the
 // cache's mutex may be held while calling the loader, never the other way round.
@@ -31,12 +33,15 @@ struct llama_hobbit_load {
     size_t bytes  = 0;
     int    depth  = 0; // 0: a demand load; j > 0: a prefetch made j layers ahead
 
-    // set by the loader (started) and by the completion callback under the cache's lock
-    bool        started = false;
+    // the loader's: its projections are read in parallel, each by whichever I/O thread is free
+    int         parts_started = 0;
+    int         parts_done    = 0;
+    bool        ok            = true;
+    std::string err;            // the first failure
+    double      read_ms = 0.0;  // summed over the projections
+
+    // set by the completion callback under the cache's lock
     bool        done    = false;
-    bool        ok      = false;
-    std::string err;
-    double      read_ms = 0.0;
 
     bool prefetch() const { return depth > 0; }
 };
@@ -81,10 +86,13 @@ private:
 
     mutable std::mutex                mtx;
     std::condition_variable           cv;
-    std::deque<llama_hobbit_load_ptr> demand;
-    std::deque<llama_hobbit_load_ptr> prefetch;
+    using part = std::pair<llama_hobbit_load_ptr, int>; // a job and one of its projections
+    std::deque<part>                  demand;
+    std::deque<part>                  prefetch;
     std::vector<std::thread>          threads;
     bool                              stopping = false;
     size_t                            pending = 0;
     size_t                            pending_peak = 0;
+    int                               demand_running   = 0; // demand reads being read now
+    int                               prefetch_running = 0; // prefetch reads being read now
 };

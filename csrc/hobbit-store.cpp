@@ -93,12 +93,25 @@ void llama_hobbit_store::resize(int n_layer) {
     ranges.assign(size_t(n_layer)*LLAMA_HOBBIT_N_LVL*LLAMA_HOBBIT_N_PROJ, llama_hobbit_range{});
 }
 
-size_t llama_hobbit_store::bounce_bytes() const {
-    bool any = false;
+bool llama_hobbit_store::any_direct() const {
     for (const auto & f : files) {
-        any = any || f.fd_direct >= 0;
+        if (f.fd_direct >= 0) {
+            return true;
+        }
     }
-    if (!any) {
+    return false;
+}
+
+size_t llama_hobbit_store::bounce_bytes() const {
+    if (!any_direct()) {
+        return 0;
+    }
+    // a file whose expert ranges are all whole blocks is read straight into the slots
+    bool aligned = true;
+    for (const auto & r : ranges) {
+        aligned = aligned && (r.file < 0 || (r.offs % DIRECT_ALIGN == 0 && r.stride % DIRECT_ALIGN == 0));
+    }
+    if (aligned) {
         return 0;
     }
     size_t most = 0;
@@ -148,18 +161,21 @@ bool llama_hobbit_store::read_buffered(const file_info & f, char * dst, size_t n
 
 bool llama_hobbit_store::read_direct(const file_info & f, char * dst, size_t n, size_t off,
                                      llama_hobbit_bounce & bounce, std::string & err) const {
-    // O_DIRECT wants aligned offsets, sizes and buffers: read the aligned superset, copy the part
+    // O_DIRECT wants aligned offsets, sizes and buffers: read an aligned range straight into
+    // dst, any other as its aligned superset into the bounce buffer, then copy the part
+    const bool aligned = off % DIRECT_ALIGN == 0 && n % DIRECT_ALIGN == 0 && uintptr_t(dst) % DIRECT_ALIGN == 0;
     const size_t first = off & ~(DIRECT_ALIGN - 1);
     const size_t need  = off + n - first;
     const size_t total = GGML_PAD(need, DIRECT_ALIGN);
-    if (!bounce.reserve(total)) {
+    if (!aligned && !bounce.reserve(total)) {
         err = format("cannot allocate %zu bytes to read %s", total, f.path.c_str());
         return false;
     }
+    char * buf = aligned ? dst : (char *) bounce.data;
     size_t done = 0;
     int interrupted = 0;
     while (done < need) {
-        const ssize_t r = pread(f.fd_direct, (char *) bounce.data + done, total - done, (off_t) (first + done));
+        const ssize_t r = pread(f.fd_direct, buf + done, total - done, (off_t) (first + done));
         if (r < 0 && errno == EINTR && ++interrupted <= MAX_EINTR) {
             continue;
         }
@@ -183,24 +199,33 @@ bool llama_hobbit_store::read_direct(const file_info & f, char * dst, size_t n, 
         }
         done = next;
     }
-    memcpy(dst, (const char *) bounce.data + (off - first), n);
+    if (!aligned) {
+        memcpy(dst, (const char *) bounce.data + (off - first), n);
+    }
     return true;
+}
+
+bool llama_hobbit_store::read_part(int il, int e, int lvl, int p, char * dst, llama_hobbit_bounce & bounce,
+                                   std::string & err) const {
+    static const char * const proj_name[LLAMA_HOBBIT_N_PROJ] = { "gate", "up", "down" };
+    const llama_hobbit_range & r = range(il, lvl, p);
+    const file_info & f = files.at(r.file);
+    const size_t n   = expert_bytes[lvl][p];
+    const size_t off = r.offs + size_t(e)*r.stride;
+    std::string why;
+    const bool ok = unchanged(f, why) &&
+        (f.fd_direct >= 0 ? read_direct(f, dst, n, off, bounce, why) : read_buffered(f, dst, n, off, why));
+    if (!ok) {
+        err = format("hobbit: cannot read expert %d of layer %d (%s, level %d): %s",
+                e, il, proj_name[p], lvl, why.c_str());
+    }
+    return ok;
 }
 
 bool llama_hobbit_store::read_expert(int il, int e, int lvl, char * const dst[LLAMA_HOBBIT_N_PROJ],
                                      llama_hobbit_bounce & bounce, std::string & err) const {
-    static const char * const proj_name[LLAMA_HOBBIT_N_PROJ] = { "gate", "up", "down" };
     for (int p = 0; p < LLAMA_HOBBIT_N_PROJ; ++p) {
-        const llama_hobbit_range & r = range(il, lvl, p);
-        const file_info & f = files.at(r.file);
-        const size_t n   = expert_bytes[lvl][p];
-        const size_t off = r.offs + size_t(e)*r.stride;
-        std::string why;
-        const bool ok = unchanged(f, why) &&
-            (f.fd_direct >= 0 ? read_direct(f, dst[p], n, off, bounce, why) : read_buffered(f, dst[p], n, off, why));
-        if (!ok) {
-            err = format("hobbit: cannot read expert %d of layer %d (%s, level %d): %s",
-                    e, il, proj_name[p], lvl, why.c_str());
+        if (!read_part(il, e, lvl, p, dst[p], bounce, err)) {
             return false;
         }
     }

@@ -66,15 +66,22 @@ public:
         return expert_bytes[lvl][0] + expert_bytes[lvl][1] + expert_bytes[lvl][2];
     }
 
-    // bytes a bounce buffer needs for any read of this store (0 without O_DIRECT)
+    // bytes a bounce buffer needs for any read of this store (0 without O_DIRECT, or when every
+    // expert range is block-aligned and read straight into its slot)
     size_t bounce_bytes() const;
 
-    // read expert e of layer il at level lvl, projection p into dst[p]. On failure returns false
-    // and sets err to a one-line message naming the file and the cause.
+    // read projection p of expert e of layer il at level lvl into dst. On failure returns false
+    // and sets err to a one-line message naming the file and the cause. With O_DIRECT, a range
+    // whose offset, size and destination are all block-aligned is read straight into dst; any
+    // other goes through the bounce buffer.
+    bool read_part(int il, int e, int lvl, int p, char * dst, llama_hobbit_bounce & bounce, std::string & err) const;
+
+    // read all projections of an expert, dst[p] for projection p
     bool read_expert(int il, int e, int lvl, char * const dst[LLAMA_HOBBIT_N_PROJ],
                      llama_hobbit_bounce & bounce, std::string & err) const;
 
     bool direct(int file) const { return files[file].fd_direct >= 0; }
+    bool any_direct() const;
     const std::string & path(int file) const { return files[file].path; }
 
 private:
