@@ -59,9 +59,9 @@ class Policy:
     prefetch_depth: int | str = "auto"
     prefetch_width: int = 0
     w_recency: float = 1.0
-    w_frequency: float = 1.0
-    w_hi_need: float = 1.0
-    w_distance: float = 1.0
+    w_frequency: float = 0.5
+    w_hi_need: float = 0.5
+    w_distance: float = 2.0
     io_threads: int = 4
 
     def validate(self) -> None:
