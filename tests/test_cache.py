@@ -42,13 +42,13 @@ def files(arch: str, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path
 
 
 def ours(path: Path, policy: Policy, tmp_path: Path) -> tuple[list[int], np.ndarray, dict]:
-    with Model(path, policy=policy, n_ctx=512, threads=2, logits_all=True) as model:
+    with Model(path, policy=policy, n_ctx=512, n_threads=2, logits_all=True) as model:
         assert model.hobbit_active == (policy.expert_budget is not None)
-        tokens = model.tokenize(PROMPT)
-        model.llama.eval(tokens)
-        logits = np.array(model.llama.scores[: len(tokens)], dtype=np.float32)
-        generated = model.generate(PROMPT, max_tokens=N_TOKENS).tokens
-        return generated, logits, model.stats()
+        tokens = model.tokenize_text(PROMPT)
+        model.eval(tokens)
+        logits = np.array(model.scores[: len(tokens)], dtype=np.float32)
+        generated = model.generate_text(PROMPT, max_tokens=N_TOKENS).tokens
+        return generated, logits, model.hobbit_stats()
 
 
 @pytest.mark.parametrize("level", ["hi", "lo"])
@@ -134,8 +134,8 @@ def test_cli_reports_expert_stats(files: dict[str, Path], tmp_path: Path) -> Non
     # every (token, selected expert) pair of every MoE layer evaluation is one route. The
     # prompt is one batch; in it the last layer runs only on the token whose logits are
     # read (llama.cpp's out_ids), and the last generated token is never evaluated.
-    with Model(files["mixed"], n_ctx=256, threads=2) as model:
-        n_prompt = len(model.tokenize(PROMPT))
+    with Model(files["mixed"], n_ctx=256, n_threads=2) as model:
+        n_prompt = len(model.tokenize_text(PROMPT))
         n_layer, k = model.summary.n_layer, model.summary.n_expert_used
     assert stats["prompt_tokens"] == n_prompt
     assert stats["routes_total"] == k * ((n_layer - 1) * n_prompt + 1 + n_layer * (n_predict - 1))
@@ -195,11 +195,11 @@ def test_direct_io_bypasses_the_page_cache(files: dict[str, Path], direct_io: bo
     experts = [(int(t.data_offset), int(t.data_offset) + int(t.n_bytes))
                for t in gguf.GGUFReader(path).tensors if "_exps" in t.name]
     policy = Policy(expert_budget="20%", direct_io=direct_io)
-    with Model(path, policy=policy, n_ctx=256, threads=2, use_mmap=False) as model:
+    with Model(path, policy=policy, n_ctx=256, n_threads=2, use_mmap=False) as model:
         drop_from_page_cache(path)
         assert resident_fraction(path, experts) == 0.0
-        model.generate(PROMPT, max_tokens=N_TOKENS)
-        assert model.stats()["bytes_loaded"] > 0
+        model.generate_text(PROMPT, max_tokens=N_TOKENS)
+        assert model.hobbit_stats()["bytes_loaded"] > 0
         resident = resident_fraction(path, experts)
     if direct_io:
         assert resident == 0.0
