@@ -16,7 +16,7 @@ from gguf import GGMLQuantizationType
 
 from hobbit_py._lib import HobbitError, lib_dir
 
-F32, F16 = 0, 1
+F32, F16, BF16 = 0, 1, 30
 
 _TO_FLOAT = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64)
 

@@ -22,7 +22,7 @@ from gguf import GGMLQuantizationType, GGUFReader, GGUFValueType, GGUFWriter
 
 from hobbit_py._lib import HobbitError
 
-from .ggml import F32, Ggml
+from .ggml import BF16, F16, F32, Ggml
 from .plan import TensorPlan
 
 ALIGNMENT = 4096
@@ -145,8 +145,11 @@ class StreamWriter:
                 on_tensor(p.name)
 
     def _copy(self, fd: int, p: TensorPlan, src: np.ndarray, on_bytes: Callable[[int], None]) -> None:
-        """Tensors whose every output keeps the source type: plain byte copies."""
+        """Tensors whose every output keeps the source type: plain byte copies (checked)."""
         step = CHUNK_FLOATS * 4
+        whole = self.g.is_quantized(p.src_type.id)  # blocks must not be cut
+        for o in range(0, len(src), len(src) if whole else step):
+            require_finite_bytes(self.g, p.src_type.id, src[o: len(src) if whole else o + step], p.name)
         for name, _, _ in p.outs:
             base = self.data_start + self.placed[name].offset
             for o in range(0, len(src), step):
@@ -164,6 +167,7 @@ class StreamWriter:
         else:
             f32 = np.empty(n, dtype=np.float32)
             g.to_f32(p.src_type.id, np.ascontiguousarray(raw), n, f32)
+        require_finite(f32, p.name)
         written = 0
         for name, _, t in p.outs:
             drs = g.row_size(t.id, ncols)
@@ -176,6 +180,28 @@ class StreamWriter:
             _pwrite_all(fd, memoryview(out), pos)
             written += len(out)
         return written
+
+
+def require_finite(values: np.ndarray, name: str) -> None:
+    """Refuse NaN or Inf weights, whatever the output type (F16/BF16/F32 would keep them)."""
+    if not np.isfinite(values).all():
+        raise HobbitError(f"tensor {name} has NaN or Inf values; refusing to convert it")
+
+
+def require_finite_bytes(g: Ggml, type_id: int, raw: np.ndarray, name: str) -> None:
+    """`require_finite` on raw bytes of a tensor of ggml type `type_id` that is copied as is."""
+    if type_id == F32:
+        require_finite(raw.view(np.float32), name)
+    elif type_id == F16:
+        require_finite(raw.view(np.float16), name)
+    elif type_id == BF16:
+        if ((raw.view(np.uint16) & 0x7F80) == 0x7F80).any():  # exponent all ones: Inf or NaN
+            raise HobbitError(f"tensor {name} has NaN or Inf values; refusing to convert it")
+    elif g.is_quantized(type_id):
+        data = np.ascontiguousarray(raw)
+        if not g.lib.ggml_validate_row_data(type_id, data.ctypes.data, len(data)):
+            raise HobbitError(f"tensor {name} has invalid {g.type_name(type_id)} data (NaN or Inf?); "
+                              "refusing to convert it")
 
 
 def _preallocate(fd: int, size: int) -> None:

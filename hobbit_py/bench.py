@@ -1,13 +1,22 @@
-"""`hobbit bench`: HOBBIT against the baselines, side by side in one run, on this machine.
+"""`hobbit bench`: HOBBIT against the baselines, side by side in one run, for several budgets.
 
-Every measurement is a fresh process. Offloading variants (B-mmap, B-lru, HOBBIT) run in one
-memory cgroup capped to the same total (non-expert bytes + expert budget + overhead), with the
-page cache dropped before each run, so the slow tier really is the disk:
+Every speed measurement is a fresh process, variants interleaved, the page cache dropped
+before each where allowed. Per expert budget, under one memory cap (non-expert bytes + budget
++ overhead, see memcap.py):
 
-- B-resident: stock llama.cpp (build-stock), plain hi GGUF read fully into RAM (the ceiling)
 - B-mmap: stock llama.cpp, plain hi GGUF through mmap, under the cap
-- B-lru: our cache, hi copies only, plain LRU, same budget, under the cap
-- HOBBIT: our cache, mixed precision, same budget, under the cap
+- B-lru: our cache, hi copies only, plain LRU, the budget, under the cap
+- HOBBIT: our cache, mixed precision, the budget, under the cap
+
+Once, uncapped (all weights resident; their memory is the file):
+
+- B-resident: stock llama.cpp on the plain hi GGUF (the speed ceiling and the reference)
+- B-static: stock llama.cpp on each uniform low-bit GGUF given (the "just use Q3" user);
+  each budget's table says whether it fits that budget's memory
+
+Quality of every row (perplexity, KL and top-1 against the all-hi model on held-out text) is
+computed in this process on the patched library with HOBBIT off for the stock rows (stock
+and patched agree logit for logit with the cache off, tests/test_equivalence.py).
 """
 
 from __future__ import annotations
@@ -19,33 +28,94 @@ import statistics
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 from hobbit_py._lib import HobbitError, stock_lib_dir
 from hobbit_py.memcap import MemoryCap, cap_memory
-from hobbit_py.policy import Policy
+from hobbit_py.policy import Policy, parse_budget
 
 CAP_OVERHEAD = 256 * 2**20  # interpreter, bindings, compute buffers, KV cache
+Progress = Callable[[str], None]
 
 
 @dataclass(frozen=True)
 class Variant:
-    """One column of the benchmark."""
+    """One kind of row: which build, which file, capped or not, which policy."""
 
     name: str
-    stock: bool           # run on build-stock with the plain hi GGUF
-    capped: bool          # inside the memory cgroup
-    policy: str | None    # our policy name, or None for stock
+    stock: bool            # run on build-stock
+    capped: bool           # inside the budget's memory cap
+    policy: str | None     # our policy name, or None for stock
     use_mmap: bool = True
+    file: Path | None = None  # B-static's file
 
 
-VARIANTS = (
-    Variant("B-resident", stock=True, capped=False, policy=None, use_mmap=False),
-    Variant("B-mmap", stock=True, capped=True, policy=None),
-    Variant("B-lru", stock=False, capped=True, policy="hi-only"),
-    Variant("HOBBIT", stock=False, capped=True, policy="hobbit"),
-)
+@dataclass
+class BenchSpec:
+    """Everything `hobbit bench` was asked to do."""
+
+    model: Path
+    plain_hi: Path
+    static: list[Path]
+    budgets: list[str]
+    policy: Policy
+    prompt: str
+    n_predict: int
+    runs: int
+    threads: int
+    text: str
+    eval_tokens: int
+    command: str
+
+
+@dataclass
+class Row:
+    """One variant at one budget (budget None: measured once, uncapped)."""
+
+    variant: str
+    budget: str | None
+    budget_bytes: int | None
+    memory_bytes: int       # the cap, or the file for resident rows
+    decode_tok_s: float
+    decode_min: float
+    decode_max: float
+    prefill_tok_s: float
+    peak_rss_bytes: float
+    major_faults: float
+    same_tokens_as_resident: float
+    perplexity: float | None = None
+    kl_mean: float | None = None
+    top1_agreement: float | None = None
+    cache: dict[str, float] = field(default_factory=dict)
+    fits: dict[str, bool] = field(default_factory=dict)  # B-static: fits each budget's memory
+
+
+@dataclass
+class BenchResult:
+    """All rows, with what is needed to reproduce and read them."""
+
+    command: str
+    machine: str
+    model: str
+    date: str
+    hi_expert_bytes: int
+    non_expert_bytes: int
+    runs: int
+    n_predict: int
+    eval_tokens: int
+    page_cache_dropped: bool
+    caps: dict[str, str]      # budget -> how it was capped
+    reference_perplexity: float
+    rows: list[Row]
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def row(self, variant: str, budget: str | None) -> Row:
+        return next(r for r in self.rows if r.variant == variant and r.budget == budget)
 
 
 def drop_page_cache() -> bool:
@@ -58,19 +128,21 @@ def drop_page_cache() -> bool:
         return False
 
 
-def run_worker(variant: Variant, model: Path, plain_hi: Path, policy: Policy, prompt: str,
-               n_predict: int, threads: int, cap: MemoryCap | None) -> dict:
+def run_worker(variant: Variant, spec: BenchSpec, budget_bytes: int | None,
+               cap: MemoryCap | None) -> dict:
     """One measurement in a fresh process; returns the worker's JSON report."""
-    spec = {
-        "model": str(plain_hi if variant.stock else model), "stock": variant.stock,
-        "use_mmap": variant.use_mmap, "prompt": prompt, "n_predict": n_predict,
-        "threads": threads,
+    model = variant.file or (spec.plain_hi if variant.stock else spec.model)
+    p = spec.policy
+    worker = {
+        "model": str(model), "stock": variant.stock, "use_mmap": variant.use_mmap,
+        "prompt": spec.prompt, "n_predict": spec.n_predict, "threads": spec.threads,
         "policy": None if variant.policy is None else {
-            "expert_budget": policy.expert_budget, "policy": variant.policy,
-            "hi_threshold": policy.hi_threshold, "skip_threshold": policy.skip_threshold,
-            "upgrade_threshold": policy.upgrade_threshold, "direct_io": policy.direct_io},
+            "expert_budget": budget_bytes, "policy": variant.policy,
+            "hi_threshold": p.hi_threshold, "skip_threshold": p.skip_threshold,
+            "upgrade_threshold": p.upgrade_threshold, "direct_io": p.direct_io,
+            "hi_type": p.hi_type, "lo_type": p.lo_type},
     }
-    argv = [sys.executable, "-m", "hobbit_py.bench_worker", json.dumps(spec)]
+    argv = [sys.executable, "-m", "hobbit_py.bench_worker", json.dumps(worker)]
     if cap is not None and variant.capped:
         argv = cap.wrap(argv)
     env = dict(os.environ)
@@ -79,7 +151,8 @@ def run_worker(variant: Variant, model: Path, plain_hi: Path, policy: Policy, pr
     proc = subprocess.run(argv, capture_output=True, text=True, env=env)
     if proc.returncode != 0:
         tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-        raise HobbitError(f"{variant.name} run failed (exit {proc.returncode}): {tail}")
+        where = f" at budget {budget_bytes / 2**20:.0f} MiB" if budget_bytes else ""
+        raise HobbitError(f"{variant.name} run{where} failed (exit {proc.returncode}): {tail}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
@@ -96,138 +169,162 @@ def machine_description() -> str:
     return f"{platform.node() or 'host'}: {cpu}, {os.cpu_count()} cores, {mem:.0f} GiB RAM, {platform.system()}"
 
 
-def median_of(runs: list[dict], key: str) -> float:
+def _median(runs: list[dict], key: str) -> float:
     return statistics.median(float(r.get(key, 0.0)) for r in runs)
 
 
-def timestamp() -> str:
-    return time.strftime("%Y-%m-%d %H:%M", time.localtime())
+def _row(variant: str, budget: str | None, budget_bytes: int | None, memory: int,
+         runs: list[dict], reference_tokens: list[int]) -> Row:
+    decode = [float(r["decode_tokens_per_s"]) for r in runs]
+    same = sum(a == b for a, b in zip(runs[0]["tokens"], reference_tokens))
+    row = Row(variant=variant, budget=budget, budget_bytes=budget_bytes, memory_bytes=memory,
+              decode_tok_s=statistics.median(decode), decode_min=min(decode), decode_max=max(decode),
+              prefill_tok_s=_median(runs, "prefill_tokens_per_s"),
+              peak_rss_bytes=_median(runs, "peak_rss_bytes"), major_faults=_median(runs, "major_faults"),
+              same_tokens_as_resident=same / max(len(reference_tokens), 1))
+    if "routes_total" in runs[-1]:
+        last = runs[-1]
+        served = max(int(last["routes_total"]), 1)
+        row.cache = {
+            "bytes_loaded": _median(runs, "bytes_loaded"),
+            "hit_rate": (int(last["hits_hi"]) + int(last["hits_lo"])) / served,
+            "lo_share": (int(last["hits_lo"]) + int(last["loads_lo"])) / served,
+            "skipped_share": int(last["skipped"]) / served,
+            "load_stall_ms": _median(runs, "load_stall_ms"),
+        }
+    return row
 
 
-def _non_expert_bytes(path: Path) -> int:
-    import gguf  # noqa: PLC0415
-
-    return sum(int(t.n_bytes) for t in gguf.GGUFReader(path).tensors if "_exps." not in t.name)
-
-
-@dataclass
-class BenchResult:
-    """Medians and quality per variant, with what is needed to reproduce them."""
-
-    command: str
-    machine: str
-    model: str
-    budget_bytes: int
-    cap_bytes: int
-    cap_description: str
-    hi_expert_bytes: int
-    runs: int
-    n_predict: int
-    page_cache_dropped: bool
-    rows: dict[str, dict]
-
-
-def bench(model: Path, plain_hi: Path, policy: Policy, *, prompt: str, n_predict: int, runs: int,
-          threads: int, text: str, eval_tokens: int, command: str,
-          progress=print) -> BenchResult:  # noqa: ANN001
-    """Measure every variant `runs` times (interleaved) and its quality; see the module doc."""
-    from hobbit_py.evaluate import evaluate  # noqa: PLC0415
+def run_bench(spec: BenchSpec, progress: Progress = print) -> BenchResult:
+    """Measure every variant at every budget `spec.runs` times, interleaved, and its quality."""
+    from hobbit_py.evaluate import reference, score  # noqa: PLC0415
     from hobbit_py.gguf_check import inspect_model  # noqa: PLC0415
 
-    summary = inspect_model(model)
-    inspect_model(plain_hi)
-    budget = policy.budget_bytes(summary.hi_expert_bytes) or 0
-    if budget <= 0:
-        raise HobbitError("bench needs an --expert-budget")
-    cap = cap_memory(_non_expert_bytes(model) + budget + CAP_OVERHEAD)
-    if not cap.capped:
-        progress(f"bench: no memory cap on this machine, the offloading variants run uncapped "
-                 f"({cap.reason})")
-    samples: dict[str, list[dict]] = {v.name: [] for v in VARIANTS}
+    summary = inspect_model(spec.model)
+    inspect_model(spec.plain_hi)
+    for path in spec.static:
+        inspect_model(path)
+    budgets = {b: parse_budget(b, summary.hi_expert_bytes) for b in spec.budgets}
+    resident = [Variant("B-resident", stock=True, capped=False, policy=None, use_mmap=False)]
+    resident += [Variant(f"B-static {p.stem}", stock=True, capped=False, policy=None,
+                         use_mmap=False, file=p) for p in spec.static]
+    capped = [Variant("B-mmap", stock=True, capped=True, policy=None),
+              Variant("B-lru", stock=False, capped=True, policy="hi-only"),
+              Variant("HOBBIT", stock=False, capped=True, policy=spec.policy.policy)]
+
+    caps: dict[str, MemoryCap] = {}
+    samples: dict[tuple[str, str | None], list[dict]] = {}
     dropped = True
     try:
-        for run in range(runs):
-            for variant in VARIANTS:
+        for i, (label, nbytes) in enumerate(budgets.items()):
+            caps[label] = cap_memory(summary.non_expert_bytes + nbytes + CAP_OVERHEAD,
+                                     name=f"hobbit-bench-{os.getpid()}-{i}")
+            if not caps[label].capped:
+                progress(f"bench: no memory cap on this machine, the offloading variants run "
+                         f"uncapped ({caps[label].reason})")
+        for run in range(spec.runs):
+            plan = [(v, None) for v in resident] + [(v, b) for b in budgets for v in capped]
+            for variant, label in plan:
                 dropped = drop_page_cache() and dropped
-                progress(f"run {run + 1}/{runs}: {variant.name}")
-                samples[variant.name].append(run_worker(variant, model, plain_hi, policy, prompt,
-                                                        n_predict, threads, cap))
+                where = f" at {label}" if label else ""
+                progress(f"run {run + 1}/{spec.runs}: {variant.name}{where}")
+                samples.setdefault((variant.name, label), []).append(run_worker(
+                    variant, spec, budgets.get(label) if label else None,
+                    caps.get(label) if label else None))
     finally:
-        cap.close()
+        for cap in caps.values():
+            cap.close()
 
-    reference_tokens = samples["B-resident"][0]["tokens"]
-    rows: dict[str, dict] = {}
-    for variant in VARIANTS:
-        runs_v = samples[variant.name]
-        decode = [float(r["decode_tokens_per_s"]) for r in runs_v]
-        row = {
-            "decode_tok_s": statistics.median(decode), "decode_min": min(decode),
-            "decode_max": max(decode), "prefill_tok_s": median_of(runs_v, "prefill_tokens_per_s"),
-            "peak_rss_bytes": median_of(runs_v, "peak_rss_bytes"),
-            "same_tokens_as_resident": sum(a == b for a, b in zip(runs_v[0]["tokens"], reference_tokens))
-            / max(len(reference_tokens), 1),
-        }
-        if not variant.stock:
-            r0 = runs_v[-1]
-            served = max(int(r0["routes_total"]), 1)
-            row.update({
-                "bytes_loaded": median_of(runs_v, "bytes_loaded"),
-                "hit_rate": (int(r0["hits_hi"]) + int(r0["hits_lo"])) / served,
-                "lo_share": (int(r0["hits_lo"]) + int(r0["loads_lo"])) / served,
-                "skipped_share": int(r0["skipped"]) / served,
-                "load_stall_ms": median_of(runs_v, "load_stall_ms"),
-            })
-            progress(f"quality: {variant.name}")
-            q = evaluate(model, Policy(expert_budget=budget, policy=variant.policy,  # type: ignore[arg-type]
-                                       hi_threshold=policy.hi_threshold,
-                                       skip_threshold=policy.skip_threshold,
-                                       upgrade_threshold=policy.upgrade_threshold),
-                         text, threads=threads, max_tokens=eval_tokens)
-            row.update({"perplexity": q.perplexity, "kl_mean": q.kl_mean,
-                        "top1_agreement": q.top1_agreement,
-                        "reference_perplexity": q.reference_perplexity})
-        rows[variant.name] = row
-    ref_ppl = next((r["reference_perplexity"] for r in rows.values() if "reference_perplexity" in r), None)
-    for variant in VARIANTS:
-        if variant.stock:
-            rows[variant.name].update({"perplexity": ref_ppl, "kl_mean": 0.0, "top1_agreement": 1.0})
-    return BenchResult(command=command, machine=machine_description(), model=str(model),
-                       budget_bytes=budget, cap_bytes=cap.limit_bytes,
-                       cap_description=cap.describe(),
-                       hi_expert_bytes=summary.hi_expert_bytes, runs=runs, n_predict=n_predict,
-                       page_cache_dropped=dropped, rows=rows)
+    reference_tokens = samples[("B-resident", None)][0]["tokens"]
+    rows: list[Row] = []
+    for variant in resident:
+        memory = (variant.file or spec.plain_hi).stat().st_size
+        rows.append(_row(variant.name, None, None, memory, samples[(variant.name, None)],
+                         reference_tokens))
+    for label, nbytes in budgets.items():
+        for variant in capped:
+            rows.append(_row(variant.name, label, nbytes, caps[label].limit_bytes,
+                             samples[(variant.name, label)], reference_tokens))
+
+    progress("quality: the all-hi reference")
+    ref = reference(spec.plain_hi, Policy(expert_budget=None), spec.text, threads=spec.threads,
+                    max_tokens=spec.eval_tokens)
+    ref_ppl = None
+    for row in rows:
+        if row.variant in ("B-resident", "B-mmap"):
+            continue  # the reference itself
+        progress(f"quality: {row.variant}" + (f" at {row.budget}" if row.budget else ""))
+        if row.budget is None:
+            path, policy = next(v.file for v in resident if v.name == row.variant), Policy(expert_budget=None)
+        else:
+            variant = next(v for v in capped if v.name == row.variant)
+            p = spec.policy
+            path = spec.model
+            policy = Policy(expert_budget=row.budget_bytes, policy=variant.policy,  # type: ignore[arg-type]
+                            hi_threshold=p.hi_threshold, skip_threshold=p.skip_threshold,
+                            upgrade_threshold=p.upgrade_threshold, hi_type=p.hi_type,
+                            lo_type=p.lo_type, direct_io=p.direct_io)
+        q = score(ref, path, policy, threads=spec.threads)  # type: ignore[arg-type]
+        row.perplexity, row.kl_mean, row.top1_agreement = q.perplexity, q.kl_mean, q.top1_agreement
+        ref_ppl = q.reference_perplexity
+    if ref_ppl is None:
+        ref_ppl = score(ref, spec.plain_hi, Policy(expert_budget=None), threads=spec.threads).perplexity
+    for row in rows:
+        if row.variant in ("B-resident", "B-mmap"):
+            row.perplexity, row.kl_mean, row.top1_agreement = ref_ppl, 0.0, 1.0
+        if row.variant.startswith("B-static"):
+            row.fits = {label: row.memory_bytes <= summary.non_expert_bytes + nbytes
+                        for label, nbytes in budgets.items()}
+    return BenchResult(command=spec.command, machine=machine_description(), model=str(spec.model),
+                       date=time.strftime("%Y-%m-%d %H:%M", time.localtime()),
+                       hi_expert_bytes=summary.hi_expert_bytes,
+                       non_expert_bytes=summary.non_expert_bytes, runs=spec.runs,
+                       n_predict=spec.n_predict, eval_tokens=spec.eval_tokens,
+                       page_cache_dropped=dropped,
+                       caps={label: cap.describe() for label, cap in caps.items()},
+                       reference_perplexity=ref_ppl, rows=rows)
 
 
-def to_markdown(res: BenchResult) -> str:
-    """The BENCHMARKS.md section for one run."""
+def _fmt(value: float | None, fmt: str) -> str:
+    return "—" if value is None else format(value, fmt)
+
+
+def to_markdown(res: BenchResult, plot_name: str | None = None) -> str:
+    """The report: one table per budget, resident rows repeated in each for comparison."""
     mib = 2**20
-    base_lru = res.rows["B-lru"]["decode_tok_s"] or float("nan")
-    base_mmap = res.rows["B-mmap"]["decode_tok_s"] or float("nan")
     lines = [
-        f"## {Path(res.model).name} — {timestamp()}",
+        f"## {Path(res.model).name} — {res.date}",
         "",
         f"- command: `{res.command}`",
         f"- machine: {res.machine}",
-        f"- hi expert bytes {res.hi_expert_bytes / mib:.0f} MiB, expert budget "
-        f"{res.budget_bytes / mib:.0f} MiB ({res.hi_expert_bytes / res.budget_bytes:.1f}x smaller); "
-        f"memory cap of the offloading variants: {res.cap_description}; "
+        f"- hi expert bytes {res.hi_expert_bytes / mib:.1f} MiB, non-expert {res.non_expert_bytes / mib:.1f} MiB; "
         f"page cache dropped before each run: {'yes' if res.page_cache_dropped else 'NO'}",
-        f"- decode of {res.n_predict} tokens after the prompt, median of {res.runs} runs "
-        "(min-max), variants interleaved; quality on the held-out text against all-hi",
-        "",
-        "| variant | decode tok/s | vs B-lru | vs B-mmap | prefill tok/s | MiB loaded | hit rate "
-        "| lo share | skipped | perplexity | KL vs all-hi | top-1 agreement | peak RSS MiB |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        f"- decode of {res.n_predict} tokens after the prompt, median of {res.runs} run(s) "
+        f"(min-max), variants interleaved; quality on {res.eval_tokens} held-out tokens against "
+        f"the all-hi model (perplexity {res.reference_perplexity:.3f})",
     ]
-    for name, r in res.rows.items():
-        def opt(key: str, fmt: str) -> str:
-            return format(r[key], fmt) if r.get(key) is not None else "—"
-        loaded = f"{r['bytes_loaded'] / mib:.0f}" if "bytes_loaded" in r else "—"
-        lines.append(
-            f"| {name} | {r['decode_tok_s']:.2f} ({r['decode_min']:.2f}-{r['decode_max']:.2f}) "
-            f"| {r['decode_tok_s'] / base_lru:.2f}x | {r['decode_tok_s'] / base_mmap:.2f}x "
-            f"| {r['prefill_tok_s']:.1f} | {loaded} | {opt('hit_rate', '.2f')} "
-            f"| {opt('lo_share', '.2f')} | {opt('skipped_share', '.3f')} | {opt('perplexity', '.3f')} "
-            f"| {opt('kl_mean', '.4f')} | {opt('top1_agreement', '.3f')} "
-            f"| {r['peak_rss_bytes'] / mib:.0f} |")
+    if plot_name:
+        lines += ["", f"![decode speed against KL divergence, every variant and budget]({plot_name})"]
+    for label, cap in res.caps.items():
+        base_lru = res.row("B-lru", label).decode_tok_s or float("nan")
+        lines += [
+            "", f"### expert budget {label} (memory cap {cap})", "",
+            "| variant | memory MiB | decode tok/s | vs B-lru | prefill tok/s | MiB loaded | hit rate "
+            "| lo share | skipped | perplexity | KL vs all-hi | top-1 agreement | peak RSS MiB |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        rows = [r for r in res.rows if r.budget is None] + [r for r in res.rows if r.budget == label]
+        for r in rows:
+            name = r.variant
+            if r.fits:
+                name += " (fits)" if r.fits[label] else " (does not fit)"
+            c = r.cache
+            lines.append(
+                f"| {name} | {r.memory_bytes / mib:.0f} | {r.decode_tok_s:.2f} ({r.decode_min:.2f}-"
+                f"{r.decode_max:.2f}) | {r.decode_tok_s / base_lru:.2f}x | {r.prefill_tok_s:.1f} "
+                f"| {_fmt(c.get('bytes_loaded', None) and c['bytes_loaded'] / mib, '.0f')} "
+                f"| {_fmt(c.get('hit_rate'), '.2f')} | {_fmt(c.get('lo_share'), '.2f')} "
+                f"| {_fmt(c.get('skipped_share'), '.3f')} | {_fmt(r.perplexity, '.3f')} "
+                f"| {_fmt(r.kl_mean, '.4f')} | {_fmt(r.top1_agreement, '.3f')} "
+                f"| {r.peak_rss_bytes / mib:.0f} |")
     return "\n".join(lines) + "\n"

@@ -9,10 +9,10 @@ llama-cpp-python directly; our runs go through `Model` with the given policy.
 from __future__ import annotations
 
 import json
+import resource
 import sys
 
-from hobbit_py.model import GenerationStats, Model, peak_rss_bytes, timed_tokens
-from hobbit_py.policy import Policy
+from hobbit_py.generation import GenerationStats, peak_rss_bytes, timed_tokens
 
 
 def run_stock(spec: dict) -> dict:
@@ -29,15 +29,23 @@ def run_stock(spec: dict) -> dict:
 
 
 def run_ours(spec: dict) -> dict:
+    from hobbit_py.model import Model  # noqa: PLC0415  (binds the patched library)
+    from hobbit_py.policy import Policy  # noqa: PLC0415
+
     policy = Policy(**spec["policy"])
-    with Model(spec["model"], policy=policy, n_ctx=1024, threads=spec["threads"]) as model:
-        gen = model.generate(spec["prompt"], max_tokens=spec["n_predict"])
-        return {**model.stats(), "tokens": gen.tokens}
+    with Model(spec["model"], policy=policy, n_ctx=1024, n_threads=spec["threads"],
+               n_threads_batch=spec["threads"]) as model:
+        gen = model.generate_text(spec["prompt"], max_tokens=spec["n_predict"])
+        report = {**model.hobbit_stats(), "tokens": gen.tokens}
+        if model.budget_decision is not None:
+            report["budget_decision"] = model.budget_decision.reason
+        return report
 
 
 def main() -> None:
     spec = json.loads(sys.argv[1])
     report = run_stock(spec) if spec["stock"] else run_ours(spec)
+    report["major_faults"] = resource.getrusage(resource.RUSAGE_SELF).ru_majflt
     print(json.dumps(report))
 
 

@@ -79,12 +79,15 @@ def _add_experts(w, name: str, data: np.ndarray, expert_types: tuple[str, ...]) 
 
 
 def write_fixture(path: Path, arch: str = "mixtral", shape: FixtureShape = FixtureShape(),
-                  seed: int = 0, expert_types: tuple[str, ...] = ()) -> Path:
+                  seed: int = 0, expert_types: tuple[str, ...] = (),
+                  chat_template: str | None = None, eot_token: int | None = None) -> Path:
     """Write a random-weight MoE model of `arch` ("mixtral" or "qwen3moe") to `path`.
 
     `expert_types` (e.g. ("q8_0", "q4_0"), highest precision first) stores every routed
     expert once per type as a multi-precision GGUF; empty keeps them F16 in a plain GGUF.
     Types are limited to what gguf-py quantises in numpy (f16, q8_0, q4_0, ...).
+    `chat_template` (Jinja, as in HF tokenizer configs) is stored as tokenizer.chat_template;
+    `eot_token` marks a token id as end-of-turn (an end-of-generation token besides EOS).
     """
     import gguf  # noqa: PLC0415
 
@@ -125,6 +128,10 @@ def write_fixture(path: Path, arch: str = "mixtral", shape: FixtureShape = Fixtu
     w.add_bos_token_id(eos)
     w.add_eos_token_id(eos)
     w.add_add_bos_token(False)
+    if chat_template is not None:
+        w.add_chat_template(chat_template)
+    if eot_token is not None:
+        w.add_eot_token_id(eot_token)
 
     ones = np.ones(s.n_embd, dtype=np.float32)
     w.add_tensor("token_embd.weight", _matrix(rng, s.n_vocab, s.n_embd))

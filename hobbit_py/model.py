@@ -1,109 +1,146 @@
-"""`Model`: a llama.cpp MoE model loaded through llama-cpp-python on our patched library."""
+"""`Model`: a `llama_cpp.Llama` on the patched llama.cpp, with HOBBIT's expert cache.
+
+Everything llama-cpp-python offers works on it (`create_completion`, `create_chat_completion`
+with the model's chat template, streaming, `llama_cpp.server`); it adds `policy=` (the expert
+cache's knobs, `Policy`) and `hobbit_stats()`. Differences from `llama_cpp.Llama`, on purpose:
+
+- `n_ctx` defaults to min(the model's training context, 4096), not 512 (too small for chat)
+  nor 0 (the full training context: gigabytes of KV cache that defeat the memory budget);
+- `verbose=False` silences llama.cpp without redirecting file descriptors (quiet.py), so
+  models may be created from several threads at once;
+- a failed decode raises `HobbitError` with the engine's reason (`engine_fault`);
+- a model without a chat template chats with a plain "User:/Assistant:" template
+  (`plain_chat_template` is then True) instead of llama-cpp-python's silent llama-2 guess.
+"""
 
 from __future__ import annotations
 
 import os
-import resource
-import time
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
-from hobbit_py import capi
+from hobbit_py import capi, quiet
 from hobbit_py._lib import HobbitError, load_llama_cpp
+from hobbit_py.autobudget import BudgetDecision, auto_budget
+from hobbit_py.generation import Generation, GenerationStats, peak_rss_bytes, split_utf8, timed_tokens
 from hobbit_py.gguf_check import ModelSummary, inspect_model
 from hobbit_py.policy import Policy
 
+llama_cpp = load_llama_cpp()
+quiet.install(llama_cpp)
 
-@dataclass
-class GenerationStats:
-    """Timings of the last generation; prefill covers the prompt, decode the tokens after."""
-
-    prompt_tokens: int = 0
-    tokens_generated: int = 0
-    prefill_seconds: float = 0.0
-    decode_seconds: float = 0.0
-
-    @property
-    def prefill_tokens_per_s(self) -> float:
-        return self.prompt_tokens / self.prefill_seconds if self.prefill_seconds > 0 else 0.0
-
-    @property
-    def decode_tokens_per_s(self) -> float:
-        # the first generated token comes out of the prefill; each later one costs a decode
-        decoded = max(self.tokens_generated - 1, 0)
-        return decoded / self.decode_seconds if self.decode_seconds > 0 else 0.0
-
-    def as_dict(self) -> dict[str, float | int]:
-        return {
-            "prompt_tokens": self.prompt_tokens,
-            "tokens_generated": self.tokens_generated,
-            "prefill_seconds": self.prefill_seconds,
-            "decode_seconds": self.decode_seconds,
-            "prefill_tokens_per_s": self.prefill_tokens_per_s,
-            "decode_tokens_per_s": self.decode_tokens_per_s,
-        }
+DEFAULT_N_CTX = 4096
+PLAIN_CHAT_FORMAT = "hobbit-plain"
 
 
-@dataclass
-class Generation:
-    """The result of `Model.generate`."""
+@llama_cpp.llama_chat_format.register_chat_format(PLAIN_CHAT_FORMAT)
+def _plain_chat(messages: list[dict[str, Any]], **_: Any) -> Any:
+    """A template-less conversation: an optional system line, then User:/Assistant: turns."""
+    lines = []
+    for message in messages:
+        content = message.get("content") or ""
+        if not isinstance(content, str):  # content parts: keep the text ones
+            content = "".join(part.get("text", "") for part in content if isinstance(part, dict))
+        role = message.get("role")
+        lines.append(content if role == "system" else
+                     f"{'User' if role == 'user' else 'Assistant'}: {content}")
+    prompt = "\n".join(lines) + "\nAssistant:"
+    return llama_cpp.llama_chat_format.ChatFormatterResponse(prompt=prompt, stop=["\nUser:"])
 
-    text: str
-    tokens: list[int]
-    stats: GenerationStats = field(default_factory=GenerationStats)
 
+class Model(llama_cpp.Llama):
+    """A MoE GGUF model on the patched llama.cpp: a `llama_cpp.Llama` plus `policy=`.
 
-class Model:
-    """A MoE GGUF model on the patched llama.cpp.
-
-    Use as a context manager, or call `close()`:
-
-        with Model("model.gguf") as m:
-            print(m.generate("Once upon a time", max_tokens=32).text)
+        with Model("model.gguf", policy=Policy(expert_budget="25%")) as m:
+            print(m.create_completion("Once upon a time", max_tokens=32)["choices"][0]["text"])
+            print(m.hobbit_stats())
     """
 
-    def __init__(self, path: str | Path, *, policy: Policy | None = None, n_ctx: int = 0,
-                 threads: int | None = None, seed: int = 0, logits_all: bool = False,
-                 n_batch: int = 512, use_mmap: bool | None = None) -> None:
-        self._llm = None
-        self.path = Path(path)
+    def __init__(self, model_path: str | os.PathLike[str], *, policy: Policy | None = None,
+                 n_ctx: int | None = None, verbose: bool = False, **kwargs: Any) -> None:
+        self._closed = True
+        path = Path(model_path)
         self.policy = policy or Policy()
         self.policy.validate()
-        self.summary: ModelSummary = inspect_model(self.path)
-        overrides = self.policy.kv_overrides(self.summary.hi_expert_bytes)
-        llama_cpp = load_llama_cpp()
-        n_threads = threads or max(os.cpu_count() or 1, 1)
+        self.summary: ModelSummary = inspect_model(path)
+        if n_ctx is None:
+            n_ctx = min(self.summary.context_length or DEFAULT_N_CTX, DEFAULT_N_CTX)
+        self.budget_decision: BudgetDecision | None = None
+        if self.policy.is_auto:
+            self.budget_decision = auto_budget(self.summary, n_ctx or self.summary.context_length)
+            budget = self.budget_decision.budget_bytes
+        else:
+            budget = self.policy.budget_bytes(self.summary.hi_expert_bytes)
+        overrides = {**(kwargs.pop("kv_overrides", None) or {}), **self.policy.kv_overrides(budget)}
+        self.plain_chat_template = (self.summary.chat_template is None and not kwargs.get("chat_format")
+                                    and kwargs.get("chat_handler") is None)
+        if self.plain_chat_template:
+            kwargs["chat_format"] = PLAIN_CHAT_FORMAT
+        if overrides.get("hobbit.budget_bytes"):
+            # the non-expert weights are read into memory, not mapped: they stay resident under
+            # memory pressure, and a file changed under us cannot fault the process (the
+            # experts are read by HOBBIT, never mapped in)
+            kwargs.setdefault("use_mmap", False)
+        quiet.forward_logs(verbose)
         try:
-            self._llm = llama_cpp.Llama(
-                model_path=str(self.path), n_ctx=n_ctx, n_threads=n_threads,
-                n_threads_batch=n_threads, seed=seed, logits_all=logits_all, verbose=False,
-                n_batch=n_batch, n_ubatch=n_batch,
-                kv_overrides=overrides or None,
-                # by default, in HOBBIT mode the non-expert weights are read into memory, not
-                # mapped: they stay resident under memory pressure, and a file changed under us
-                # cannot fault the process (the experts are read by HOBBIT, never mapped in)
-                use_mmap=(not overrides) if use_mmap is None else use_mmap,
-            )
+            super().__init__(model_path=str(path), n_ctx=n_ctx, verbose=verbose,
+                             kv_overrides=overrides or None, **kwargs)
         except ValueError as exc:
             reason = capi.last_error().removeprefix("hobbit: ") or str(exc)
-            raise HobbitError(f"cannot load {self.path}: {reason}") from None
-        if overrides:
-            p = self.policy
-            capi.set_policy(self._llm.model, **p.engine_policy())
-        self.last_stats = GenerationStats()
+            raise HobbitError(f"cannot load {path}: {reason}") from None
+        self._closed = False
+        if overrides.get("hobbit.budget_bytes"):
+            capi.set_policy(self.model, **self.policy.engine_policy())
+        self.generation_stats = GenerationStats()
+
+    # --- llama_cpp.Llama, made safe -------------------------------------------------------
+
+    def eval(self, tokens: Sequence[int]) -> None:
+        """`Llama.eval`, with a failed decode reported as the engine's fault."""
+        try:
+            super().eval(tokens)
+        except RuntimeError as exc:
+            raise self.engine_fault(exc) from None
+
+    def engine_fault(self, exc: BaseException) -> HobbitError:
+        """The one place a failed decode becomes an error: the engine's message, or a generic one."""
+        reason = capi.last_error().removeprefix("hobbit: ").strip()
+        return HobbitError(f"decoding failed: {reason or f'llama.cpp reported an error ({exc})'}")
+
+    def close(self) -> None:
+        """Free the model and its context (idempotent)."""
+        self._closed = True
+        stack = getattr(self, "_stack", None)
+        if stack is not None:
+            stack.close()
+
+    def __enter__(self) -> Model:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+    # --- HOBBIT ---------------------------------------------------------------------------
+
+    def _require_open(self) -> None:
+        if self._closed:
+            raise HobbitError("model is closed")
 
     @property
     def hobbit_active(self) -> bool:
         """True when the expert cache serves the routed experts."""
-        return capi.active(self.llama.model)
+        self._require_open()
+        return capi.active(self.model)
 
-    def stats(self) -> dict[str, float | int]:
-        """Statistics of the last generation and of the expert cache since load or reset."""
-        cache = capi.get_stats(self.llama.model)
+    def hobbit_stats(self) -> dict[str, float | int]:
+        """Statistics of the last `generate_text` and of the expert cache since load or reset."""
+        self._require_open()
+        cache = capi.get_stats(self.model)
         return {
-            **self.last_stats.as_dict(),
+            **self.generation_stats.as_dict(),
             "n_calls": cache["n_calls"],
             "n_waves": cache["n_waves"],
             "routes_total": cache["routes_total"],
@@ -115,7 +152,9 @@ class Model:
             "upgrades": cache["upgrades"],
             "demotions": cache["demotions"],
             "failed_loads": cache["failed_loads"],
+            "bytes_loaded": cache["bytes_loaded"],
             "bytes_prefetched": cache["bytes_prefetched"],
+            "load_stall_ms": cache["load_stall_ms"],
             "read_ms": cache["read_ms"],
             "prefetch_issued": cache["prefetch_issued"],
             "prefetch_used": cache["prefetch_used"],
@@ -125,8 +164,6 @@ class Model:
                for d in range(1, capi.PREFETCH_MAX + 1)},
             "io_threads": cache["io_threads"],
             "bytes_in_flight_peak": cache["bytes_in_flight_peak"],
-            "bytes_loaded": cache["bytes_loaded"],
-            "load_stall_ms": cache["load_stall_ms"],
             "expert_budget_bytes": cache["budget_bytes"],
             "expert_cache_capacity_bytes": cache["cache_capacity_bytes"],
             "expert_cache_peak_bytes": cache["cache_peak_bytes"],
@@ -135,130 +172,50 @@ class Model:
             "peak_rss_bytes": peak_rss_bytes(),
         }
 
-    def reset_stats(self) -> None:
+    def reset_hobbit_stats(self) -> None:
         """Zero the expert cache counters (the cache keeps its contents)."""
-        capi.reset_stats(self.llama.model)
+        self._require_open()
+        capi.reset_stats(self.model)
 
-    def __enter__(self) -> Model:
-        return self
+    def is_end_of_generation(self, token: int) -> bool:
+        """True for every end-of-generation token of the vocabulary (EOS, EOT, ...)."""
+        return bool(llama_cpp.llama_vocab_is_eog(self._model.vocab, token))
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        self.close()
+    def tokenize_text(self, text: str) -> list[int]:
+        """Tokens of `text` with the model's BOS, no special-token parsing."""
+        return self.tokenize(text.encode(), add_bos=True, special=False)
 
-    def close(self) -> None:
-        """Free the model and its context."""
-        llm = getattr(self, "_llm", None)
-        if llm is not None:
-            llm.close()
-            self._llm = None
-
-    @property
-    def llama(self):  # noqa: ANN201  (llama_cpp.Llama; typed loosely to keep the import lazy)
-        """The underlying `llama_cpp.Llama`."""
-        if self._llm is None:
-            raise HobbitError("model is closed")
-        return self._llm
-
-    def tokenize(self, text: str) -> list[int]:
-        return self.llama.tokenize(text.encode(), add_bos=True, special=False)
-
-    def stream_tokens(self, prompt: str, max_tokens: int = 128, temp: float = 0.0,
-                      top_k: int = 40, top_p: float = 0.95) -> Iterator[int]:
-        """Yield generated token ids; `last_stats` is filled in as they come."""
-        llm = self.llama
-        prompt_tokens = self.tokenize(prompt)
-        if len(prompt_tokens) + max_tokens > llm.n_ctx():
+    def stream_token_ids(self, prompt: str, max_tokens: int = 128, temp: float = 0.0,
+                         top_k: int = 40, top_p: float = 0.95) -> Iterator[int]:
+        """Yield generated token ids; `generation_stats` is filled in as they come."""
+        self._require_open()
+        prompt_tokens = self.tokenize_text(prompt)
+        if len(prompt_tokens) + max_tokens > self.n_ctx():
             raise HobbitError(
                 f"prompt ({len(prompt_tokens)} tokens) + {max_tokens} new tokens exceed "
-                f"the context of {llm.n_ctx()}"
-            )
-        self.last_stats = GenerationStats(prompt_tokens=len(prompt_tokens))
-        yield from timed_tokens(llm, prompt_tokens, self.last_stats, max_tokens, temp, top_k, top_p)
+                f"the context of {self.n_ctx()} (raise --ctx-size)")
+        self.generation_stats = GenerationStats(prompt_tokens=len(prompt_tokens))
+        yield from timed_tokens(self, prompt_tokens, self.generation_stats, max_tokens, temp,
+                                top_k, top_p)
 
-    def stream(self, prompt: str, max_tokens: int = 128, temp: float = 0.0,
-               top_k: int = 40, top_p: float = 0.95) -> Iterator[str]:
+    def stream_text(self, prompt: str, max_tokens: int = 128, temp: float = 0.0,
+                    top_k: int = 40, top_p: float = 0.95) -> Iterator[str]:
         """Yield generated text as it comes, never splitting a UTF-8 character."""
         pending = b""
-        for token in self.stream_tokens(prompt, max_tokens, temp, top_k, top_p):
-            pending += self.llama.detokenize([token])
-            text, pending = _split_utf8(pending)
+        for token in self.stream_token_ids(prompt, max_tokens, temp, top_k, top_p):
+            pending += self.detokenize([token])
+            text, pending = split_utf8(pending)
             if text:
                 yield text
         if pending:
             yield pending.decode(errors="replace")
 
-    def generate(self, prompt: str, max_tokens: int = 128, temp: float = 0.0,
-                 top_k: int = 40, top_p: float = 0.95) -> Generation:
+    def generate_text(self, prompt: str, max_tokens: int = 128, temp: float = 0.0,
+                      top_k: int = 40, top_p: float = 0.95) -> Generation:
         """Generate up to `max_tokens` tokens after `prompt` (greedy when temp is 0)."""
-        tokens = list(self.stream_tokens(prompt, max_tokens, temp, top_k, top_p))
-        text = self.llama.detokenize(tokens).decode(errors="replace")
-        return Generation(text=text, tokens=tokens, stats=self.last_stats)
+        tokens = list(self.stream_token_ids(prompt, max_tokens, temp, top_k, top_p))
+        text = self.detokenize(tokens).decode(errors="replace")
+        return Generation(text=text, tokens=tokens, stats=self.generation_stats)
 
 
-def timed_tokens(llm, prompt_tokens: list[int], stats: GenerationStats,  # noqa: ANN001
-                 max_tokens: int, temp: float = 0.0, top_k: int = 40,
-                 top_p: float = 0.95) -> Iterator[int]:
-    """Generate with a `llama_cpp.Llama`, timing prefill and decode into `stats`."""
-    llm.reset()
-    start = time.perf_counter()
-    first_at = start
-    eos = llm.token_eos()
-    for token in decoding(llm, llm.generate(prompt_tokens, temp=temp, top_k=top_k, top_p=top_p,
-                                            repeat_penalty=1.0, reset=True)):
-        now = time.perf_counter()
-        if stats.tokens_generated == 0:
-            first_at = now
-            stats.prefill_seconds = now - start
-        else:
-            stats.decode_seconds = now - first_at
-        if token == eos:
-            break
-        stats.tokens_generated += 1
-        yield token
-        if stats.tokens_generated >= max_tokens:
-            break
-
-
-def decode_failure(llm, exc: Exception) -> HobbitError:  # noqa: ANN001
-    """The one-line error for a failed llama_decode: the engine's reason if it gave one.
-
-    The engine sets it on the thread that decoded: call this from that thread, right away.
-    """
-    reason = capi.last_error().removeprefix("hobbit: ")
-    return HobbitError(f"cannot evaluate {Path(llm.model_path).name}: {reason or exc}")
-
-
-def decoding(llm, tokens: Iterator[int]) -> Iterator[int]:  # noqa: ANN001
-    """Pass `tokens` through, turning a failed llama_decode into a `HobbitError`."""
-    try:
-        yield from tokens
-    except RuntimeError as exc:
-        if "llama_decode" not in str(exc):
-            raise
-        raise decode_failure(llm, exc) from None
-
-
-def peak_rss_bytes() -> int:
-    """Peak resident set size of this process since it started its program.
-
-    /proc's VmHWM belongs to the process image; getrusage's ru_maxrss would also count the
-    parent's memory that a fork copied before exec.
-    """
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-
-
-def _split_utf8(data: bytes) -> tuple[str, bytes]:
-    """Decode the longest complete UTF-8 prefix of `data`; return it and the rest."""
-    for cut in range(len(data), max(len(data) - 4, -1), -1):
-        try:
-            return data[:cut].decode(), data[cut:]
-        except UnicodeDecodeError:
-            continue
-    return data.decode(errors="replace"), b""
+__all__ = ["Generation", "GenerationStats", "Model", "peak_rss_bytes", "timed_tokens"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
 from typing import Literal
 
 from hobbit_py._lib import HobbitError
@@ -14,6 +15,12 @@ POLICY_NAMES: tuple[str, ...] = ("hobbit", "lru", "lfu", "fld", "least-stale", "
 EVICTION_OF = {"hobbit": "blend", "lru": "lru", "lfu": "lfu", "fld": "fld", "least-stale": "least-stale",
                "hi-only": "lru"}
 PREFETCH_MAX = 3
+AUTO = "auto"
+OFF_VALUES = ("off", "none")
+INT64_MAX = 2**63 - 1
+# the only `hobbit.*` load-time keys the engine reads (it refuses others)
+KV_KEYS = ("hobbit.budget_bytes", "hobbit.direct_io", "hobbit.hi_type", "hobbit.lo_type",
+           "hobbit.io_threads")
 
 _UNITS = {
     "": 1, "b": 1,
@@ -24,9 +31,11 @@ _UNITS = {
 
 @dataclass(frozen=True)
 class Policy:
-    """How HOBBIT serves routed experts. `expert_budget=None` turns HOBBIT off (stock path).
+    """How HOBBIT serves routed experts.
 
-    - expert_budget: bytes of expert cache: an int, "512MiB"/"2GB", or "25%" of the hi experts.
+    - expert_budget: bytes of expert cache: an int, "512MiB"/"2GB", "25%" of the hi experts,
+      "auto" (the default: from free memory, off when every expert fits; see autobudget.py),
+      or None / "off" (HOBBIT off, all weights resident: the stock path).
     - policy: "hobbit" (mixed precision, the multidimensional eviction: a weighted blend of
       recency, frequency, hi-precision needs and layer distance); "lru", "lfu", "fld" and
       "least-stale" (mixed precision, one eviction rule each, for ablations); "hi-only" (hi
@@ -48,7 +57,7 @@ class Policy:
     - io_threads: I/O threads reading experts (several reads in flight).
     """
 
-    expert_budget: int | str | None = None
+    expert_budget: int | str | None = AUTO
     policy: PolicyName = "hobbit"
     hi_threshold: float = 0.5
     skip_threshold: float = 0.0
@@ -95,39 +104,53 @@ class Policy:
             "prefetch_width": self.prefetch_width,
         }
 
-    def budget_bytes(self, hi_expert_bytes: int) -> int | None:
-        """The budget in bytes, given the model's total hi expert bytes (for percentages)."""
-        if self.expert_budget is None:
-            return None
-        return parse_budget(self.expert_budget, hi_expert_bytes)
+    @property
+    def is_auto(self) -> bool:
+        return isinstance(self.expert_budget, str) and self.expert_budget.strip().lower() == AUTO
 
-    def kv_overrides(self, hi_expert_bytes: int) -> dict[str, int | str]:
-        """Load-time settings, passed to llama.cpp as GGUF kv overrides."""
-        budget = self.budget_bytes(hi_expert_bytes)
-        if budget is None:
+    @property
+    def is_off(self) -> bool:
+        return self.expert_budget is None or (
+            isinstance(self.expert_budget, str) and self.expert_budget.strip().lower() in OFF_VALUES)
+
+    def budget_bytes(self, hi_expert_bytes: int) -> int | None:
+        """The budget in bytes, given the model's total hi expert bytes (for percentages);
+        None when off. `auto` needs the model and the machine: see `autobudget.auto_budget`."""
+        if self.is_off:
+            return None
+        if self.is_auto:
+            raise HobbitError("the 'auto' expert budget is resolved when a model is loaded")
+        return parse_budget(self.expert_budget, hi_expert_bytes)  # type: ignore[arg-type]
+
+    def kv_overrides(self, budget_bytes: int | None) -> dict[str, int | str]:
+        """Load-time settings for a resolved budget, as GGUF kv overrides (only `KV_KEYS`)."""
+        if budget_bytes is None:
             return {}
-        overrides: dict[str, int | str] = {"hobbit.budget_bytes": budget}
-        overrides["hobbit.direct_io"] = int(self.direct_io)
-        overrides["hobbit.io_threads"] = self.io_threads
+        overrides: dict[str, int | str] = {"hobbit.budget_bytes": budget_bytes,
+                                           "hobbit.direct_io": int(self.direct_io),
+                                           "hobbit.io_threads": self.io_threads}
         if self.hi_type:
             overrides["hobbit.hi_type"] = self.hi_type
         if self.policy == "hi-only":
             overrides["hobbit.lo_type"] = "none"
         elif self.lo_type:
             overrides["hobbit.lo_type"] = self.lo_type
+        assert set(overrides) <= set(KV_KEYS), overrides
         return overrides
 
 
 def parse_budget(value: int | str, hi_expert_bytes: int) -> int:
-    """Bytes from 1234, "512MiB", "1.5GB" or "25%" (of `hi_expert_bytes`)."""
+    """Bytes from 1234, "512MiB", "1.5GB" or "25%" (of `hi_expert_bytes`); at most int64 max."""
+    if isinstance(value, bool):
+        raise HobbitError(f"bad expert budget {value!r}")
     if isinstance(value, int):
         budget = value
     else:
         text = value.strip().lower().replace(" ", "")
         if text.endswith("%"):
             try:
-                pct = float(text[:-1])
-            except ValueError:
+                pct = Decimal(text[:-1])
+            except InvalidOperation:
                 raise HobbitError(f"bad expert budget {value!r}") from None
             if not 0 < pct <= 100:
                 raise HobbitError(f"expert budget percentage must be in (0, 100], got {value!r}")
@@ -136,8 +159,11 @@ def parse_budget(value: int | str, hi_expert_bytes: int) -> int:
             match = re.fullmatch(r"([0-9]*\.?[0-9]+)([a-z]*)", text)
             if not match or match.group(2) not in _UNITS:
                 raise HobbitError(
-                    f"bad expert budget {value!r}; use bytes with a unit (512MiB, 2GB) or a percentage (25%)")
-            budget = int(float(match.group(1)) * _UNITS[match.group(2)])
+                    f"bad expert budget {value!r}; use bytes with a unit (512MiB, 2GB), a "
+                    "percentage (25%), auto or off")
+            budget = int(Decimal(match.group(1)) * _UNITS[match.group(2)])
     if budget <= 0:
         raise HobbitError(f"expert budget must be positive, got {value!r}")
+    if budget > INT64_MAX:
+        raise HobbitError(f"expert budget {value!r} is too large (at most {INT64_MAX} bytes)")
     return budget

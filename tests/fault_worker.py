@@ -22,7 +22,7 @@ def main() -> None:
     policy = Policy(expert_budget=spec["budget"], direct_io=spec["direct_io"], **spec.get("policy", {}))
     report: dict = {"load_error": None, "attempts": []}
     try:
-        model = Model(spec["model"], policy=policy, n_ctx=256, threads=2)
+        model = Model(spec["model"], policy=policy, n_ctx=256, n_threads=2)
     except HobbitError as exc:
         report["load_error"] = str(exc)
         print(json.dumps(report))
@@ -32,7 +32,7 @@ def main() -> None:
             tokens: list[int] = []
             error = None
             try:
-                for token in model.stream_tokens(spec["prompt"], max_tokens=spec["n"]):
+                for token in model.stream_token_ids(spec["prompt"], max_tokens=spec["n"]):
                     tokens.append(token)
             except HobbitError as exc:
                 error = str(exc)

@@ -63,9 +63,21 @@ def test_unknown_option(mixtral_gguf: Path) -> None:
     assert proc.returncode == 1
 
 
-def test_missing_argument() -> None:
+def test_missing_model() -> None:
     proc = run_hobbit("eval")
-    assert_one_line_error(proc, "hobbit: error: ", "Missing argument", "hobbit eval --help")
+    assert_one_line_error(proc, "hobbit: error: no model given", "-m MODEL.gguf")
+
+
+def test_missing_option_value(mixtral_gguf: Path) -> None:
+    proc = run_hobbit("run", str(mixtral_gguf), "-p")
+    assert_one_line_error(proc, "hobbit: error: ", "'-p' requires an argument", "--help")
+
+
+def test_budget_beyond_int64_is_refused(mixtral_gguf: Path) -> None:
+    """2^64 + 5 bytes must not wrap around to 5 bytes on its way to the engine."""
+    for budget in (str(2**64 + 5), f"{2**63}B", "16000000000GiB"):
+        proc = run_hobbit("run", str(mixtral_gguf), "-p", "hi", "-n", "2", "--expert-budget", budget)
+        assert_one_line_error(proc, "hobbit: error: ", "too large")
 
 
 def test_same_prefix_and_exit_code_for_every_command(tmp_path: Path) -> None:

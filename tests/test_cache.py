@@ -43,13 +43,13 @@ def files(arch: str, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path
 
 
 def ours(path: Path, policy: Policy, tmp_path: Path) -> tuple[list[int], np.ndarray, dict]:
-    with Model(path, policy=policy, n_ctx=512, threads=2, logits_all=True) as model:
+    with Model(path, policy=policy, n_ctx=512, n_threads=2, logits_all=True) as model:
         assert model.hobbit_active == (policy.expert_budget is not None)
-        tokens = model.tokenize(PROMPT)
-        model.llama.eval(tokens)
-        logits = np.array(model.llama.scores[: len(tokens)], dtype=np.float32)
-        generated = model.generate(PROMPT, max_tokens=N_TOKENS).tokens
-        return generated, logits, model.stats()
+        tokens = model.tokenize_text(PROMPT)
+        model.eval(tokens)
+        logits = np.array(model.scores[: len(tokens)], dtype=np.float32)
+        generated = model.generate_text(PROMPT, max_tokens=N_TOKENS).tokens
+        return generated, logits, model.hobbit_stats()
 
 
 @pytest.mark.parametrize("level", ["hi", "lo"])
@@ -137,8 +137,8 @@ def test_cli_reports_expert_stats(files: dict[str, Path], tmp_path: Path) -> Non
     # every (token, selected expert) pair of every MoE layer evaluation is one route. The
     # prompt is one batch; in it the last layer runs only on the token whose logits are
     # read (llama.cpp's out_ids), and the last generated token is never evaluated.
-    with Model(files["mixed"], n_ctx=256, threads=2) as model:
-        n_prompt = len(model.tokenize(PROMPT))
+    with Model(files["mixed"], n_ctx=256, n_threads=2) as model:
+        n_prompt = len(model.tokenize_text(PROMPT))
         n_layer, k = model.summary.n_layer, model.summary.n_expert_used
     assert stats["prompt_tokens"] == n_prompt
     assert stats["routes_total"] == k * ((n_layer - 1) * n_prompt + 1 + n_layer * (n_predict - 1))
@@ -221,13 +221,13 @@ def test_prefill_larger_than_the_slots_is_served_in_waves(files: dict[str, Path]
     results = {}
     for name, b in (("min", budget), ("all", "100%")):
         with Model(files["mixed"], policy=Policy(expert_budget=b, policy="hi-only"), n_ctx=512,
-                   threads=2, logits_all=True) as model:
-            tokens = model.tokenize(LONG_PROMPT)
+                   n_threads=2, logits_all=True) as model:
+            tokens = model.tokenize_text(LONG_PROMPT)
             assert len(tokens) > 16
-            model.llama.eval(tokens)
-            logits = np.array(model.llama.scores[: len(tokens)], dtype=np.float32)
-            stats = model.stats()
-            results[name] = (model.generate(LONG_PROMPT, max_tokens=8).tokens, logits, stats)
+            model.eval(tokens)
+            logits = np.array(model.scores[: len(tokens)], dtype=np.float32)
+            stats = model.hobbit_stats()
+            results[name] = (model.generate_text(LONG_PROMPT, max_tokens=8).tokens, logits, stats)
     with pytest.raises(HobbitError, match="below the minimum"):
         Model(files["mixed"], policy=Policy(expert_budget=budget - 64, policy="hi-only"), n_ctx=64)
     tokens, logits, stats = results["min"]
@@ -254,14 +254,14 @@ def test_minimum_budget_never_skips_a_route(files: dict[str, Path], tmp_path: Pa
 
 def test_skip_threshold_drops_misses_only(files: dict[str, Path]) -> None:
     with Model(files["mixed"], policy=Policy(expert_budget="100%", skip_threshold=0.45), n_ctx=512,
-               threads=2) as model:
-        model.generate(PROMPT, max_tokens=N_TOKENS)
-        cold = model.stats()
+               n_threads=2) as model:
+        model.generate_text(PROMPT, max_tokens=N_TOKENS)
+        cold = model.hobbit_stats()
         assert cold["skipped"] > 0  # misses below the threshold were dropped
         # every expert the prompt selects is now cached: the same run skips nothing
-        model.reset_stats()
-        model.generate(PROMPT, max_tokens=N_TOKENS)
-        warm = model.stats()
+        model.reset_hobbit_stats()
+        model.generate_text(PROMPT, max_tokens=N_TOKENS)
+        warm = model.hobbit_stats()
     assert warm["skipped"] < cold["skipped"]
     assert warm["loads_hi"] + warm["loads_lo"] < cold["loads_hi"] + cold["loads_lo"]
 
@@ -310,11 +310,11 @@ def test_direct_io_bypasses_the_page_cache(files: dict[str, Path], direct_io: bo
     experts = [(int(t.data_offset), int(t.data_offset) + int(t.n_bytes))
                for t in gguf.GGUFReader(path).tensors if "_exps" in t.name]
     policy = Policy(expert_budget="20%", direct_io=direct_io)
-    with Model(path, policy=policy, n_ctx=256, threads=2, use_mmap=False) as model:
+    with Model(path, policy=policy, n_ctx=256, n_threads=2, use_mmap=False) as model:
         drop_from_page_cache(path)
         assert resident_fraction(path, experts) == 0.0
-        model.generate(PROMPT, max_tokens=N_TOKENS)
-        assert model.stats()["bytes_loaded"] > 0
+        model.generate_text(PROMPT, max_tokens=N_TOKENS)
+        assert model.hobbit_stats()["bytes_loaded"] > 0
         resident = resident_fraction(path, experts)
     if direct_io:
         assert resident == 0.0

@@ -38,15 +38,15 @@ def mixed(request: pytest.FixtureRequest, base: Path) -> Path:
 
 
 def run(path: Path, policy: Policy, n: int = 12) -> tuple[list[int], np.ndarray, dict]:
-    with Model(path, policy=policy, n_ctx=256, threads=2, logits_all=True) as m:
-        tokens = m.tokenize(PROMPT)
-        m.llama.eval(tokens)
-        logits = np.array(m.llama.scores[: len(tokens)], dtype=np.float32)
-        return m.generate(PROMPT, max_tokens=n).tokens, logits, m.stats()
+    with Model(path, policy=policy, n_ctx=256, n_threads=2, logits_all=True) as m:
+        tokens = m.tokenize_text(PROMPT)
+        m.eval(tokens)
+        logits = np.array(m.scores[: len(tokens)], dtype=np.float32)
+        return m.generate_text(PROMPT, max_tokens=n).tokens, logits, m.hobbit_stats()
 
 
 def test_forced_hi_with_full_budget_equals_the_cache_off(mixed: Path) -> None:
-    off = run(mixed, Policy())
+    off = run(mixed, Policy(expert_budget="off"))
     hi = run(mixed, Policy(expert_budget="100%", hi_threshold=0.0, upgrade_threshold=0.0))
     assert hi[0] == off[0]
     np.testing.assert_array_equal(hi[1], off[1])

@@ -176,3 +176,24 @@ def test_existing_output_needs_force(base: Path, tmp_path: Path) -> None:
     assert r.returncode == 0, r.stderr
     assert out.read_bytes()[:4] == b"GGUF"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["o.gguf"]
+
+
+@pytest.mark.parametrize("bits", ["f16", "bf16", "f32", "q8_0"])
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_nan_or_inf_weights_are_refused_for_every_type(tmp_path: Path, bits: str, bad: float) -> None:
+    """F16/BF16/F32 outputs would carry NaN/Inf into a model that then generates nothing."""
+    import gguf
+    import numpy as np
+
+    from hobbit_py.fixtures import write_fixture
+
+    src = write_fixture(tmp_path / "src.gguf", "mixtral")
+    target = "blk.1.ffn_up_exps.weight"
+    tensor = next(t for t in gguf.GGUFReader(src).tensors if t.name == target)
+    with src.open("r+b") as f:  # one weight deep inside the tensor
+        f.seek(int(tensor.data_offset) + int(tensor.n_bytes) // 2)
+        f.write(np.array([bad], dtype=np.float16).tobytes())
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    line = fails(out_dir, str(src), "--bits", bits, "-o", str(out_dir / "o.gguf"), match=target)
+    assert "NaN or Inf" in line

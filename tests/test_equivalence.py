@@ -24,7 +24,7 @@ def stock_tokens(model: Path, prompt: str, n: int, logits_path: Path | None = No
 
 
 def test_greedy_tokens_equal_stock_llama_cpp_python(moe_gguf: Path) -> None:
-    with Model(moe_gguf, n_ctx=512, threads=2) as model:
-        ours = model.generate(PROMPT, max_tokens=N_TOKENS).tokens
+    with Model(moe_gguf, n_ctx=512, n_threads=2) as model:
+        ours = model.generate_text(PROMPT, max_tokens=N_TOKENS).tokens
     assert len(ours) == N_TOKENS
     assert ours == stock_tokens(moe_gguf, PROMPT, N_TOKENS)

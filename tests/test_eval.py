@@ -37,9 +37,9 @@ def test_all_hi_against_itself_is_exact(mixed: Path) -> None:
 
 
 def _logits(path: Path, policy: Policy, window: list[int]) -> np.ndarray:
-    with Model(path, policy=policy, n_ctx=64, threads=2, logits_all=True, n_batch=1) as model:
-        model.llama.eval(window)
-        return np.array(model.llama.scores[: len(window)], dtype=np.float64)
+    with Model(path, policy=policy, n_ctx=64, n_threads=2, logits_all=True, n_batch=1) as model:
+        model.eval(window)
+        return np.array(model.scores[: len(window)], dtype=np.float64)
 
 
 def test_figures_match_an_independent_computation(mixed: Path) -> None:
@@ -48,13 +48,13 @@ def test_figures_match_an_independent_computation(mixed: Path) -> None:
     n_ctx, max_tokens = 64, 100
     result = evaluate(mixed, FORCE_LO, TEXT, n_ctx=n_ctx, threads=2, max_tokens=max_tokens)
 
-    with Model(mixed, n_ctx=n_ctx, threads=2) as model:
-        tokens = model.llama.tokenize(TEXT.encode(), add_bos=False, special=False)[:max_tokens]
-        bos = model.llama.token_bos()
+    with Model(mixed, n_ctx=n_ctx, n_threads=2) as model:
+        tokens = model.tokenize(TEXT.encode(), add_bos=False, special=False)[:max_tokens]
+        bos = model.token_bos()
     windows = [[bos, *tokens[:n_ctx - 1]], [bos, *tokens[n_ctx - 1:]]]
     kl, nll, nll_ref, agree, n = [], [], [], [], 0
     for window in windows:
-        ref = _logits(mixed, Policy(), window)[:-1]
+        ref = _logits(mixed, Policy(expert_budget=None), window)[:-1]
         ours = _logits(mixed, FORCE_LO, window)[:-1]
         p = np.exp(ref - ref.max(1, keepdims=True))
         p /= p.sum(1, keepdims=True)

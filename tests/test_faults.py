@@ -155,8 +155,8 @@ def hobbit_allocation_sizes(model: Path) -> dict[str, int]:
     per projection, equal here) and the O_DIRECT staging buffer."""
     import gguf
 
-    with Model(model, policy=Policy(expert_budget=BUDGET), n_ctx=256, threads=2) as m:
-        arena = m.stats()["expert_cache_capacity_bytes"] // 3
+    with Model(model, policy=Policy(expert_budget=BUDGET), n_ctx=256, n_threads=2) as m:
+        arena = m.hobbit_stats()["expert_cache_capacity_bytes"] // 3
     reader = gguf.GGUFReader(model)
     gate = next(t for t in reader.tensors if t.name == "blk.0.ffn_gate_exps.weight")
     per_expert = int(gate.n_bytes) // int(gate.shape[-1])
@@ -198,11 +198,11 @@ def test_a_failed_read_while_loading_is_a_clean_load_error(model: Path, fault_li
 def test_file_truncated_after_load(model: Path, tmp_path: Path) -> None:
     copy = tmp_path / "copy.gguf"
     shutil.copy(model, copy)
-    with Model(copy, policy=Policy(expert_budget=BUDGET), n_ctx=256, threads=2) as m:
+    with Model(copy, policy=Policy(expert_budget=BUDGET), n_ctx=256, n_threads=2) as m:
         with copy.open("r+b") as f:
             f.truncate(copy.stat().st_size // 2)
         with pytest.raises(Exception) as info:
-            m.generate(PROMPT, max_tokens=N_TOKENS)
+            m.generate_text(PROMPT, max_tokens=N_TOKENS)
         assert type(info.value).__name__ == "HobbitError"
         assert str(copy) in str(info.value) and "changed after it was loaded" in str(info.value)
 
@@ -212,17 +212,17 @@ def test_file_rewritten_in_place_after_load(model: Path, reference: dict, tmp_pa
     is not our business, the open descriptor still reads the file that was loaded."""
     copy = tmp_path / "copy.gguf"
     shutil.copy(model, copy)
-    with Model(copy, policy=Policy(expert_budget=BUDGET), n_ctx=256, threads=2) as m:
+    with Model(copy, policy=Policy(expert_budget=BUDGET), n_ctx=256, n_threads=2) as m:
         replaced = tmp_path / "new.gguf"
         shutil.copy(model, replaced)
         os.replace(replaced, copy)
-        assert m.generate(PROMPT, max_tokens=N_TOKENS).tokens == reference[True]
-    with Model(copy, policy=Policy(expert_budget=BUDGET), n_ctx=256, threads=2) as m:
+        assert m.generate_text(PROMPT, max_tokens=N_TOKENS).tokens == reference[True]
+    with Model(copy, policy=Policy(expert_budget=BUDGET), n_ctx=256, n_threads=2) as m:
         data = copy.read_bytes()
         copy.write_bytes(data)
         os.utime(copy, ns=(0, 0))
         with pytest.raises(Exception, match="changed after it was loaded"):
-            m.generate(PROMPT, max_tokens=N_TOKENS)
+            m.generate_text(PROMPT, max_tokens=N_TOKENS)
 
 
 def test_cli_reports_a_read_fault_in_one_line(model: Path, fault_lib: Path, tmp_path: Path) -> None:

@@ -30,12 +30,12 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 def open_model(path: Path) -> Model:
-    return Model(path, policy=Policy(expert_budget="20%", **FORCED_HI), n_ctx=256, threads=1)
+    return Model(path, policy=Policy(expert_budget="20%", **FORCED_HI), n_ctx=256, n_threads=1)
 
 
 def alone(path: Path, prompt: str) -> list[int]:
     with open_model(path) as m:
-        return m.generate(prompt, max_tokens=N).tokens
+        return m.generate_text(prompt, max_tokens=N).tokens
 
 
 @pytest.mark.parametrize("pair", [("a", "a"), ("a", "b")], ids=["same-file", "different-files"])
@@ -43,7 +43,7 @@ def test_two_models_interleaved_equal_each_alone(files: dict[str, Path], pair: t
     paths = [files[pair[0]], files[pair[1]]]
     expected = [alone(p, prompt) for p, prompt in zip(paths, PROMPTS)]
     with open_model(paths[0]) as m0, open_model(paths[1]) as m1:
-        streams = [m0.stream_tokens(PROMPTS[0], max_tokens=N), m1.stream_tokens(PROMPTS[1], max_tokens=N)]
+        streams = [m0.stream_token_ids(PROMPTS[0], max_tokens=N), m1.stream_token_ids(PROMPTS[1], max_tokens=N)]
         got: list[list[int]] = [[], []]
         for _ in range(N):  # one token of each in turn
             for i, stream in enumerate(streams):
@@ -62,7 +62,7 @@ def test_two_models_from_two_threads_equal_each_alone(files: dict[str, Path], pa
         try:
             barrier.wait()  # create both models at the same moment, then generate at once
             with open_model(paths[i]) as m:
-                got[i] = m.generate(PROMPTS[i], max_tokens=N).tokens
+                got[i] = m.generate_text(PROMPTS[i], max_tokens=N).tokens
         except BaseException as exc:  # noqa: BLE001  (reported by the assertion below)
             got[i] = exc
 
@@ -88,7 +88,7 @@ def open_fds() -> int:
 def test_create_and_free_thirty_times_leaks_nothing(files: dict[str, Path]) -> None:
     def cycle() -> None:
         with open_model(files["a"]) as m:
-            m.generate(PROMPTS[0], max_tokens=4)
+            m.generate_text(PROMPTS[0], max_tokens=4)
 
     for _ in range(3):  # warm up allocator pools and lazy imports
         cycle()

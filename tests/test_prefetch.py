@@ -28,11 +28,11 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 def run(path: Path, policy: Policy, n: int = N_TOKENS, prompt: str = PROMPT) -> tuple[list[int], np.ndarray, dict]:
-    with Model(path, policy=policy, n_ctx=1024, threads=2, logits_all=True) as model:
-        tokens = model.tokenize(prompt)
-        model.llama.eval(tokens)
-        logits = np.array(model.llama.scores[: len(tokens)], dtype=np.float32)
-        return model.generate(prompt, max_tokens=n).tokens, logits, model.stats()
+    with Model(path, policy=policy, n_ctx=1024, n_threads=2, logits_all=True) as model:
+        tokens = model.tokenize_text(prompt)
+        model.eval(tokens)
+        logits = np.array(model.scores[: len(tokens)], dtype=np.float32)
+        return model.generate_text(prompt, max_tokens=n).tokens, logits, model.hobbit_stats()
 
 
 @pytest.mark.parametrize("depth", [0, 3])
@@ -133,13 +133,13 @@ def test_trace_records_every_route_as_the_counters_do(files: dict[str, Path]) ->
     from hobbit_py import capi
 
     with Model(files["mixed"], policy=Policy(expert_budget="25%", skip_threshold=0.1), n_ctx=512,
-               threads=2) as model:
-        capi.trace_enable(model.llama.model, True)
-        model.reset_stats()
-        model.generate(PROMPT, max_tokens=16)
-        events, dropped = capi.trace_read(model.llama.model)
-        capi.trace_enable(model.llama.model, False)
-        stats = model.stats()
+               n_threads=2) as model:
+        capi.trace_enable(model.model, True)
+        model.reset_hobbit_stats()
+        model.generate_text(PROMPT, max_tokens=16)
+        events, dropped = capi.trace_read(model.model)
+        capi.trace_enable(model.model, False)
+        stats = model.hobbit_stats()
     assert dropped == 0
     assert len(events) == stats["routes_total"]
     counts = Counter(e["outcome"] for e in events)

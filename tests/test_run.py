@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from hobbit_py.model import Model
-from tests.conftest import run_hobbit
+from tests.conftest import assert_one_line_error, run_hobbit
 
 
 def test_hobbit_run_streams_text_and_reports_speed(moe_gguf: Path, tmp_path: Path) -> None:
@@ -24,17 +26,17 @@ def test_hobbit_run_streams_text_and_reports_speed(moe_gguf: Path, tmp_path: Pat
 
 
 def test_model_stream_matches_generate(mixtral_gguf: Path) -> None:
-    with Model(mixtral_gguf, n_ctx=256, threads=2) as model:
-        streamed = "".join(model.stream("Hello", max_tokens=12))
-        generated = model.generate("Hello", max_tokens=12)
+    with Model(mixtral_gguf, n_ctx=256, n_threads=2) as model:
+        streamed = "".join(model.stream_text("Hello", max_tokens=12))
+        generated = model.generate_text("Hello", max_tokens=12)
     assert streamed == generated.text
     assert generated.stats.tokens_generated == 12
 
 
 def test_sampling_is_seeded(mixtral_gguf: Path) -> None:
     def sample(seed: int, temp: float) -> list[int]:
-        with Model(mixtral_gguf, n_ctx=256, threads=2, seed=seed) as model:
-            return model.generate("Hello", max_tokens=16, temp=temp).tokens
+        with Model(mixtral_gguf, n_ctx=256, n_threads=2, seed=seed) as model:
+            return model.generate_text("Hello", max_tokens=16, temp=temp).tokens
 
     assert sample(7, 1.0) == sample(7, 1.0)
     assert sample(7, 1.0) != sample(8, 1.0)  # the seed reaches the sampler
@@ -53,9 +55,45 @@ def test_cli_seed_and_temp(mixtral_gguf: Path) -> None:
     assert text("--seed", "1") == text("--seed", "2")
 
 
+def test_llama_cpp_flags(mixtral_gguf: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """-m, -p, -n, -t, -c, -ngl, -s as in llama.cpp, and --hi-type/--lo-type, reach the model."""
+    import hobbit_py.cli as cli
+
+    seen: dict = {}
+    real = cli.load_model
+
+    def spy(path: Path, policy, **kwargs):  # noqa: ANN001, ANN202
+        seen.update(path=path, policy=policy, **kwargs)
+        model = real(path, policy, **kwargs)
+        seen["n_gpu_layers_param"] = model.model_params.n_gpu_layers
+        seen["n_ctx_actual"] = model.n_ctx()
+        return model
+
+    monkeypatch.setattr(cli, "load_model", spy)
+    cli.run_app(["run", "-m", str(mixtral_gguf), "-p", "Hello", "-n", "3", "-t", "2", "-c", "512",
+                 "-ngl", "99", "-s", "5", "--expert-budget", "50%", "--skip-threshold", "0.1"])
+    assert seen["path"] == mixtral_gguf and seen["threads"] == 2 and seen["seed"] == 5
+    assert seen["n_ctx"] == 512 and seen["n_ctx_actual"] == 512
+    assert seen["n_gpu_layers"] == 99 and seen["n_gpu_layers_param"] == 99
+    assert seen["policy"].skip_threshold == 0.1 and seen["policy"].expert_budget == "50%"
+
+
+def test_type_flags_reach_the_engine(tmp_path: Path) -> None:
+    from hobbit_py.fixtures import write_fixture
+
+    mixed = write_fixture(tmp_path / "m.gguf", "mixtral", expert_types=("q8_0", "q4_0"))
+    ok = run_hobbit("run", str(mixed), "-p", "Hi", "-n", "2", "-t", "2", "--expert-budget", "50%",
+                    "--hi-type", "q8_0", "--lo-type", "q4_0")
+    assert ok.returncode == 0, ok.stderr
+    bad = run_hobbit("run", str(mixed), "-p", "Hi", "-n", "2", "--expert-budget", "50%",
+                     "--lo-type", "q2_k")
+    assert_one_line_error(bad, "hobbit: error: ", "q2_k")
+
+
 def test_help_is_complete() -> None:
     top = run_hobbit("--help")
     assert top.returncode == 0 and "run" in top.stdout
     sub = run_hobbit("run", "--help")
-    for flag in ("--prompt", "-n", "--temp", "--seed", "--threads", "--stats-json"):
+    for flag in ("--prompt", "-n", "--temp", "--seed", "--threads", "--stats-json", "-ngl",
+                 "--model", "--ctx-size", "--hi-type", "--lo-type", "--expert-budget"):
         assert flag in sub.stdout

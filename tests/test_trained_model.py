@@ -34,8 +34,8 @@ def converted(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 def greedy(path: Path, prompt: str) -> list[int]:
-    with Model(path, threads=2) as model:
-        return model.generate(prompt, max_tokens=24).tokens
+    with Model(path, n_threads=2) as model:
+        return model.generate_text(prompt, max_tokens=24).tokens
 
 
 def test_widened_model_gives_identical_greedy_tokens_at_f16(converted: dict[str, Path]) -> None:
@@ -44,9 +44,9 @@ def test_widened_model_gives_identical_greedy_tokens_at_f16(converted: dict[str,
 
 
 def test_trained_model_writes_english(converted: dict[str, Path]) -> None:
-    with Model(converted["mixed"], policy=Policy(expert_budget="30%"), threads=2) as model:
-        text = model.generate("The documentation explains how", max_tokens=24).text
-        stats = model.stats()
+    with Model(converted["mixed"], policy=Policy(expert_budget="30%"), n_threads=2) as model:
+        text = model.generate_text("The documentation explains how", max_tokens=24).text
+        stats = model.hobbit_stats()
     words = text.split()
     assert len(words) >= 10
     assert sum(w.strip(".,;:()").isalpha() for w in words) >= 0.7 * len(words)
