@@ -406,7 +406,7 @@ void llama_hobbit_cache::serve_wave_locked(std::unique_lock<std::mutex> & lk, ll
             }
             if (tracing && outcome >= 0) {
                 if (trace.size() < trace_capacity) {
-                    trace.push_back({ trace_evals, il, (int32_t) t, e, routes.share(r, t), outcome,
+                    trace.push_back({ pass - trace_pass, il, (int32_t) t, e, routes.share(r, t), outcome,
                                       outcome == LLAMA_HOBBIT_SKIP ? 0 : job.prefetched[e] });
                 } else {
                     trace_dropped++;
@@ -414,9 +414,7 @@ void llama_hobbit_cache::serve_wave_locked(std::unique_lock<std::mutex> & lk, ll
             }
         }
     }
-    if (last) {
-        trace_evals++;
-    }
+
     if (unserved > 0) {
         // the wave count and quotas make this impossible; say so loudly if it ever happens
         LLAMA_LOG_ERROR("%s: hobbit: %llu routes of layer %d found no room in %d waves\n", __func__,
@@ -595,7 +593,7 @@ void llama_hobbit_cache::trace_enable(bool enable, uint64_t capacity) {
     trace_capacity = capacity;
     if (enable) {
         trace.clear();
-        trace_evals   = 0;
+        trace_pass    = pass + 1; // the next walk through the layers is the first traced
         trace_dropped = 0;
     }
 }

@@ -139,7 +139,7 @@ private:
 
     bool                                  tracing = false;
     uint64_t                              trace_capacity = 0;
-    uint64_t                              trace_evals = 0;
+    uint64_t                              trace_pass = 0; // the pass tracing started at
     uint64_t                              trace_dropped = 0;
     std::deque<llama_hobbit_route_event>  trace;
 

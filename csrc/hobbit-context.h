@@ -12,6 +12,7 @@
 #include "llama-hobbit.h"
 
 #include <chrono>
+#include <climits>
 #include <memory>
 #include <string>
 #include <vector>
@@ -51,7 +52,7 @@ struct llama_hobbit_context {
     double accuracy[LLAMA_HOBBIT_PREFETCH_MAX] = { 1.0, 1.0, 1.0 }; // running averages per depth
     double compute_ms = 0.0;         // running average of compute between two MoE layers
     double stall_ms   = 0.0;         // running average of the wait in a layer's first wave
-    int    il_prev    = -1;          // the layer served before (a lower one starts a new pass)
+    int    il_prev    = INT_MAX;     // the layer served before (one not after it starts a new pass)
     std::chrono::steady_clock::time_point served_at{};  // when the last wave was served
     std::chrono::steady_clock::time_point started_at{}; // when the current wave started
 

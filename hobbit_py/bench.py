@@ -5,8 +5,11 @@ before each where allowed. Per expert budget, under one memory cap (non-expert b
 + overhead, see memcap.py):
 
 - B-mmap: stock llama.cpp, plain hi GGUF through mmap, under the cap
-- B-lru: our cache, hi copies only, plain LRU, the budget, under the cap
-- HOBBIT: our cache, mixed precision, the budget, under the cap
+- B-lru: our cache, hi copies only, plain LRU, no prefetch, the budget, under the cap
+- B-lru + prefetch: the same with HOBBIT's prefetch (what mixed precision adds is the rest)
+- HOBBIT no prefetch: mixed precision and the policy's eviction, prefetch off
+- HOBBIT: the policy as given (mixed precision, prefetch, multidimensional eviction)
+- with --ablations, one row per other eviction rule (lru, lfu, fld, least-stale)
 
 Once, uncapped (all weights resident; their memory is the file):
 
@@ -51,6 +54,7 @@ class Variant:
     policy: str | None     # our policy name, or None for stock
     use_mmap: bool = True
     file: Path | None = None  # B-static's file
+    overrides: tuple[tuple[str, Any], ...] = ()  # Policy fields this row sets (prefetch off, ...)
 
 
 @dataclass
@@ -69,6 +73,7 @@ class BenchSpec:
     text: str
     eval_tokens: int
     command: str
+    ablations: bool = False
 
 
 @dataclass
@@ -91,6 +96,7 @@ class Row:
     top1_agreement: float | None = None
     cache: dict[str, float] = field(default_factory=dict)
     fits: dict[str, bool] = field(default_factory=dict)  # B-static: fits each budget's memory
+    decode_bytes_per_token: float | None = None  # expert bytes read per decoded token
 
 
 @dataclass
@@ -107,6 +113,7 @@ class BenchResult:
     n_predict: int
     eval_tokens: int
     page_cache_dropped: bool
+    read_bandwidth: float     # bytes/s of expert reads as HOBBIT makes them (O_DIRECT, 4 threads)
     caps: dict[str, str]      # budget -> how it was capped
     reference_perplexity: float
     rows: list[Row]
@@ -128,19 +135,21 @@ def drop_page_cache() -> bool:
         return False
 
 
+def variant_policy(variant: Variant, spec: BenchSpec, budget_bytes: int | None) -> Policy:
+    """The Policy a row runs with: the bench's, its name's rule, and the row's overrides."""
+    fields = {**asdict(spec.policy), "expert_budget": budget_bytes, "policy": variant.policy,
+              **dict(variant.overrides)}
+    return Policy(**fields)
+
+
 def run_worker(variant: Variant, spec: BenchSpec, budget_bytes: int | None,
                cap: MemoryCap | None) -> dict:
     """One measurement in a fresh process; returns the worker's JSON report."""
     model = variant.file or (spec.plain_hi if variant.stock else spec.model)
-    p = spec.policy
     worker = {
         "model": str(model), "stock": variant.stock, "use_mmap": variant.use_mmap,
         "prompt": spec.prompt, "n_predict": spec.n_predict, "threads": spec.threads,
-        "policy": None if variant.policy is None else {
-            "expert_budget": budget_bytes, "policy": variant.policy,
-            "hi_threshold": p.hi_threshold, "skip_threshold": p.skip_threshold,
-            "upgrade_threshold": p.upgrade_threshold, "direct_io": p.direct_io,
-            "hi_type": p.hi_type, "lo_type": p.lo_type},
+        "policy": None if variant.policy is None else asdict(variant_policy(variant, spec, budget_bytes)),
     }
     argv = [sys.executable, "-m", "hobbit_py.bench_worker", json.dumps(worker)]
     if cap is not None and variant.capped:
@@ -154,6 +163,39 @@ def run_worker(variant: Variant, spec: BenchSpec, budget_bytes: int | None,
         where = f" at budget {budget_bytes / 2**20:.0f} MiB" if budget_bytes else ""
         raise HobbitError(f"{variant.name} run{where} failed (exit {proc.returncode}): {tail}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def measure_read_bandwidth(path: Path, threads: int = 4, chunk: int = 8 << 20, total: int = 1 << 30) -> float:
+    """Bytes/s of reading `path` as HOBBIT's loader does: O_DIRECT (buffered where the file
+    system refuses it), `threads` reads of `chunk` bytes in flight, from a dropped page cache."""
+    import mmap  # noqa: PLC0415
+    from concurrent.futures import ThreadPoolExecutor  # noqa: PLC0415
+
+    drop_page_cache()
+    block = 4096
+    chunk = max(block, min(chunk, path.stat().st_size // threads // block * block))
+    size = max(chunk, min(path.stat().st_size, total) // chunk * chunk)
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECT", 0))
+    except OSError:
+        fd = os.open(path, os.O_RDONLY)
+    bufs = [mmap.mmap(-1, chunk) for _ in range(threads)]  # page-aligned
+
+    def read(i: int) -> int:
+        done = 0
+        for off in range(i * chunk, size, threads * chunk):
+            done += max(os.preadv(fd, [bufs[i]], off), 0)
+        return done
+
+    try:
+        start = time.perf_counter()
+        with ThreadPoolExecutor(threads) as pool:
+            nbytes = sum(pool.map(read, range(threads)))
+        if nbytes == 0:
+            raise HobbitError(f"cannot measure reads of {path}: nothing could be read")
+        return nbytes / (time.perf_counter() - start)
+    finally:
+        os.close(fd)
 
 
 def machine_description() -> str:
@@ -191,7 +233,13 @@ def _row(variant: str, budget: str | None, budget_bytes: int | None, memory: int
             "lo_share": (int(last["hits_lo"]) + int(last["loads_lo"])) / served,
             "skipped_share": int(last["skipped"]) / served,
             "load_stall_ms": _median(runs, "load_stall_ms"),
+            "prefetch_issued": int(last["prefetch_issued"]),
+            "prefetch_used": int(last["prefetch_used"]),
+            **{f"accuracy_d{d}": int(last[f"predicted_right_d{d}"]) / int(last[f"predicted_d{d}"])
+               for d in (1, 2, 3) if int(last[f"predicted_d{d}"]) > 0},
         }
+        decoded = max(int(last["tokens_generated"]) - 1, 1)
+        row.decode_bytes_per_token = _median(runs, "decode_bytes_loaded") / decoded
     return row
 
 
@@ -208,9 +256,18 @@ def run_bench(spec: BenchSpec, progress: Progress = print) -> BenchResult:
     resident = [Variant("B-resident", stock=True, capped=False, policy=None, use_mmap=False)]
     resident += [Variant(f"B-static {p.stem}", stock=True, capped=False, policy=None,
                          use_mmap=False, file=p) for p in spec.static]
+    no_prefetch = (("prefetch_depth", 0),)
     capped = [Variant("B-mmap", stock=True, capped=True, policy=None),
-              Variant("B-lru", stock=False, capped=True, policy="hi-only"),
+              Variant("B-lru", stock=False, capped=True, policy="hi-only", overrides=no_prefetch),
+              Variant("B-lru + prefetch", stock=False, capped=True, policy="hi-only"),
+              Variant("HOBBIT no prefetch", stock=False, capped=True, policy=spec.policy.policy,
+                      overrides=no_prefetch),
               Variant("HOBBIT", stock=False, capped=True, policy=spec.policy.policy)]
+    if spec.ablations:
+        capped += [Variant(f"eviction {rule}", stock=False, capped=True, policy=rule)
+                   for rule in ("lru", "lfu", "fld", "least-stale") if rule != spec.policy.policy]
+    progress("bench: measuring the read bandwidth of the model file")
+    bandwidth = measure_read_bandwidth(spec.model, threads=spec.policy.io_threads)
 
     caps: dict[str, MemoryCap] = {}
     samples: dict[tuple[str, str | None], list[dict]] = {}
@@ -258,12 +315,7 @@ def run_bench(spec: BenchSpec, progress: Progress = print) -> BenchResult:
             path, policy = next(v.file for v in resident if v.name == row.variant), Policy(expert_budget=None)
         else:
             variant = next(v for v in capped if v.name == row.variant)
-            p = spec.policy
-            path = spec.model
-            policy = Policy(expert_budget=row.budget_bytes, policy=variant.policy,  # type: ignore[arg-type]
-                            hi_threshold=p.hi_threshold, skip_threshold=p.skip_threshold,
-                            upgrade_threshold=p.upgrade_threshold, hi_type=p.hi_type,
-                            lo_type=p.lo_type, direct_io=p.direct_io)
+            path, policy = spec.model, variant_policy(variant, spec, row.budget_bytes)
         q = score(ref, path, policy, threads=spec.threads)  # type: ignore[arg-type]
         row.perplexity, row.kl_mean, row.top1_agreement = q.perplexity, q.kl_mean, q.top1_agreement
         ref_ppl = q.reference_perplexity
@@ -280,7 +332,7 @@ def run_bench(spec: BenchSpec, progress: Progress = print) -> BenchResult:
                        hi_expert_bytes=summary.hi_expert_bytes,
                        non_expert_bytes=summary.non_expert_bytes, runs=spec.runs,
                        n_predict=spec.n_predict, eval_tokens=spec.eval_tokens,
-                       page_cache_dropped=dropped,
+                       page_cache_dropped=dropped, read_bandwidth=bandwidth,
                        caps={label: cap.describe() for label, cap in caps.items()},
                        reference_perplexity=ref_ppl, rows=rows)
 
@@ -327,4 +379,31 @@ def to_markdown(res: BenchResult, plot_name: str | None = None) -> str:
                 f"| {_fmt(c.get('skipped_share'), '.3f')} | {_fmt(r.perplexity, '.3f')} "
                 f"| {_fmt(r.kl_mean, '.4f')} | {_fmt(r.top1_agreement, '.3f')} "
                 f"| {r.peak_rss_bytes / mib:.0f} |")
+        lines += time_table(res, label)
     return "\n".join(lines) + "\n"
+
+
+def time_table(res: BenchResult, label: str) -> list[str]:
+    """Where a decoded token's time goes, per cache variant: the I/O bound (expert bytes read
+    per token over the measured read bandwidth), compute (a token's time all in RAM,
+    B-resident), and how far the measured time is above the larger of the two."""
+    mib = 2**20
+    compute_ms = 1000.0 / res.row("B-resident", None).decode_tok_s
+    lines = [
+        "", f"Decode time per token at {label}: read bandwidth {res.read_bandwidth / mib:.0f} MiB/s "
+        f"(O_DIRECT, the loader's reads in flight), compute {compute_ms:.1f} ms (B-resident).", "",
+        "| variant | ms/token | MiB read/token | I/O bound ms | measured / max(I/O, compute) "
+        "| prefetches used/issued | prediction accuracy d1/d2/d3 |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in res.rows:
+        if r.budget != label or r.decode_bytes_per_token is None:
+            continue
+        ms = 1000.0 / r.decode_tok_s
+        io_ms = 1000.0 * r.decode_bytes_per_token / res.read_bandwidth
+        c = r.cache
+        accuracy = "/".join(_fmt(c.get(f"accuracy_d{d}"), ".2f") for d in (1, 2, 3))
+        lines.append(f"| {r.variant} | {ms:.1f} | {r.decode_bytes_per_token / mib:.1f} | {io_ms:.1f} "
+                     f"| {ms / max(io_ms, compute_ms):.2f}x | {int(c.get('prefetch_used', 0))}/"
+                     f"{int(c.get('prefetch_issued', 0))} | {accuracy} |")
+    return lines

@@ -35,8 +35,14 @@ def run_ours(spec: dict) -> dict:
     policy = Policy(**spec["policy"])
     with Model(spec["model"], policy=policy, n_ctx=1024, n_threads=spec["threads"],
                n_threads_batch=spec["threads"]) as model:
-        gen = model.generate_text(spec["prompt"], max_tokens=spec["n_predict"])
-        report = {**model.hobbit_stats(), "tokens": gen.tokens}
+        tokens: list[int] = []
+        after_prefill = 0
+        for token in model.stream_token_ids(spec["prompt"], max_tokens=spec["n_predict"]):
+            if not tokens:  # the first token comes out of the prefill
+                after_prefill = int(model.hobbit_stats().get("bytes_loaded", 0))
+            tokens.append(token)
+        report = {**model.hobbit_stats(), "tokens": tokens}
+        report["decode_bytes_loaded"] = int(report.get("bytes_loaded", 0)) - after_prefill
         if model.budget_decision is not None:
             report["budget_decision"] = model.budget_decision.reason
         return report

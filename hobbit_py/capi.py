@@ -7,7 +7,7 @@ from functools import lru_cache
 
 from hobbit_py._lib import HobbitError, load_llama_cpp
 
-API_VERSION = 5  # LLAMA_HOBBIT_API_VERSION these bindings are written for
+API_VERSION = 6  # LLAMA_HOBBIT_API_VERSION these bindings are written for
 PREFETCH_MAX = 3  # LLAMA_HOBBIT_PREFETCH_MAX
 PREFETCH_AUTO = -1
 
@@ -75,7 +75,7 @@ class RouteEventStruct(ctypes.Structure):
     """struct llama_hobbit_route_event"""
 
     _fields_ = [
-        ("eval", ctypes.c_uint64),
+        ("ubatch", ctypes.c_uint64),
         ("layer", ctypes.c_int32),
         ("token", ctypes.c_int32),
         ("expert", ctypes.c_int32),
@@ -190,7 +190,7 @@ def trace_read(model: int, chunk: int = 1 << 16) -> tuple[list[dict[str, float |
     while True:
         n = lib().llama_hobbit_trace_read(model, buf, chunk, ctypes.byref(dropped))
         for ev in buf[:n]:
-            events.append({"eval": ev.eval, "layer": ev.layer, "token": ev.token, "expert": ev.expert,
+            events.append({"ubatch": ev.ubatch, "layer": ev.layer, "token": ev.token, "expert": ev.expert,
                            "share": ev.share, "outcome": OUTCOMES[ev.outcome], "prefetched": ev.prefetched})
         if n < chunk:
             return events, int(dropped.value)

@@ -75,8 +75,22 @@ BudgetOpt = Annotated[str, typer.Option(
          "expert bytes (25%), or off (all weights resident, stock llama.cpp).")]
 PolicyOpt = Annotated[str, typer.Option(
     "--policy",
-    help="hobbit: mixed-precision loading (HOBBIT eviction; plain LRU for now); lru: mixed "
-         "precision, plain LRU; hi-only: hi copies only, plain LRU.")]
+    help="hobbit: mixed-precision loading, eviction by a blend of recency, frequency, "
+         "hi-precision needs and layer distance; lru, lfu, fld, least-stale: mixed precision "
+         "with one eviction rule (ablations); hi-only: hi copies only, LRU (the classic cache).")]
+PrefetchOpt = Annotated[str, typer.Option(
+    "--prefetch-depth",
+    help="Predict the next layers' experts with their routers and read them ahead: auto "
+         "(adapts from prediction accuracy and load vs compute time), 0 (off), or 1-3 layers.")]
+PrefetchWidthOpt = Annotated[int, typer.Option(
+    "--prefetch-width", min=0,
+    help="Predicted candidates beyond the router's top-k also prefetched (at lo).")]
+IoThreadsOpt = Annotated[int, typer.Option(
+    "--io-threads", min=1, max=64, help="I/O threads reading experts (several reads in flight).")]
+EvictWeightsOpt = Annotated[str | None, typer.Option(
+    "--evict-weights",
+    help="Weights of the hobbit eviction blend: recency,frequency,hi-need,distance "
+         "(default 1,0.5,0.5,2).", show_default=False)]
 HiOpt = Annotated[float, typer.Option(
     "--hi-threshold", min=0.0,
     help="A missed expert with gating weight >= this loads at hi precision, below it at lo.")]
@@ -119,12 +133,31 @@ def resolve_model(argument: Path | None, option: Path | None) -> Path:
 
 def make_policy(expert_budget: str | None, policy: str, hi_threshold: float,
                 skip_threshold: float, upgrade_threshold: float, direct_io: bool = True,
-                hi_type: str | None = None, lo_type: str | None = None) -> Policy:
+                hi_type: str | None = None, lo_type: str | None = None, *,
+                prefetch_depth: str = "auto", prefetch_width: int = 0, io_threads: int = 4,
+                evict_weights: str | None = None) -> Policy:
     """The Policy the shared CLI flags describe."""
+    depth: int | str = prefetch_depth.strip().lower()
+    if depth != "auto":
+        try:
+            depth = int(depth)
+        except ValueError:
+            raise HobbitError(f"bad --prefetch-depth {prefetch_depth!r}; use auto, 0, 1, 2 or 3") from None
+    weights: dict[str, float] = {}
+    if evict_weights is not None:
+        try:
+            values = [float(v) for v in evict_weights.split(",")]
+        except ValueError:
+            values = []
+        if len(values) != 4:
+            raise HobbitError(f"bad --evict-weights {evict_weights!r}; use four numbers: "
+                              "recency,frequency,hi-need,distance")
+        weights = dict(zip(("w_recency", "w_frequency", "w_hi_need", "w_distance"), values))
     pol = Policy(expert_budget=expert_budget, policy=policy,  # type: ignore[arg-type]
                  hi_threshold=hi_threshold, skip_threshold=skip_threshold,
                  upgrade_threshold=upgrade_threshold, direct_io=direct_io,
-                 hi_type=hi_type, lo_type=lo_type)
+                 hi_type=hi_type, lo_type=lo_type, prefetch_depth=depth,
+                 prefetch_width=prefetch_width, io_threads=io_threads, **weights)
     pol.validate()
     return pol
 
@@ -177,6 +210,10 @@ def run(
     hi_type: HiTypeOpt = None,
     lo_type: LoTypeOpt = None,
     direct_io: DirectOpt = Policy.direct_io,
+    prefetch_depth: PrefetchOpt = "auto",
+    prefetch_width: PrefetchWidthOpt = 0,
+    io_threads: IoThreadsOpt = 4,
+    evict_weights: EvictWeightsOpt = None,
 ) -> None:
     """Generate text from MODEL, streaming it to stdout, with speed statistics on stderr.
 
@@ -189,7 +226,8 @@ def run(
     if prompt is None:
         raise HobbitError("no prompt given: -p TEXT")
     pol = make_policy(expert_budget, policy, hi_threshold, skip_threshold, upgrade_threshold,
-                      direct_io, hi_type, lo_type)
+                      direct_io, hi_type, lo_type, prefetch_depth=prefetch_depth, prefetch_width=prefetch_width,
+                      io_threads=io_threads, evict_weights=evict_weights)
     with load_model(path, pol, threads=threads, n_ctx=n_ctx, n_gpu_layers=n_gpu_layers,
                     seed=seed) as m:
         typer.echo(prompt, nl=False)
@@ -234,6 +272,10 @@ def chat(
     hi_type: HiTypeOpt = None,
     lo_type: LoTypeOpt = None,
     direct_io: DirectOpt = Policy.direct_io,
+    prefetch_depth: PrefetchOpt = "auto",
+    prefetch_width: PrefetchWidthOpt = 0,
+    io_threads: IoThreadsOpt = 4,
+    evict_weights: EvictWeightsOpt = None,
 ) -> None:
     """Chat with MODEL: each line you type is a user turn; replies stream as they come.
 
@@ -247,7 +289,8 @@ def chat(
 
     path = resolve_model(model, model_opt)
     pol = make_policy(expert_budget, policy, hi_threshold, skip_threshold, upgrade_threshold,
-                      direct_io, hi_type, lo_type)
+                      direct_io, hi_type, lo_type, prefetch_depth=prefetch_depth, prefetch_width=prefetch_width,
+                      io_threads=io_threads, evict_weights=evict_weights)
     with load_model(path, pol, threads=threads, n_ctx=n_ctx, n_gpu_layers=n_gpu_layers,
                     seed=seed) as m:
         if m.plain_chat_template:
@@ -281,6 +324,10 @@ def serve(
     hi_type: HiTypeOpt = None,
     lo_type: LoTypeOpt = None,
     direct_io: DirectOpt = Policy.direct_io,
+    prefetch_depth: PrefetchOpt = "auto",
+    prefetch_width: PrefetchWidthOpt = 0,
+    io_threads: IoThreadsOpt = 4,
+    evict_weights: EvictWeightsOpt = None,
 ) -> None:
     """Serve MODEL over an OpenAI-compatible HTTP API (llama-cpp-python's server).
 
@@ -293,7 +340,8 @@ def serve(
 
     path = resolve_model(model, model_opt)
     pol = make_policy(expert_budget, policy, hi_threshold, skip_threshold, upgrade_threshold,
-                      direct_io, hi_type, lo_type)
+                      direct_io, hi_type, lo_type, prefetch_depth=prefetch_depth, prefetch_width=prefetch_width,
+                      io_threads=io_threads, evict_weights=evict_weights)
     n = threads or max(os.cpu_count() or 1, 1)
     config = ServerConfig(model=path, policy=pol, alias=alias or path.name, host=host, port=port,
                           api_key=api_key, model_kwargs={
@@ -327,6 +375,10 @@ def eval_cmd(
     upgrade_threshold: UpgradeOpt = Policy.upgrade_threshold,
     hi_type: HiTypeOpt = None,
     lo_type: LoTypeOpt = None,
+    prefetch_depth: PrefetchOpt = "auto",
+    prefetch_width: PrefetchWidthOpt = 0,
+    io_threads: IoThreadsOpt = 4,
+    evict_weights: EvictWeightsOpt = None,
 ) -> None:
     """Score a policy against the all-hi reference of the same file.
 
@@ -339,7 +391,8 @@ def eval_cmd(
 
     path = resolve_model(model, model_opt)
     pol = make_policy(expert_budget, policy, hi_threshold, skip_threshold, upgrade_threshold,
-                      hi_type=hi_type, lo_type=lo_type)
+                      hi_type=hi_type, lo_type=lo_type, prefetch_depth=prefetch_depth, prefetch_width=prefetch_width,
+                      io_threads=io_threads, evict_weights=evict_weights)
     text_path = text or default_text()
     if not text_path.is_file():
         raise HobbitError(f"text file not found: {text_path}")
@@ -363,6 +416,9 @@ def bench(
         "--plain-hi", help="The same model as a plain GGUF at the hi precision (hobbit convert "
                            "--bits with the hi type only), for the stock llama.cpp baselines.",
         show_default=False)] = None,
+    ablations: Annotated[bool, typer.Option(
+        "--ablations", help="Also one row per other eviction rule (lru, lfu, fld, least-stale), "
+                            "with the same prefetch.")] = False,
     static: Annotated[list[Path] | None, typer.Option(
         "--static", help="A uniform low-bit GGUF of the same model (hobbit convert --bits q4_k, "
                          "q3_k, q2_k), run on stock llama.cpp as B-static; repeatable.",
@@ -394,6 +450,10 @@ def bench(
     hi_type: HiTypeOpt = None,
     lo_type: LoTypeOpt = None,
     direct_io: DirectOpt = Policy.direct_io,
+    prefetch_depth: PrefetchOpt = "auto",
+    prefetch_width: PrefetchWidthOpt = 0,
+    io_threads: IoThreadsOpt = 4,
+    evict_weights: EvictWeightsOpt = None,
 ) -> None:
     """Benchmark HOBBIT against stock llama.cpp, a hi-only LRU cache and static low-bit quants.
 
@@ -419,7 +479,8 @@ def bench(
         raise HobbitError("bench needs --plain-hi: the same model as a plain GGUF at the hi "
                           "precision, for the stock llama.cpp baselines")
     pol = make_policy("off", policy, hi_threshold, skip_threshold, upgrade_threshold,
-                      direct_io, hi_type, lo_type)
+                      direct_io, hi_type, lo_type, prefetch_depth=prefetch_depth, prefetch_width=prefetch_width,
+                      io_threads=io_threads, evict_weights=evict_weights)
     text_path = text or default_text()
     if not text_path.is_file():
         raise HobbitError(f"text file not found: {text_path}")
@@ -434,7 +495,8 @@ def bench(
     spec = BenchSpec(model=path, plain_hi=plain_hi, static=list(static or []), budgets=budget_list,
                      policy=pol, prompt=prompt, n_predict=n_predict, runs=runs, threads=threads,
                      text=text_path.read_text(errors="replace"), eval_tokens=eval_tokens,
-                     command="hobbit " + " ".join(shlex.quote(a) for a in sys.argv[1:]))
+                     command="hobbit " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
+                     ablations=ablations)
     result = run_bench(spec, progress=lambda msg: typer.echo(msg, err=True))
     from hobbit_py.bench import to_markdown  # noqa: PLC0415
 

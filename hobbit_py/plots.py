@@ -21,9 +21,11 @@ OUTCOME_LABELS = {
     "hit_hi": "hit hi", "hit_lo": "hit lo", "load_hi": "load hi", "load_lo": "load lo",
     "skip": "skipped", "prefetch_hi": "prefetched hi", "prefetch_lo": "prefetched lo",
 }
-MARKERS = {"B-mmap": "s", "B-lru": "^", "HOBBIT": "*", "B-static": "D", "B-resident": "o"}
-COLOURS = {"B-mmap": "#1f77b4", "B-lru": "#ff7f0e", "HOBBIT": "#2ca02c", "B-static": "#d62728",
-           "B-resident": "grey"}
+MARKERS = {"B-mmap": "s", "B-lru": "^", "B-lru + prefetch": "v", "HOBBIT no prefetch": "P",
+           "HOBBIT": "*", "eviction": "x", "B-static": "D", "B-resident": "o"}
+COLOURS = {"B-mmap": "#1f77b4", "B-lru": "#ff7f0e", "B-lru + prefetch": "#bcbd22",
+           "HOBBIT no prefetch": "#17becf", "HOBBIT": "#2ca02c", "eviction": "#9467bd",
+           "B-static": "#d62728", "B-resident": "grey"}
 
 
 def require_matplotlib() -> Any:
@@ -51,7 +53,11 @@ def pareto_front(points: list[tuple[float, float]]) -> list[int]:
 
 
 def _kind(variant: str) -> str:
-    return "B-static" if variant.startswith("B-static") else variant
+    """The legend entry of a row: B-static and the eviction ablations share one each."""
+    for prefix in ("B-static", "eviction"):
+        if variant.startswith(prefix):
+            return prefix
+    return variant
 
 
 def pareto_plot(result: Any, png: Path) -> Path:

@@ -40,7 +40,8 @@ def test_bench_sweeps_budgets_with_a_static_baseline(models: dict[str, Path], tm
 
     rows = {(r["variant"], r["budget"]): r for r in result["rows"]}
     assert set(rows) == {("B-resident", None), ("B-static q4", None)} | {
-        (v, b) for v in ("B-mmap", "B-lru", "HOBBIT") for b in ("25%", "100%")}
+        (v, b) for v in ("B-mmap", "B-lru", "B-lru + prefetch", "HOBBIT no prefetch", "HOBBIT")
+        for b in ("25%", "100%")}
     for (variant, budget), r in rows.items():
         assert r["decode_tok_s"] > 0, (variant, budget)
         assert r["perplexity"] > 1 and 0 <= r["top1_agreement"] <= 1
@@ -49,6 +50,11 @@ def test_bench_sweeps_budgets_with_a_static_baseline(models: dict[str, Path], tm
         assert rows[("B-lru", budget)]["kl_mean"] == 0.0
         assert rows[("B-lru", budget)]["perplexity"] == pytest.approx(result["reference_perplexity"])
         assert rows[("HOBBIT", budget)]["cache"]["bytes_loaded"] > 0
+        # the prefetch rows differ from their twins by prefetch alone
+        assert rows[("B-lru + prefetch", budget)]["kl_mean"] == 0.0
+        assert rows[("B-lru", budget)]["cache"]["prefetch_issued"] == 0
+        assert rows[("HOBBIT no prefetch", budget)]["cache"]["prefetch_issued"] == 0
+        assert rows[("B-lru", budget)]["cache"]["lo_share"] == 0.0
     # the uniform low-bit model differs from all-hi, and its memory decides where it fits
     static = rows[("B-static q4", None)]
     assert static["kl_mean"] > 1e-4 and static["top1_agreement"] < 1
@@ -56,6 +62,8 @@ def test_bench_sweeps_budgets_with_a_static_baseline(models: dict[str, Path], tm
     budgets = {"25%": int(result["hi_expert_bytes"] * 0.25), "100%": result["hi_expert_bytes"]}
     assert static["fits"] == {b: size <= non_expert + n for b, n in budgets.items()}
     assert "### expert budget 25%" in report and "### expert budget 100%" in report
+    # where the time goes: the I/O bound against the measured read bandwidth, per cache row
+    assert report.count("Decode time per token at") == 2 and result["read_bandwidth"] > 0
 
 
 def test_default_report_is_a_new_dated_file(models: dict[str, Path], tmp_path: Path) -> None:

@@ -149,7 +149,9 @@ def test_trace_records_every_route_as_the_counters_do(files: dict[str, Path]) ->
     # skips are misses whose share was under the threshold; every route of a token shares its weight
     assert all(e["share"] < 0.1 for e in events if e["outcome"] == "skip")
     # a prefetched copy is used for the first time once (by one or more routes of a ubatch)
-    first_uses = {(e["eval"], e["layer"], e["expert"]) for e in events if e["prefetched"]}
+    first_uses = {(e["ubatch"], e["layer"], e["expert"]) for e in events if e["prefetched"]}
     assert len(first_uses) == stats["prefetch_used"] > 0
     assert {e["layer"] for e in events} == set(range(6))
-    assert stats["n_calls"] == len({(e["eval"], e["layer"]) for e in events})
+    assert stats["n_calls"] == len({(e["ubatch"], e["layer"]) for e in events})
+    # one walk through the layers per ubatch: the prompt, then one per generated token but the last
+    assert len({e["ubatch"] for e in events}) == 1 + 16 - 1

@@ -11,7 +11,7 @@ extern "C" {
 #endif
 
 // Bumped whenever a function or struct of this header changes.
-#define LLAMA_HOBBIT_API_VERSION 5
+#define LLAMA_HOBBIT_API_VERSION 6
 
 // Version of this header the library was built with (LLAMA_HOBBIT_API_VERSION).
 LLAMA_API int32_t llama_hobbit_api_version(void);
@@ -122,7 +122,7 @@ enum llama_hobbit_outcome {
 };
 
 struct llama_hobbit_route_event {
-    uint64_t eval;       // which layer evaluation (counts from 0 since tracing was enabled)
+    uint64_t ubatch;     // which walk through the layers (a ubatch), counting since tracing was enabled
     int32_t  layer;
     int32_t  token;      // token of the ubatch
     int32_t  expert;
