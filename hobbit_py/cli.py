@@ -185,6 +185,27 @@ def expert_summary(report: dict[str, Any]) -> str:
             f"{report['expert_budget_bytes'] / 2**20:.1f} MiB")
 
 
+def write_route_trace(model: Model, path: Path, out: Path) -> None:
+    """Drain the engine's route record into a trace file (written whole or not at all)."""
+    from hobbit_py import capi  # noqa: PLC0415
+    from hobbit_py.trace import from_engine, write_trace  # noqa: PLC0415
+
+    records, dropped = capi.trace_read(model.model)
+    capi.trace_enable(model.model, False)
+    summary = model.summary
+    events = from_engine(records, model.generation_stats.prompt_tokens)
+    tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
+    try:
+        write_trace(tmp, events, {"model": path.name, "n_layer": summary.n_layer,
+                                  "n_expert": summary.n_expert, "n_expert_used": summary.n_expert_used,
+                                  "dropped": dropped})
+        tmp.replace(out)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise HobbitError(f"cannot write {out}: {exc.strerror}") from None
+    typer.echo(f"hobbit: trace of {len(events)} routes written to {out}", err=True)
+
+
 # --- commands --------------------------------------------------------------------------------
 
 @app.command()
@@ -200,6 +221,10 @@ def run(
     threads: ThreadsOpt = None,
     n_ctx: CtxOpt = None,
     n_gpu_layers: GpuLayersOpt = 0,
+    trace: Annotated[Path | None, typer.Option(
+        "--trace", help="Record what every route got (hit or load at hi or lo, skip, "
+                        "prefetched) to this file, JSON lines; draw it with 'hobbit plot'.",
+        show_default=False)] = None,
     stats_json: Annotated[Path | None, typer.Option(
         help="Also write the run's statistics as JSON to this file.", show_default=False)] = None,
     expert_budget: BudgetOpt = "auto",
@@ -230,11 +255,20 @@ def run(
                       io_threads=io_threads, evict_weights=evict_weights)
     with load_model(path, pol, threads=threads, n_ctx=n_ctx, n_gpu_layers=n_gpu_layers,
                     seed=seed) as m:
+        if trace is not None:
+            if not m.hobbit_active:
+                raise HobbitError("--trace records the expert cache, which is off for this run "
+                                  "(the model fits in memory, or --expert-budget off)")
+            from hobbit_py import capi  # noqa: PLC0415
+
+            capi.trace_enable(m.model, True)
         typer.echo(prompt, nl=False)
         for piece in m.stream_text(prompt, max_tokens=n_predict, temp=temp):
             typer.echo(piece, nl=False)
             sys.stdout.flush()
         typer.echo()
+        if trace is not None:
+            write_route_trace(m, path, trace)
         stats = m.generation_stats
         typer.echo(
             f"prefill: {stats.prompt_tokens} tokens, {stats.prefill_tokens_per_s:.1f} tok/s | "

@@ -109,6 +109,33 @@ def read_trace(path: Path) -> Trace:
     return Trace(header, events)
 
 
+def from_engine(records: list[dict[str, Any]], n_prompt: int) -> list[RouteEvent]:
+    """Route events as the engine records them (capi.trace_read: per ubatch, token within the
+    ubatch) placed at their sequence positions. A ubatch's width is its widest layer; a layer
+    that ran on fewer tokens (llama.cpp computes the last layer only for the tokens whose
+    logits are read) ran on the ubatch's last ones."""
+    by_ubatch: dict[int, list[dict[str, Any]]] = {}
+    for r in records:
+        by_ubatch.setdefault(int(r["ubatch"]), []).append(r)
+    events: list[RouteEvent] = []
+    base = 0
+    for ubatch in sorted(by_ubatch):
+        group = by_ubatch[ubatch]
+        width: dict[int, int] = {}
+        for r in group:
+            width[r["layer"]] = max(width.get(r["layer"], 0), int(r["token"]) + 1)
+        n_tokens = max(width.values())
+        for r in group:
+            position = base + n_tokens - width[r["layer"]] + int(r["token"])
+            outcome = str(r["outcome"])
+            if r.get("prefetched") and outcome in ("hit_hi", "hit_lo"):
+                outcome = "prefetch_" + outcome.removeprefix("hit_")
+            events.append(RouteEvent(position, int(r["layer"]), int(r["expert"]), float(r["share"]),
+                                     outcome, "prefill" if position < n_prompt else "decode"))
+        base += n_tokens
+    return events
+
+
 def write_trace(path: Path, events: list[RouteEvent], header: dict[str, Any] | None = None) -> None:
     """Write a trace file (header first)."""
     with path.open("w") as f:

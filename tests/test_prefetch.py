@@ -155,3 +155,41 @@ def test_trace_records_every_route_as_the_counters_do(files: dict[str, Path]) ->
     assert stats["n_calls"] == len({(e["ubatch"], e["layer"]) for e in events})
     # one walk through the layers per ubatch: the prompt, then one per generated token but the last
     assert len({e["ubatch"] for e in events}) == 1 + 16 - 1
+
+
+def test_run_trace_file_matches_the_counters(files: dict[str, Path], tmp_path: Path) -> None:
+    import json
+    from collections import Counter
+
+    from hobbit_py.trace import read_trace
+    from tests.conftest import run_hobbit
+
+    trace, stats_path = tmp_path / "t.jsonl", tmp_path / "s.json"
+    n = 12
+    proc = run_hobbit("run", str(files["mixed"]), "-p", PROMPT, "-n", str(n), "-t", "2",
+                      "--expert-budget", "25%", "--trace", str(trace), "--stats-json", str(stats_path))
+    assert proc.returncode == 0, proc.stderr
+    stats = json.loads(stats_path.read_text())
+    t = read_trace(trace)
+    assert t.header["n_layer"] == 6 and t.header["dropped"] == 0
+    assert len(t.events) == stats["routes_total"]
+    outcomes = Counter(e.outcome for e in t.events)
+    assert outcomes["hit_hi"] + outcomes["prefetch_hi"] == stats["hits_hi"]
+    assert outcomes["hit_lo"] + outcomes["prefetch_lo"] == stats["hits_lo"]
+    assert outcomes["load_hi"] == stats["loads_hi"] and outcomes["load_lo"] == stats["loads_lo"]
+    # positions: the prompt, then each generated token but the last (never evaluated)
+    positions = {e.token for e in t.events}
+    assert positions == set(range(stats["prompt_tokens"] + n - 1))
+    assert {e.phase for e in t.events if e.token < stats["prompt_tokens"]} == {"prefill"}
+    # every decoded position has every layer's k routes
+    decode = Counter(e.token for e in t.events if e.phase == "decode")
+    assert set(decode.values()) == {6 * 2}
+
+
+def test_run_trace_needs_the_cache(files: dict[str, Path], tmp_path: Path) -> None:
+    from tests.conftest import assert_one_line_error, run_hobbit
+
+    proc = run_hobbit("run", str(files["mixed"]), "-p", PROMPT, "-n", "2", "--expert-budget", "off",
+                      "--trace", str(tmp_path / "t.jsonl"))
+    assert_one_line_error(proc, "--trace")
+    assert not (tmp_path / "t.jsonl").exists()
