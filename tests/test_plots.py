@@ -44,7 +44,7 @@ def test_bench_plot_is_written(tmp_path: Path) -> None:
                  row("HOBBIT", budget, 0.002, 5 * speed)]
     result = BenchResult(command="hobbit bench", machine="test: cpu", model="m.gguf",
                          date="2026-01-01 00:00", hi_expert_bytes=1, non_expert_bytes=1, runs=1,
-                         n_predict=8, eval_tokens=64, page_cache_dropped=True,
+                         n_predict=8, eval_tokens=64, page_cache_dropped=True, read_bandwidth=1e9,
                          caps={"10%": "1 MiB, cgroup v1", "50%": "2 MiB, cgroup v1"},
                          reference_perplexity=10.0, rows=rows)
     png = pareto_plot(result, tmp_path / "p.png")
