@@ -23,10 +23,12 @@ PROC_CGROUP = Path("/proc/self/cgroup")
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 UNLIMITED = 2**62  # cgroup "no limit" values are at or above this
 
-# what a hobbit process holds besides weights, KV cache and expert cache: the interpreter with
-# numpy and the bindings, libllama and ggml's CPU state (measured ~80 MiB), plus room to spare
-RUNTIME_BYTES = 160 * 2**20
-HEADROOM_FRACTION = 0.05  # of the free memory, for the page cache and what else starts
+# what a hobbit process still allocates after the decision besides weights, KV cache, compute
+# buffers and expert cache: llama.cpp's context and loader state, O_DIRECT bounce buffers, the
+# page cache of what it reads. Measured ~11-16 MiB on the widened benchmark model (peak RSS
+# minus budget minus the process at decision time); twice that, for margin.
+RUNTIME_BYTES = 32 * 2**20
+HEADROOM_FRACTION = 0.03  # of the free memory, for the page cache and what else starts
 
 
 @dataclass(frozen=True)
