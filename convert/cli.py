@@ -27,9 +27,9 @@ and tokenizer files are downloaded; with HF_HUB_OFFLINE=1 the local cache is use
 GGUF file (F32/F16/BF16 preferred; an already-quantised GGUF is requantised, with a warning,
 which adds a second rounding error).
 
-Every routed expert (blk.N.ffn_{gate,up,down}_exps) is stored once per precision in --bits.
+Every routed expert (`blk.N.ffn_{gate,up,down}_exps`) is stored once per precision in --bits.
 The highest precision keeps the standard tensor names, so the file is also a plain model at
-that precision; each lower one is stored as blk.N.ffn_X_exps.<type>.weight. All other
+that precision; each lower one is stored as `blk.N.ffn_X_exps.<type>.weight`. All other
 tensors (attention, embeddings, shared experts, routers, norms) are stored once, at the
 highest precision or --base-type, following llama-quantize's rules: norms, routers
 (ffn_gate_inp) and 1-D tensors stay as in the source, and output.weight is kept at q6_k
