@@ -452,23 +452,9 @@ void llama_hobbit_cache::adapt_depth(llama_hobbit_context & hctx) {
         hctx.depth = std::clamp(policy.prefetch_depth, 0, LLAMA_HOBBIT_PREFETCH_MAX);
         return;
     }
-    // Prefetching d layers ahead can hide up to d layers of compute of a layer's wait for its
-    // loads, for the share of predictions that are right; the wrong ones cost reads as long as
-    // the loads they stand for. Take the depth whose expected saving per layer is largest
-    // (0, no prefetch, saves nothing and costs nothing): a device whose loads dwarf compute
-    // gains little from reading early and pays for every wrong guess.
-    const double wait = hctx.stall_ms, compute = hctx.compute_ms;
-    int    best = 0;
-    double best_saving = 0.0;
-    for (int d = 1; d <= LLAMA_HOBBIT_PREFETCH_MAX; ++d) {
-        const double acc    = hctx.accuracy[d - 1];
-        const double saving = acc*std::min(d*compute, wait) - (1.0 - acc)*wait;
-        if (saving > best_saving) {
-            best = d;
-            best_saving = saving;
-        }
-    }
-    hctx.depth = best;
+    const double reads_per_route = double(n_expert_used + std::max(0, policy.prefetch_width))/n_expert_used;
+    hctx.depth = llama_hobbit_auto_depth(hctx.accuracy, LLAMA_HOBBIT_PREFETCH_MAX, hctx.stall_ms, hctx.compute_ms,
+                                         reads_per_route);
 }
 
 namespace {

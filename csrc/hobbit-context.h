@@ -54,6 +54,7 @@ struct llama_hobbit_context {
     double stall_ms   = 0.0;         // running average of the wait in a layer's first wave
     int    il_prev    = INT_MAX;     // the layer served before (one not after it starts a new pass)
     std::chrono::steady_clock::time_point served_at{};  // when the last wave was served
+    int served_il = INT_MAX;  // the layer served last (INT_MAX: none yet)
     std::chrono::steady_clock::time_point started_at{}; // when the current wave started
 
     void fail(const std::string & msg) {
@@ -67,8 +68,8 @@ struct llama_hobbit_context {
     llama_hobbit_op * op(int il, int wave, int n_waves);
 
     // time a layer's first wave (for the prefetch depth): before and after serving it
-    void wave_started(int wave);
-    void wave_served(int wave);
+    void wave_started(int il, int wave);
+    void wave_served(int il, int wave);
 
 private:
     std::vector<std::unique_ptr<llama_hobbit_op>> ops;

@@ -50,9 +50,9 @@ static void llama_hobbit_route_op(ggml_tensor * dst, int ith, int nth, void * us
     routes.w_nb2    = w->nb[2];
     routes.n_used   = sel->ne[0];
     routes.n_tokens = sel->ne[1];
-    op->hctx->wave_started(op->wave);
+    op->hctx->wave_started(op->il, op->wave);
     op->hctx->cache->serve_wave(*op->hctx, op->il, op->wave, op->n_waves, routes, dst);
-    op->hctx->wave_served(op->wave);
+    op->hctx->wave_served(op->il, op->wave);
 }
 
 // predict the next MoE layers' experts from this layer's router input: their routers' logits,

@@ -55,3 +55,25 @@ void llama_hobbit_predict(const char * logits, size_t nb1, int n_expert, int64_t
         }
     }
 }
+
+int llama_hobbit_auto_depth(const double * acc, int max_depth, double wait_ms, double compute_ms,
+                            double reads_per_route) {
+    // Without prefetch loads and compute take turns: a layer takes compute + wait. Reading d
+    // layers ahead hides up to d layers of compute of the wait, for the share of the routes the
+    // prediction got right; but every predicted expert is a read, so the disk then works
+    // (1 - acc + reads_per_route)*wait per layer, which bounds the layer from below. Where loads
+    // dwarf compute (a slow disk, big experts) the wrong guesses cost more than reading early
+    // gains, and the answer is 0.
+    const double base = compute_ms + wait_ms;
+    int    best   = 0;
+    double best_t = base;
+    for (int d = 1; d <= max_depth; ++d) {
+        const double a = std::clamp(acc[d - 1], 0.0, 1.0);
+        const double t = std::max(base - a*std::min(d*compute_ms, wait_ms), (1.0 - a + reads_per_route)*wait_ms);
+        if (t < best_t*(1.0 - 1e-6)) { // a deeper depth must gain, not tie
+            best   = d;
+            best_t = t;
+        }
+    }
+    return best;
+}

@@ -3,6 +3,7 @@
 
 #include "hobbit-evict.h"
 #include "hobbit-policy.h"
+#include "hobbit-prefetch.h"
 #include "hobbit-test.h"
 
 #include <random>
@@ -316,7 +317,32 @@ static void test_random_ubatches_serve_every_needed_expert_once() {
     }
 }
 
+// the auto prefetch depth: reading ahead pays where compute can hide loads, not where loads
+// dwarf compute (then the wrong guesses only add reads)
+static void test_auto_depth_follows_loads_against_compute() {
+    const double acc[3] = { 0.83, 0.80, 0.75 };
+    // the 2-core benchmark machine: 3 ms of compute a layer, 25 ms of loads
+    CHECK_EQ(llama_hobbit_auto_depth(acc, 3, 25.0, 3.0, 1.0), 0);
+    // a fast device: loads shorter than a layer's compute, one layer ahead hides them
+    CHECK_EQ(llama_hobbit_auto_depth(acc, 3, 5.0, 10.0, 1.0), 1);
+    // the disk bounds what reading ahead can hide: a deeper prediction pays only by being
+    // more accurate, and ties keep the shallower depth
+    const double deeper[3] = { 0.5, 0.9, 0.9 };
+    CHECK_EQ(llama_hobbit_auto_depth(deeper, 3, 5.0, 10.0, 1.0), 2);
+    CHECK_EQ(llama_hobbit_auto_depth(acc, 3, 8.0, 4.0, 1.0), 1);
+    // nothing to wait for, or predictions that are mostly wrong: no prefetch
+    CHECK_EQ(llama_hobbit_auto_depth(acc, 3, 0.0, 10.0, 1.0), 0);
+    const double poor[3] = { 0.2, 0.1, 0.1 };
+    CHECK_EQ(llama_hobbit_auto_depth(poor, 3, 8.0, 4.0, 1.0), 0);
+    // a wider candidate set reads more per route: where one ahead paid at top-k, it need not
+    CHECK_EQ(llama_hobbit_auto_depth(acc, 3, 5.0, 2.0, 1.0), 1);
+    CHECK_EQ(llama_hobbit_auto_depth(acc, 3, 5.0, 2.0, 2.0), 0);
+    // the depth never exceeds the maximum it is given
+    CHECK_EQ(llama_hobbit_auto_depth(deeper, 1, 5.0, 10.0, 1.0), 1);
+}
+
 int main() {
+    test_auto_depth_follows_loads_against_compute();
     test_shares_are_independent_of_scaling();
     test_hits_then_misses_and_upgrade();
     test_skip_only_drops_misses();
