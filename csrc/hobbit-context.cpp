@@ -13,7 +13,7 @@ void llama_hobbit_context::wave_started(int il, int wave) {
     // caller's work) is not the graph's compute
     if (wave == 0 && il > served_il && served_at.time_since_epoch().count() != 0) {
         const double ms = std::chrono::duration<double, std::milli>(now - served_at).count();
-        compute_ms = compute_ms == 0.0 ? ms : 0.8*compute_ms + 0.2*ms;
+        compute_ms = compute_ms < 0.0 ? ms : 0.8*compute_ms + 0.2*ms;
     }
     started_at = now;
 }
@@ -23,7 +23,7 @@ void llama_hobbit_context::wave_served(int il, int wave) {
     served_il = il;
     if (wave == 0) {
         const double ms = std::chrono::duration<double, std::milli>(served_at - started_at).count();
-        stall_ms = 0.8*stall_ms + 0.2*ms;
+        stall_ms = stall_ms < 0.0 ? ms : 0.8*stall_ms + 0.2*ms;
     }
 }
 

@@ -50,8 +50,8 @@ struct llama_hobbit_context {
     std::vector<uint8_t> pred_made;  // [il] bit d-1: a prediction at depth d was made for il
     int    depth = 1;                // prefetch depth in use (adapts when the policy says auto)
     double accuracy[LLAMA_HOBBIT_PREFETCH_MAX] = { 1.0, 1.0, 1.0 }; // running averages per depth
-    double compute_ms = 0.0;         // running average of compute between two MoE layers
-    double stall_ms   = 0.0;         // running average of the wait in a layer's first wave
+    double compute_ms = -1.0;        // running average of compute between two MoE layers (-1: none yet)
+    double stall_ms   = -1.0;        // running average of the wait in a layer's first wave (-1: none yet)
     int    il_prev    = INT_MAX;     // the layer served before (one not after it starts a new pass)
     std::chrono::steady_clock::time_point served_at{};  // when the last wave was served
     int served_il = INT_MAX;  // the layer served last (INT_MAX: none yet)

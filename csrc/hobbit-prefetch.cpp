@@ -60,16 +60,22 @@ int llama_hobbit_auto_depth(const double * acc, int max_depth, double wait_ms, d
                             double reads_per_route) {
     // Without prefetch loads and compute take turns: a layer takes compute + wait. Reading d
     // layers ahead hides up to d layers of compute of the wait, for the share of the routes the
-    // prediction got right; but every predicted expert is a read, so the disk then works
-    // (1 - acc + reads_per_route)*wait per layer, which bounds the layer from below. Where loads
-    // dwarf compute (a slow disk, big experts) the wrong guesses cost more than reading early
-    // gains, and the answer is 0.
+    // prediction got right. But every predicted expert is a read, and a wrong one also evicts
+    // a copy that may be needed: the disk then works about (1 - acc + r + (r - acc))*wait per
+    // layer, which bounds the layer from below. A prefetch is a guess, so it is taken only
+    // where this model says it saves a tenth of the layer's time. Where loads dwarf compute (a
+    // slow disk, big experts) the answer is 0: measured on such a machine, every prefetch rule
+    // that read ahead there was slower than none.
+    if (wait_ms < 0.0 || compute_ms < 0.0) {
+        return 0; // nothing measured yet
+    }
     const double base = compute_ms + wait_ms;
     int    best   = 0;
-    double best_t = base;
+    double best_t = 0.9*base;
     for (int d = 1; d <= max_depth; ++d) {
-        const double a = std::clamp(acc[d - 1], 0.0, 1.0);
-        const double t = std::max(base - a*std::min(d*compute_ms, wait_ms), (1.0 - a + reads_per_route)*wait_ms);
+        const double a    = std::clamp(acc[d - 1], 0.0, 1.0);
+        const double disk = (1.0 - a + reads_per_route + std::max(0.0, reads_per_route - a))*wait_ms;
+        const double t    = std::max(base - a*std::min(d*compute_ms, wait_ms), disk);
         if (t < best_t*(1.0 - 1e-6)) { // a deeper depth must gain, not tie
             best   = d;
             best_t = t;

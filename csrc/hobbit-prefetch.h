@@ -31,6 +31,7 @@ void llama_hobbit_predict(const char * logits, size_t nb1, int n_expert, int64_t
 // The prefetch depth (0..max_depth) expected to make a MoE layer fastest, from running
 // averages: acc[d-1] the share of a layer's routes that a prediction made d layers ahead
 // covered, wait_ms a layer's wait for its loads, compute_ms the compute between two MoE layers,
-// reads_per_route the experts a prediction reads per route it stands for ((k + width)/k).
+// reads_per_route the experts a prediction reads per route it stands for ((k + width)/k);
+// a negative time means not measured yet (then 0).
 int llama_hobbit_auto_depth(const double * acc, int max_depth, double wait_ms, double compute_ms,
                             double reads_per_route);
