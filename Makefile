@@ -10,6 +10,7 @@
 #   make test          the test suite (CI=true: a missing dependency fails, never skips),
 #                      with a coverage report of the Python code in out/coverage/
 #   make sanitize      build/ variants with AddressSanitizer and ThreadSanitizer, run their tests
+#   make test-cuda     on a machine with an NVIDIA GPU: CUDA build in build-cuda/ and its checks
 
 include vendor/pin.mk
 
@@ -38,7 +39,7 @@ SAN_COMMON := -DHOBBIT_SOURCE_ID=llama-cpp-python-$(LLAMA_CPP_PYTHON_VERSION) -D
 
 PATCHES_OUT ?= $(CURDIR)/patches
 
-.PHONY: all vendor vendor-reset build build-stock build-asan build-tsan venv patches run test sanitize clean distclean
+.PHONY: all vendor vendor-reset build build-stock build-asan build-tsan venv patches run test sanitize test-cuda clean distclean
 
 all: build build-stock venv
 
@@ -76,6 +77,10 @@ build-tsan: vendor
 
 sanitize: build-asan build-tsan venv
 	@scripts/sanitize.sh
+
+# the model is the sanitizer's fixture (make sanitize makes it); see scripts/test-cuda.sh
+test-cuda: vendor
+	@scripts/test-cuda.sh
 
 # llama-cpp-python is built with LLAMA_BUILD=OFF: it ships no llama.cpp of its own and
 # hobbit_py points it at build/bin through LLAMA_CPP_LIB_PATH.

@@ -16,6 +16,7 @@
 #include "hobbit-hooks.h"
 #include "hobbit-cache.h"
 #include "hobbit-context.h"
+#include "hobbit-mmid.h"
 
 #include "ggml.h"
 
@@ -116,10 +117,10 @@ ggml_tensor * llama_hobbit_build_moe_ffn(
         for (int lvl = 0; lvl < n_paths; ++lvl) {
             ggml_tensor * ids_lvl = ggml_view_2d(ctx, ids, n_used, n_tokens, ids->nb[1], lvl*ids->nb[2]);
 
-            ggml_tensor * up   = ggml_mul_mat_id(ctx, cache.pool[lvl][LLAMA_HOBBIT_UP],   cur, ids_lvl);
-            ggml_tensor * gate = ggml_mul_mat_id(ctx, cache.pool[lvl][LLAMA_HOBBIT_GATE], cur, ids_lvl);
+            ggml_tensor * up   = llama_hobbit_mul_mat_id(ctx, cache.pool[lvl][LLAMA_HOBBIT_UP],   cur, ids_lvl);
+            ggml_tensor * gate = llama_hobbit_mul_mat_id(ctx, cache.pool[lvl][LLAMA_HOBBIT_GATE], cur, ids_lvl);
             ggml_tensor * act  = gelu ? ggml_geglu_split(ctx, gate, up) : ggml_swiglu_split(ctx, gate, up);
-            ggml_tensor * down = ggml_mul_mat_id(ctx, cache.pool[lvl][LLAMA_HOBBIT_DOWN], act, ids_lvl);
+            ggml_tensor * down = llama_hobbit_mul_mat_id(ctx, cache.pool[lvl][LLAMA_HOBBIT_DOWN], act, ids_lvl);
 
             experts = experts ? ggml_add(ctx, experts, down) : down;
         }
