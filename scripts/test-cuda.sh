@@ -6,7 +6,8 @@
 #   3. HOBBIT mode with the CUDA build never aborts: llama-completion at -ngl 0 and 99, with a
 #      short prompt and a long one (big batches go through CUDA's batched mul_mat_id even at
 #      -ngl 0), at budgets from a few slots to every expert; each run must exit 0 with the
-#      cache engaged.
+#      cache engaged, and generate what the same binary generates on the CPU alone
+#      (CUDA_VISIBLE_DEVICES=, the reference).
 #
 #   scripts/test-cuda.sh            (env: HOBBIT_LLAMA_DIR, BUILD, MODEL, CUDA_ARCH, JOBS)
 #
@@ -59,6 +60,9 @@ for ngl in 0 99; do
             echo "== llama-completion -ngl $ngl budget $budget $prompt prompt: exit $rc, cache engaged: $engaged, tail: ${out: -60}"
             [ $rc -eq 0 ] || { tail -15 "$log"; fail "llama-completion -ngl $ngl budget $budget $prompt (exit $rc)"; }
             [ "$engaged" -gt 0 ] || fail "HOBBIT mode did not engage (-ngl $ngl budget $budget)"
+            ref=$(CUDA_VISIBLE_DEVICES= "$build/bin/llama-completion" -m "$model" -p "$text" -n 16 -t 4 -no-cnv \
+                --temp 0 --no-warmup -c 2048 -b 512 -ub 512 --override-kv "hobbit.budget_bytes=int:$budget" 2>/dev/null)
+            [ "$out" == "$ref" ] || fail "-ngl $ngl budget $budget $prompt: differs from the CPU (cpu: ${ref: -40})"
         done
     done
 done
