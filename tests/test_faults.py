@@ -26,6 +26,7 @@ from tests.conftest import assert_one_line_error, run_hobbit
 PROMPT = "The cache holds the experts that the router picks most often, and"
 N_TOKENS = 12
 BUDGET = "20%"
+NO_PREFETCH = {"prefetch_depth": 0}
 
 
 @pytest.fixture(scope="module")
@@ -49,9 +50,10 @@ def model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def run_worker(model: Path, *, direct_io: bool, attempts: int, fault: dict[str, str] | None = None,
                lib: Path | None = None, tmp_path: Path | None = None, timeout: float = 120,
                policy: dict | None = None) -> dict:
-    """Run tests/fault_worker.py (under the fault library when `fault` is given)."""
+    """Run tests/fault_worker.py (under the fault library when `fault` is given). Without a
+    policy, prefetch is off: the auto depth follows timings, and so would the tokens."""
     spec = {"model": str(model), "budget": BUDGET, "direct_io": direct_io, "prompt": PROMPT,
-            "n": N_TOKENS, "attempts": attempts, "policy": policy or {}}
+            "n": N_TOKENS, "attempts": attempts, "policy": policy or NO_PREFETCH}
     env = dict(os.environ)
     if fault is not None:
         assert lib is not None and tmp_path is not None
@@ -65,9 +67,6 @@ def run_worker(model: Path, *, direct_io: bool, attempts: int, fault: dict[str, 
         calls, injected = map(int, (tmp_path / "faults.txt").read_text().split())
         report["faults_injected"] = injected
     return report
-
-
-NO_PREFETCH = {"prefetch_depth": 0}
 
 
 @pytest.fixture(scope="module")
