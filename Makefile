@@ -11,6 +11,7 @@
 #                      with a coverage report of the Python code in out/coverage/
 #   make sanitize      build/ variants with AddressSanitizer and ThreadSanitizer, run their tests
 #   make test-cuda     on a machine with an NVIDIA GPU: CUDA build in build-cuda/ and its checks
+#   make bench-gpu     then the GPU tier's benchmark (scripts/bench-gpu.sh)
 
 include vendor/pin.mk
 
@@ -33,13 +34,13 @@ ifeq ($(GPU),cuda)
 CMAKE_COMMON += -DGGML_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=$(or $(CUDA_ARCH),90) -DGGML_CUDA_FA=OFF
 endif
 TARGETS := llama ggml llama-completion llama-bench llama-perplexity llama-quantize test-backend-ops
-HOBBIT_TARGETS := test-hobbit-slots test-hobbit-policy test-hobbit-mmid test-hobbit-mt
+HOBBIT_TARGETS := test-hobbit-slots test-hobbit-policy test-hobbit-mmid test-hobbit-mt hobbit-gpu
 SAN_TARGETS := llama ggml llama-completion test-hobbit-slots test-hobbit-policy test-hobbit-mmid test-hobbit-mt
 SAN_COMMON := -DHOBBIT_SOURCE_ID=llama-cpp-python-$(LLAMA_CPP_PYTHON_VERSION) -DCMAKE_BUILD_TYPE=RelWithDebInfo
 
 PATCHES_OUT ?= $(CURDIR)/patches
 
-.PHONY: all vendor vendor-reset build build-stock build-asan build-tsan venv patches run test sanitize test-cuda clean distclean
+.PHONY: all vendor vendor-reset build build-stock build-asan build-tsan venv patches run test sanitize test-cuda bench-gpu clean distclean
 
 all: build build-stock venv
 
@@ -81,6 +82,9 @@ sanitize: build-asan build-tsan venv
 # the model is the sanitizer's fixture (make sanitize makes it); see scripts/test-cuda.sh
 test-cuda: vendor
 	@scripts/test-cuda.sh
+
+bench-gpu:
+	@scripts/bench-gpu.sh
 
 # llama-cpp-python is built with LLAMA_BUILD=OFF: it ships no llama.cpp of its own and
 # hobbit_py points it at build/bin through LLAMA_CPP_LIB_PATH.

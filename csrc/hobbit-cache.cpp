@@ -30,6 +30,8 @@ std::string fmt_bytes(uint64_t n) {
     return format("%.2f MiB", double(n)/(1024.0*1024.0));
 }
 
+constexpr size_t POOL_PAD = 4096;
+
 int32_t & id_at(ggml_tensor * ids, int lvl, int64_t r, int64_t t) {
     return *(int32_t *) ((char *) ids->data + r*ids->nb[0] + t*ids->nb[1] + lvl*ids->nb[2]);
 }
@@ -74,7 +76,8 @@ void llama_hobbit_cache::init_pools(ggml_backend_buffer_type_t buft, uint64_t bu
 
     // with O_DIRECT, units are whole blocks, so that block-aligned experts in the file are read
     // straight into their slots without a copy through a staging buffer
-    const size_t unit_align = store.any_direct() ? llama_hobbit_store::DIRECT_ALIGN : 64;
+    // (VRAM slots are filled by copies, never by reads)
+    const size_t unit_align = !gpu && store.any_direct() ? llama_hobbit_store::DIRECT_ALIGN : 64;
     uint64_t unit_total = 0;
     int hi_span = 1;
     for (int p = 0; p < LLAMA_HOBBIT_N_PROJ; ++p) {
@@ -104,10 +107,15 @@ void llama_hobbit_cache::init_pools(ggml_backend_buffer_type_t buft, uint64_t bu
             }
             buf[p] = ggml_backend_cpu_buffer_from_ptr(arena[p], size);
         } else {
-            buf[p] = ggml_backend_buft_alloc_buffer(buft, size);
+            // VRAM: the matmul kernels may read a little past the last expert (MMQ), so pad it
+            buf[p] = ggml_backend_buft_alloc_buffer(buft, size + POOL_PAD);
         }
         if (!buf[p]) {
-            throw std::runtime_error(format("hobbit: cannot allocate %s of expert cache", fmt_bytes(size).c_str()));
+            throw std::runtime_error(format("hobbit: cannot allocate %s of expert cache%s", fmt_bytes(size).c_str(),
+                    gpu ? " in VRAM (lower the expert budget)" : ""));
+        }
+        if (!ggml_backend_buft_is_host(buft)) {
+            ggml_backend_buffer_clear(buf[p], 0);
         }
         ggml_backend_buffer_set_usage(buf[p], GGML_BACKEND_BUFFER_USAGE_WEIGHTS);
         char * base = (char *) ggml_backend_buffer_get_base(buf[p]);
@@ -144,7 +152,8 @@ void llama_hobbit_cache::note_evicted(const std::vector<int> & evicted) {
 }
 
 void llama_hobbit_cache::start_loader(int n_threads) {
-    loader.start(&store, n_threads, [this](const llama_hobbit_load_ptr & job) { on_loaded(job); });
+    loader.start(&store, n_threads, [this](const llama_hobbit_load_ptr & job) { on_loaded(job); },
+                 gpu ? &host : nullptr, staging_buft);
     stats.io_threads = n_threads;
 }
 
@@ -178,6 +187,7 @@ llama_hobbit_load_ptr llama_hobbit_cache::make_load(int idx, int depth) {
     const int slot = slots.entry(idx).slot;
     for (int p = 0; p < LLAMA_HOBBIT_N_PROJ; ++p) {
         job->dst[p] = (char *) pool[job->lvl][p]->data + size_t(slot)*pool[job->lvl][p]->nb[2];
+        job->device[p] = gpu ? pool[job->lvl][p] : nullptr;
     }
     in_flight[idx] = job;
     return job;
@@ -624,6 +634,9 @@ llama_hobbit_stats llama_hobbit_cache::get_stats() {
     std::lock_guard<std::mutex> lock(mtx);
     llama_hobbit_stats s = stats;
     s.bytes_in_flight_peak = loader.bytes_pending_peak();
+    s.tier                 = gpu ? 1 : 0;
+    s.host_tier_bytes      = gpu ? host.bytes() : 0;
+    s.bytes_read           = gpu && host.resident() ? 0 : s.bytes_loaded;
     return s;
 }
 

@@ -14,6 +14,7 @@
 // the layers from the current one to the deepest predicted.
 #pragma once
 
+#include "hobbit-host.h"
 #include "hobbit-loader.h"
 #include "hobbit-policy.h"
 #include "hobbit-prefetch.h"
@@ -60,6 +61,11 @@ struct llama_hobbit_cache {
 
     llama_hobbit_store store;
 
+    // GPU tier: the slot pools are in VRAM and loads are copies from the host tier
+    bool gpu = false;
+    llama_hobbit_host host;
+    ggml_backend_buffer_type_t staging_buft = nullptr; // pinned host memory, for copies to VRAM
+
     // slot memory: one arena per projection; the hi and lo pool tensors are two views of it
     size_t unit_bytes[LLAMA_HOBBIT_N_PROJ] = {};
     ggml_backend_buffer_t buf[LLAMA_HOBBIT_N_PROJ] = {};
@@ -72,8 +78,8 @@ struct llama_hobbit_cache {
     llama_hobbit_cache & operator=(const llama_hobbit_cache &) = delete;
     ~llama_hobbit_cache();
 
-    // size the slots for `budget` bytes and allocate the arenas in `buft` (throws if the budget
-    // is below the minimum or memory cannot be had: load time only)
+    // size the slots for `budget` bytes and allocate the arenas in `buft` (host or VRAM; throws if
+    // the budget is below the minimum or memory cannot be had: load time only)
     void init_pools(ggml_backend_buffer_type_t buft, uint64_t budget);
 
     // start the I/O threads (throws: load time only)

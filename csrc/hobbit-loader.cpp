@@ -7,9 +7,12 @@
 #include <stdexcept>
 #include <system_error>
 
-void llama_hobbit_loader::start(const llama_hobbit_store * store_, int n_threads, done_fn on_done_) {
-    store   = store_;
-    on_done = std::move(on_done_);
+void llama_hobbit_loader::start(const llama_hobbit_store * store_, int n_threads, done_fn on_done_,
+                                const llama_hobbit_host * host_, ggml_backend_buffer_type_t staging_) {
+    store        = store_;
+    on_done      = std::move(on_done_);
+    host         = host_;
+    staging_buft = staging_;
     try {
         for (int i = 0; i < n_threads; ++i) {
             threads.emplace_back([this]() { run(); });
@@ -115,8 +118,29 @@ size_t llama_hobbit_loader::bytes_pending_peak() const {
     return pending_peak;
 }
 
+bool llama_hobbit_loader::copy_part(const llama_hobbit_load & job, int p, llama_hobbit_bounce & bounce,
+                                    llama_hobbit_staging & staging, std::string & err) const {
+    const size_t n = store->expert_bytes[job.lvl][p];
+    const char * src = host ? host->part(*store, job.il, job.expert, job.lvl, p) : nullptr;
+    if (!src) {
+        if (!staging_buft || !staging.reserve(staging_buft, n)) {
+            err = format("hobbit: cannot allocate %zu bytes of pinned memory to copy experts to the GPU", n);
+            return false;
+        }
+        if (!store->read_part(job.il, job.expert, job.lvl, p, staging.data, bounce, err)) {
+            return false;
+        }
+        src = staging.data;
+    }
+    // on this thread's own stream, waited for here: the copy is complete when the slot turns ready
+    ggml_tensor * t = job.device[p];
+    ggml_backend_tensor_set(t, src, size_t(job.dst[p] - (char *) t->data), n);
+    return true;
+}
+
 void llama_hobbit_loader::run() {
-    llama_hobbit_bounce bounce; // this thread's O_DIRECT staging buffer, for unaligned ranges
+    llama_hobbit_bounce  bounce;  // this thread's O_DIRECT staging buffer, for unaligned ranges
+    llama_hobbit_staging staging; // GPU tier: this thread's pinned buffer, when the host tier is off
     for (;;) {
         part item;
         {
@@ -144,6 +168,8 @@ void llama_hobbit_loader::run() {
         bool ok = need == 0 || bounce.reserve(need);
         if (!ok) {
             err = format("hobbit: cannot allocate %zu bytes to read experts from %s", need, store->path(0).c_str());
+        } else if (job->device[item.second]) {
+            ok = copy_part(*job, item.second, bounce, staging, err);
         } else {
             ok = store->read_part(job->il, job->expert, job->lvl, item.second, job->dst[item.second], bounce, err);
         }

@@ -10,7 +10,10 @@
 // cache's mutex may be held while calling the loader, never the other way round.
 #pragma once
 
+#include "hobbit-host.h"
 #include "hobbit-store.h"
+
+#include "ggml-backend.h"
 
 #include <condition_variable>
 #include <cstddef>
@@ -30,6 +33,8 @@ struct llama_hobbit_load {
     int    expert = -1;
     int    lvl    = 0;
     char * dst[LLAMA_HOBBIT_N_PROJ] = {};
+    // GPU tier: dst[p] is VRAM inside this pool tensor, and the read is a copy from the host tier
+    ggml_tensor * device[LLAMA_HOBBIT_N_PROJ] = {};
     size_t bytes  = 0;
     int    depth  = 0; // 0: a demand load; j > 0: a prefetch made j layers ahead
 
@@ -59,7 +64,10 @@ public:
 
     // start n_threads I/O threads reading from `store`; `on_done` runs on an I/O thread after
     // each read (ok or not), with no loader lock held. Throws if a thread cannot be started.
-    void start(const llama_hobbit_store * store, int n_threads, done_fn on_done);
+    // GPU tier: copies into VRAM come from `host` when it is resident, else from the file
+    // through a staging buffer of type `staging` (pinned host memory) per thread.
+    void start(const llama_hobbit_store * store, int n_threads, done_fn on_done,
+               const llama_hobbit_host * host = nullptr, ggml_backend_buffer_type_t staging = nullptr);
 
     // finish the reads in flight, drop the queued ones (their callbacks run, not ok), join
     void stop();
@@ -80,8 +88,12 @@ public:
 
 private:
     void run();
+    bool copy_part(const llama_hobbit_load & job, int p, llama_hobbit_bounce & bounce,
+                   llama_hobbit_staging & staging, std::string & err) const;
 
     const llama_hobbit_store * store = nullptr;
+    const llama_hobbit_host  * host  = nullptr;
+    ggml_backend_buffer_type_t staging_buft = nullptr;
     done_fn                    on_done;
 
     mutable std::mutex                mtx;

@@ -21,9 +21,14 @@ constexpr const char * KV_HI_TYPE = "hobbit.hi_type";      // str: level used as
 constexpr const char * KV_LO_TYPE = "hobbit.lo_type";      // str: level used as lo (default: the last; "none": hi only)
 constexpr const char * KV_DIRECT  = "hobbit.direct_io";    // int: 1 reads experts with O_DIRECT
 constexpr const char * KV_IO      = "hobbit.io_threads";   // int: I/O threads reading experts
+constexpr const char * KV_GPU     = "hobbit.gpu";          // int: 1 (default) experts in VRAM slots when layers are offloaded
+constexpr const char * KV_HOST    = "hobbit.host_tier";    // int: GPU tier: 1 (default) every expert in pinned RAM, 0 read per copy
+constexpr const char * KV_POLICY  = "hobbit.policy";       // str: initial eviction policy (lru, lfu, fld, least-stale, hobbit)
+constexpr const char * KV_DEPTH   = "hobbit.prefetch_depth"; // int: initial prefetch depth (-1 auto, 0 off, 1..3)
 constexpr const char * KV_TYPES   = "hobbit.expert_types"; // file key: requested types of the expert levels
 
-const char * const KNOWN_KEYS[] = { KV_BUDGET, KV_HI_TYPE, KV_LO_TYPE, KV_DIRECT, KV_IO };
+const char * const KNOWN_KEYS[] = { KV_BUDGET, KV_HI_TYPE, KV_LO_TYPE, KV_DIRECT, KV_IO, KV_GPU, KV_HOST, KV_POLICY,
+                                     KV_DEPTH };
 
 constexpr int IO_THREADS_DEFAULT = 4; // several reads in flight: NVMe and O_DIRECT want a queue
 constexpr int IO_THREADS_MAX     = 64;
@@ -101,6 +106,54 @@ std::vector<level_info> file_levels(const llama_model_loader & ml) {
         }
     }
     return levels;
+}
+
+// the GPU whose VRAM holds the slot pools: the model's first GPU when it offloads layers to one
+// and hobbit.gpu is not 0; nullptr for the CPU tier
+ggml_backend_dev_t gpu_device(const llama_model & model, const llama_model_loader & ml) {
+    int64_t want = 1;
+    override_int(ml, KV_GPU, want);
+    if (!want || model.n_gpu_layers() == 0) {
+        return nullptr;
+    }
+    for (const llama_device & d : model.devices) {
+        const auto type = ggml_backend_dev_type(d.dev);
+        if (!d.is_meta && (type == GGML_BACKEND_DEVICE_TYPE_GPU || type == GGML_BACKEND_DEVICE_TYPE_IGPU)) {
+            return d.dev;
+        }
+    }
+    return nullptr;
+}
+
+// the policy a model starts with: the default, with hobbit.policy and hobbit.prefetch_depth
+void initial_policy(llama_hobbit_cache & cache, const llama_model_loader & ml) {
+    llama_hobbit_policy pol = cache.get_policy();
+    std::string name;
+    if (override_str(ml, KV_POLICY, name)) {
+        static const std::pair<const char *, int> names[] = {
+            { "lru", LLAMA_HOBBIT_EVICT_LRU }, { "lfu", LLAMA_HOBBIT_EVICT_LFU }, { "fld", LLAMA_HOBBIT_EVICT_FLD },
+            { "least-stale", LLAMA_HOBBIT_EVICT_STALE }, { "hobbit", LLAMA_HOBBIT_EVICT_BLEND },
+        };
+        bool found = false;
+        for (const auto & [n, ev] : names) {
+            if (name == n) {
+                pol.eviction = ev;
+                found = true;
+            }
+        }
+        if (!found) {
+            throw std::runtime_error(format("hobbit: unknown %s %s (lru, lfu, fld, least-stale, hobbit)", KV_POLICY,
+                    name.c_str()));
+        }
+    }
+    int64_t depth = 0;
+    if (override_int(ml, KV_DEPTH, depth)) {
+        pol.prefetch_depth = (int32_t) depth;
+    }
+    std::string err;
+    if (!cache.set_policy(pol, err)) {
+        throw std::runtime_error(err);
+    }
 }
 
 std::shared_ptr<llama_hobbit_cache> attach_impl(const llama_model & model, llama_model_loader & ml,
@@ -235,11 +288,28 @@ std::shared_ptr<llama_hobbit_cache> attach_impl(const llama_model & model, llama
     if (!cpu_dev) {
         throw std::runtime_error("hobbit: no CPU backend");
     }
-    cache->init_pools(ggml_backend_dev_buffer_type(cpu_dev), uint64_t(budget));
+    ggml_backend_dev_t gpu_dev = gpu_device(model, ml);
+    ggml_backend_buffer_type_t pool_buft = ggml_backend_dev_buffer_type(cpu_dev);
+    if (gpu_dev) {
+        cache->gpu = true;
+        cache->staging_buft = ggml_backend_dev_host_buffer_type(gpu_dev);
+        if (!cache->staging_buft) {
+            cache->staging_buft = ggml_backend_dev_buffer_type(cpu_dev); // copies from pageable memory
+        }
+        int64_t host_tier = 1;
+        override_int(ml, KV_HOST, host_tier);
+        if (host_tier) {
+            cache->host.load(cache->store, cache->serves, cache->n_expert, n_lvl, cache->staging_buft);
+        }
+        pool_buft = ggml_backend_dev_buffer_type(gpu_dev);
+    }
+    cache->init_pools(pool_buft, uint64_t(budget));
     cache->start_loader((int) io_threads);
+    initial_policy(*cache, ml);
 
     const llama_hobbit_stats s = cache->get_stats();
-    LLAMA_LOG_INFO("%s: hobbit expert cache: %.2f MiB, %d hi slots (%s)%s%s, %d MoE layers x %d experts\n", __func__,
+    LLAMA_LOG_INFO("%s: hobbit expert cache in %s: %.2f MiB, %d hi slots (%s)%s%s, %d MoE layers x %d experts\n", __func__,
+            gpu_dev ? ggml_backend_dev_name(gpu_dev) : "host memory",
             s.cache_capacity_bytes/1024.0/1024.0, s.n_slots_hi, cache->type_name[0].c_str(),
             cache->has_lo ? format(", %d lo slots (", s.n_slots_lo).c_str() : "",
             cache->has_lo ? (cache->type_name[1] + ")").c_str() : "",
@@ -264,8 +334,11 @@ bool llama_hobbit_requested(llama_model_loader & ml) {
             known = known || key == k;
         }
         if (!known) {
-            const std::string msg = format("hobbit: unknown setting %s (known: %s, %s, %s, %s, %s)", key.c_str(),
-                    KV_BUDGET, KV_HI_TYPE, KV_LO_TYPE, KV_DIRECT, KV_IO);
+            std::string names;
+            for (const char * k : KNOWN_KEYS) {
+                names += names.empty() ? k : std::string(", ") + k;
+            }
+            const std::string msg = format("hobbit: unknown setting %s (known: %s)", key.c_str(), names.c_str());
             llama_hobbit_set_last_error(msg);
             throw std::runtime_error(msg);
         }

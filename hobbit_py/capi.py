@@ -7,7 +7,7 @@ from functools import lru_cache
 
 from hobbit_py._lib import HobbitError, load_llama_cpp
 
-API_VERSION = 6  # LLAMA_HOBBIT_API_VERSION these bindings are written for
+API_VERSION = 7  # LLAMA_HOBBIT_API_VERSION these bindings are written for
 PREFETCH_MAX = 3  # LLAMA_HOBBIT_PREFETCH_MAX
 PREFETCH_AUTO = -1
 
@@ -68,6 +68,9 @@ class StatsStruct(ctypes.Structure):
         ("cache_peak_bytes", ctypes.c_uint64),
         ("n_slots_hi", ctypes.c_int32),
         ("n_slots_lo", ctypes.c_int32),
+        ("tier", ctypes.c_int32),
+        ("host_tier_bytes", ctypes.c_uint64),
+        ("bytes_read", ctypes.c_uint64),
     ]
 
 

@@ -177,13 +177,20 @@ def load_model(path: Path, policy: Policy, *, threads: int | None, n_ctx: int | 
 
 
 def expert_summary(report: dict[str, Any]) -> str:
-    """The one-line human summary of the expert cache counters."""
-    return (f"experts: {report['routes_total']} routes | hits hi {report['hits_hi']} "
+    """The one-line human summary of the expert cache counters (on the GPU tier, hits are VRAM
+    hits and loads are copies from the host tier)."""
+    gpu = report.get("tier") == 1
+    moved = "copied to VRAM" if gpu else "loaded"
+    line = (f"experts: {report['routes_total']} routes | hits hi {report['hits_hi']} "
             f"lo {report['hits_lo']} | loads hi {report['loads_hi']} lo {report['loads_lo']} | "
-            f"skipped {report['skipped']} | {report['bytes_loaded'] / 2**20:.1f} MiB loaded, "
+            f"skipped {report['skipped']} | {report['bytes_loaded'] / 2**20:.1f} MiB {moved}, "
             f"{report['load_stall_ms']:.0f} ms stalled | cache peak "
             f"{report['expert_cache_peak_bytes'] / 2**20:.1f} of "
             f"{report['expert_budget_bytes'] / 2**20:.1f} MiB")
+    if gpu:
+        line += (f" VRAM | host tier {report['host_tier_bytes'] / 2**20:.1f} MiB pinned, "
+                 f"{report['bytes_read'] / 2**20:.1f} MiB read from the file")
+    return line
 
 
 def write_route_trace(model: Model, path: Path, out: Path) -> None:

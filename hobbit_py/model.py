@@ -169,6 +169,9 @@ class Model(llama_cpp.Llama):
             "expert_cache_peak_bytes": cache["cache_peak_bytes"],
             "expert_slots_hi": cache["n_slots_hi"],
             "expert_slots_lo": cache["n_slots_lo"],
+            "tier": cache["tier"],
+            "host_tier_bytes": cache["host_tier_bytes"],
+            "bytes_read": cache["bytes_read"],
             "peak_rss_bytes": peak_rss_bytes(),
         }
 

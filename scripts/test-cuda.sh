@@ -3,11 +3,12 @@
 #   1. build the patched llama.cpp with CUDA (+ csrc/) into $BUILD;
 #   2. test-backend-ops on CUDA0 against the CPU: every MUL_MAT_ID case, and HOBBIT's
 #      MUL_MAT_ID_SKIP cases (negative ids: a zero row, as on the CPU);
-#   3. HOBBIT mode with the CUDA build never aborts: llama-completion at -ngl 0 and 99, with a
-#      short prompt and a long one (big batches go through CUDA's batched mul_mat_id even at
-#      -ngl 0), at budgets from a few slots to every expert; each run must exit 0 with the
-#      cache engaged, and generate what the same binary generates on the CPU alone
-#      (CUDA_VISIBLE_DEVICES=, the reference).
+#   3. the GPU tier at a budget that holds every hi expert generates what the same binary
+#      generates without HOBBIT (-ngl 99 and 0), greedy, short and ~1000-token prompts;
+#   4. HOBBIT mode never aborts (-ngl 0, 1, 99; budgets from a few slots to every expert; short
+#      and long prompts), its counters add up and its slots stay within the budget;
+#   5. a failed read of an expert on its way to VRAM fails one generation with a clean error,
+#      and the others are right (LD_PRELOAD fault injector, tests/faultinject.c).
 #
 #   scripts/test-cuda.sh            (env: HOBBIT_LLAMA_DIR, BUILD, MODEL, CUDA_ARCH, JOBS)
 #
@@ -33,7 +34,7 @@ cmake -S csrc -B "$build" $(command -v ninja >/dev/null && echo -G Ninja) -DCMAK
     -DLLAMA_BUILD_IS_DEV=OFF -DGGML_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES="${CUDA_ARCH:-90}" -DGGML_CUDA_FA=OFF \
     -DHOBBIT_LLAMA_DIR="$src" -DHOBBIT_SOURCE_ID="llama-cpp-python-${LLAMA_CPP_PYTHON_VERSION:-unknown}" \
     >"$build.configure.log" 2>&1 || { tail -30 "$build.configure.log"; exit 1; }
-cmake --build "$build" -j "${JOBS:-$(nproc)}" --target llama ggml llama-completion test-backend-ops \
+cmake --build "$build" -j "${JOBS:-$(nproc)}" --target llama ggml llama-completion test-backend-ops hobbit-gpu \
     >"$build.build.log" 2>&1 || { grep -B2 -A12 -m3 "error" "$build.build.log"; exit 1; }
 echo "ok"
 
@@ -46,26 +47,52 @@ for op in MUL_MAT_ID MUL_MAT_ID_SKIP; do
     [ $rc -eq 0 ] || fail "test-backend-ops $op (exit $rc)"
 done
 
-long=$(for i in $(seq 1 40); do printf 'The documentation explains how the database server stores tables on disk. '; done)
-for ngl in 0 99; do
-    for budget in 300000 1000000 100000000; do
-        for prompt in short long; do
-            text="The quick brown fox"; [ $prompt = long ] && text=$long
-            log="$build.completion-ngl$ngl-$budget-$prompt.log"
-            out=$("$build/bin/llama-completion" -m "$model" -p "$text" -n 16 -t 4 -no-cnv --temp 0 \
-                --no-warmup -ngl $ngl -c 2048 -b 512 -ub 512 -v \
-                --override-kv "hobbit.budget_bytes=int:$budget" 2>"$log")
-            rc=$?
-            engaged=$(grep -c "hobbit expert cache" "$log")
-            echo "== llama-completion -ngl $ngl budget $budget $prompt prompt: exit $rc, cache engaged: $engaged, tail: ${out: -60}"
-            [ $rc -eq 0 ] || { tail -15 "$log"; fail "llama-completion -ngl $ngl budget $budget $prompt (exit $rc)"; }
-            [ "$engaged" -gt 0 ] || fail "HOBBIT mode did not engage (-ngl $ngl budget $budget)"
-            ref=$(CUDA_VISIBLE_DEVICES= "$build/bin/llama-completion" -m "$model" -p "$text" -n 16 -t 4 -no-cnv \
-                --temp 0 --no-warmup -c 2048 -b 512 -ub 512 --override-kv "hobbit.budget_bytes=int:$budget" 2>/dev/null)
-            [ "$out" == "$ref" ] || fail "-ngl $ngl budget $budget $prompt: differs from the CPU (cpu: ${ref: -40})"
-        done
+# hobbit-gpu check: one line per generation (`gen A short|long ok: ids` or `... error: msg`) and
+# a stats line; it fails by itself when the counters disagree, the slots exceed the budget or the
+# tier is not the one -ngl asks for
+check() { # LOGNAME NGL BUDGET ATTEMPTS [kv...]
+    local name=$1; shift
+    "$build/bin/hobbit-gpu" check "$model" "$@" >"$build.$name.out" 2>"$build.$name.log"
+    local rc=$?
+    echo "== hobbit-gpu check $* -> exit $rc"
+    grep -E "^(gen|stats|FAIL|load)" "$build.$name.out" | cut -c1-240
+    [ $rc -eq 0 ] || { tail -5 "$build.$name.log"; fail "hobbit-gpu check $* (exit $rc)"; }
+    return $rc
+}
+gens() { grep -E "^gen 0 (short|long)" "$build.$1.out"; }
+
+# 3. with a budget that holds every hi expert (hi only), the GPU tier generates what the same
+#    binary generates without HOBBIT (experts resident in VRAM, llama.cpp's own path)
+check stock-ngl99 99 0 1
+check hobbit-full-ngl99 99 100000000 1 hobbit.lo_type=none hobbit.prefetch_depth=0
+[ "$(gens stock-ngl99)" == "$(gens hobbit-full-ngl99)" ] && [ -n "$(gens stock-ngl99)" ] \
+    && echo "ok: equal to the non-HOBBIT run" || fail "full budget at -ngl 99 differs from the non-HOBBIT run"
+check stock-ngl0 0 0 1
+check hobbit-full-ngl0 0 100000000 1 hobbit.lo_type=none hobbit.prefetch_depth=0
+[ "$(gens stock-ngl0)" == "$(gens hobbit-full-ngl0)" ] && echo "ok: equal to the non-HOBBIT run" \
+    || fail "full budget at -ngl 0 differs from the non-HOBBIT run"
+
+# 4. never aborts, whatever -ngl, the budget and the prompt's length; counters consistent
+for ngl in 0 1 99; do
+    for budget in 300000 25% 100000000; do
+        check "mixed-ngl$ngl-${budget%\%}" $ngl $budget 2 || true
+        grep -q "error:" "$build.mixed-ngl$ngl-${budget%\%}.out" && fail "a generation failed (-ngl $ngl, budget $budget)"
     done
 done
+
+# 5. a failed read on the way to VRAM (host tier off: each copy reads the file) fails one
+#    generation with a clean error; the process lives on and the next generations are right
+cc -shared -fPIC -O1 -o "$build.faultinject.so" tests/faultinject.c -ldl || fail "building the fault injector"
+check nofault 99 25% 1 hobbit.host_tier=0 hobbit.lo_type=none hobbit.prefetch_depth=0
+LD_PRELOAD="$PWD/$build.faultinject.so" HOBBIT_FAULT_PATH="$(basename "$model")" HOBBIT_FAULT_MODE=eio \
+    HOBBIT_FAULT_AFTER=7 HOBBIT_FAULT_COUNT=1 \
+    check fault 99 25% 3 hobbit.host_tier=0 hobbit.lo_type=none hobbit.prefetch_depth=0
+n_err=$(grep -c "error: .*Input/output error" "$build.fault.out")
+n_ok=$(grep -c "^gen .* ok:" "$build.fault.out")
+bad=$(grep "^gen .* ok:" "$build.fault.out" | while read -r g a p ok ids; do
+    grep -qxF "gen 0 $p ok: $ids" "$build.nofault.out" || echo "$a $p"; done)
+[ "$n_err" -eq 1 ] && [ "$n_ok" -eq 5 ] && [ -z "$bad" ] && echo "ok: one clean failure, five right generations" \
+    || fail "fault on the host tier: $n_err errors, $n_ok ok, wrong: $bad"
 
 [ $failures -eq 0 ] && echo "test-cuda: all passed" || echo "test-cuda: $failures failure(s)"
 exit $(( failures > 0 ))

@@ -322,3 +322,27 @@ def test_direct_io_bypasses_the_page_cache(files: dict[str, Path], direct_io: bo
         assert resident == 0.0
     else:
         assert resident > 0.25
+
+
+def test_load_time_policy_settings(files: dict[str, Path]) -> None:
+    """hobbit.policy and hobbit.prefetch_depth set the policy a model starts with (what
+    llama.cpp's own programs use, through --override-kv); a CPU build is on the CPU tier."""
+    from hobbit_py import capi
+    from hobbit_py._lib import load_llama_cpp
+
+    llama_cpp = load_llama_cpp()
+    llm = llama_cpp.Llama(model_path=str(files["mixed"]), n_ctx=64, verbose=False, n_gpu_layers=99,
+                          kv_overrides={"hobbit.budget_bytes": 10**7, "hobbit.policy": "fld",
+                                        "hobbit.prefetch_depth": 2})
+    policy = capi.get_policy(llm.model)
+    assert policy["eviction"] == capi.EVICTION["fld"] and policy["prefetch_depth"] == 2
+    llm.eval(llm.tokenize(b"The cache"))
+    stats = capi.get_stats(llm.model)
+    assert stats["tier"] == 0 and stats["host_tier_bytes"] == 0
+    assert stats["bytes_read"] == stats["bytes_loaded"] > 0
+    for bad, message in (({"hobbit.policy": "fifo"}, "unknown hobbit.policy fifo"),
+                         ({"hobbit.prefetch_depth": 7}, "invalid policy")):
+        with pytest.raises(ValueError):
+            llama_cpp.Llama(model_path=str(files["mixed"]), n_ctx=64, verbose=False,
+                            kv_overrides={"hobbit.budget_bytes": 10**7, **bad})
+        assert message in capi.last_error()

@@ -41,6 +41,39 @@ static __global__ void k_mmid_zero_rows(const char * ids, size_t nb0, size_t nb1
     }
 }
 
+static __global__ void k_mmid_gather(const char * src, size_t nb2, size_t expert, const char * ids, size_t nb0,
+                                     size_t nb1, int n_used, char * dst, int32_t * ids_out) {
+    const int k = blockIdx.y; // the route: token k/n_used, route k%n_used
+    const int32_t id = *(const int32_t *) (ids + (k/n_used)*nb1 + (k%n_used)*nb0);
+    if (blockIdx.x == 0 && threadIdx.x == 0) {
+        ids_out[k] = id >= 0 ? k : -1;
+    }
+    if (id < 0) {
+        return;
+    }
+    const char * s = src + id*nb2;
+    char       * d = dst + k*expert;
+    const size_t first = blockIdx.x*blockDim.x + threadIdx.x;
+    const size_t step  = (size_t) gridDim.x*blockDim.x;
+    if ((((uintptr_t) s | (uintptr_t) d | expert) & 15) == 0) {
+        for (size_t i = first; i < expert/16; i += step) {
+            ((int4 *) d)[i] = ((const int4 *) s)[i];
+        }
+    } else {
+        for (size_t i = first; i < expert; i += step) {
+            d[i] = s[i];
+        }
+    }
+}
+
+void ggml_cuda_mmid_gather(const ggml_tensor * src0, const ggml_tensor * ids, char * dst, int32_t * ids_out,
+                           cudaStream_t stream) {
+    const size_t expert = src0->nb[1]*src0->ne[1];
+    const dim3 grid(64, (unsigned) (ids->ne[0]*ids->ne[1]));
+    k_mmid_gather<<<grid, 256, 0, stream>>>((const char *) src0->data, src0->nb[2], expert, (const char *) ids->data,
+                                            ids->nb[0], ids->nb[1], (int) ids->ne[0], dst, ids_out);
+}
+
 void ggml_cuda_mmid_skip_fix_ids(const ggml_tensor * ids, int64_t n_as, int32_t * out, cudaStream_t stream) {
     const int n_tokens = (int) ids->ne[1];
     const int block    = 128;

@@ -11,7 +11,7 @@ extern "C" {
 #endif
 
 // Bumped whenever a function or struct of this header changes.
-#define LLAMA_HOBBIT_API_VERSION 6
+#define LLAMA_HOBBIT_API_VERSION 7
 
 // Version of this header the library was built with (LLAMA_HOBBIT_API_VERSION).
 LLAMA_API int32_t llama_hobbit_api_version(void);
@@ -27,6 +27,13 @@ LLAMA_API const char * llama_hobbit_source_id(void);
 //                              "none" for a hi-only cache)
 //   hobbit.direct_io    (int)  1: read experts with O_DIRECT, bypassing the page cache
 //   hobbit.io_threads   (int)  I/O threads reading experts (default 4)
+//   hobbit.gpu          (int)  1 (default): when the model offloads layers to a GPU, the slot
+//                              pools are in its VRAM (budget_bytes is VRAM) and experts are
+//                              computed there; 0: slots in RAM, experts computed on the CPU
+//   hobbit.host_tier    (int)  GPU tier: 1 (default) every expert of the levels in use is kept
+//                              in pinned RAM and copied from there; 0: each copy reads the file
+//   hobbit.policy       (str)  initial eviction: lru, lfu, fld, least-stale, hobbit (default)
+//   hobbit.prefetch_depth (int) initial prefetch depth: -1 auto (default), 0 off, 1..3
 // Any other hobbit.* key is refused. The routed experts are then not resident: they are read
 // from the file into the cache's slot pools on demand, under the policy below, which can be
 // changed at any time. Several contexts may share one HOBBIT model, also from several threads.
@@ -92,6 +99,11 @@ struct llama_hobbit_stats {
     uint64_t cache_peak_bytes; // most bytes of experts cached at once
     int32_t  n_slots_hi;       // hi experts the cache can hold at once
     int32_t  n_slots_lo;       // lo experts the cache can hold at once (0: hi only)
+    // tiers: on the GPU tier the slots above are in VRAM, a load is a copy over the bus (its
+    // bytes in bytes_loaded), and a hit is a VRAM hit
+    int32_t  tier;             // where routed experts are computed: 0 the CPU (slots in RAM), 1 the GPU (slots in VRAM)
+    uint64_t host_tier_bytes;  // GPU tier: experts kept in pinned host memory (0: each copy reads the file)
+    uint64_t bytes_read;       // bytes loads read from the model file (GPU tier with a host tier: 0)
 };
 
 // true if the model was loaded in HOBBIT mode

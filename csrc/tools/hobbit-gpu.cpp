@@ -1,0 +1,492 @@
+// HOBBIT's GPU tier, checked and measured with the C API alone (no Python needed on a GPU box).
+//
+//   hobbit-gpu check MODEL NGL BUDGET [ATTEMPTS] [key=value ...]
+//       Load MODEL with -ngl NGL (BUDGET 0: not in HOBBIT mode; else hobbit.budget_bytes, in
+//       bytes or as N% of the file's hi expert bytes, plus
+//       the hobbit.* kv overrides given: an int value, or a string), generate 16 tokens greedily
+//       from a short and from a ~1000-token prompt, ATTEMPTS times (default 1). Prints one line
+//       per generation (`gen ATTEMPT short|long ok: ids...` or `... error: message`) and one
+//       `stats` line; exits 1 if the counters disagree with each other, the cache's memory
+//       exceeds the budget, or the tier is not the one NGL asks for (the GPU when NGL > 0).
+//
+//   hobbit-gpu bench MIXED.gguf PLAIN_HI.gguf BUDGET_FRACTION [N_GEN] [RUNS] [THREADS]
+//       Decode and prefill speed of stock llama.cpp's ways to run a MoE with experts offloaded
+//       and of HOBBIT's GPU tier, all in this process on one prompt, with each row's quality
+//       against all-hi on the GPU (B-resident): every row decodes the tokens B-resident
+//       generated (teacher forcing), and top-1 agreement and KL divergence of each step's
+//       distribution are taken against B-resident's. Prints a markdown table (medians of RUNS
+//       runs after one warm-up run).
+
+#include "llama.h"
+#include "llama-hobbit.h"
+#include "ggml.h"
+#include "ggml-backend.h"
+#include "gguf.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <regex>
+#include <string>
+#include <vector>
+
+namespace {
+
+const char * SHORT_PROMPT = "Once upon a time, there was a little girl named Lily. She loved to play";
+
+std::string long_prompt() {
+    std::string s;
+    for (int i = 0; i < 60; ++i) {
+        s += "The little dog ran to the park with his friend, and they played with a big red ball all day. ";
+    }
+    return s;
+}
+
+struct kv_list {
+    std::vector<llama_model_kv_override> kv;
+
+    void add_int(const char * key, int64_t v) {
+        llama_model_kv_override o = {};
+        snprintf(o.key, sizeof(o.key), "%s", key);
+        o.tag = LLAMA_KV_OVERRIDE_TYPE_INT;
+        o.val_i64 = v;
+        kv.push_back(o);
+    }
+    void add_str(const char * key, const char * v) {
+        llama_model_kv_override o = {};
+        snprintf(o.key, sizeof(o.key), "%s", key);
+        o.tag = LLAMA_KV_OVERRIDE_TYPE_STR;
+        snprintf(o.val_str, sizeof(o.val_str), "%s", v);
+        kv.push_back(o);
+    }
+    // key=value: an integer if it parses as one, else a string
+    void add(const std::string & arg) {
+        const size_t eq = arg.find('=');
+        const std::string key = arg.substr(0, eq), val = eq == std::string::npos ? "" : arg.substr(eq + 1);
+        char * end = nullptr;
+        const long long i = strtoll(val.c_str(), &end, 10);
+        if (!val.empty() && *end == '\0') {
+            add_int(key.c_str(), i);
+        } else {
+            add_str(key.c_str(), val.c_str());
+        }
+    }
+    const llama_model_kv_override * data() {
+        if (kv.empty()) {
+            return nullptr;
+        }
+        kv.push_back({}); // terminator: empty key
+        return kv.data();
+    }
+};
+
+std::vector<llama_token> tokenize(const llama_model * model, const std::string & text) {
+    const llama_vocab * vocab = llama_model_get_vocab(model);
+    std::vector<llama_token> t(text.size() + 16);
+    const int n = llama_tokenize(vocab, text.c_str(), (int) text.size(), t.data(), (int) t.size(), true, false);
+    t.resize(n > 0 ? n : 0);
+    return t;
+}
+
+llama_context * new_context(llama_model * model, int n_threads) {
+    llama_context_params cp = llama_context_default_params();
+    cp.n_ctx     = 2048;
+    cp.n_batch   = 512;
+    cp.n_ubatch  = 512;
+    cp.n_threads = cp.n_threads_batch = n_threads;
+    return llama_init_from_model(model, cp);
+}
+
+// decode `tokens` in batches of up to 512; false (with the error printed) on failure
+bool prefill(llama_context * ctx, std::vector<llama_token> & tokens, std::string & err) {
+    for (size_t i = 0; i < tokens.size(); i += 512) {
+        const int n = (int) std::min<size_t>(512, tokens.size() - i);
+        if (llama_decode(ctx, llama_batch_get_one(tokens.data() + i, n)) != 0) {
+            err = llama_hobbit_last_error();
+            return false;
+        }
+    }
+    return true;
+}
+
+llama_token argmax(const float * logits, int n_vocab) {
+    llama_token best = 0;
+    for (llama_token t = 1; t < n_vocab; ++t) {
+        best = logits[t] > logits[best] ? t : best;
+    }
+    return best;
+}
+
+struct expert_bytes {
+    int      n_moe_layers = 0;
+    uint64_t total = 0;             // level 0 (hi) routed expert bytes
+    std::vector<uint64_t> by_layer; // [il]
+};
+
+expert_bytes hi_expert_bytes(const char * path) {
+    expert_bytes out;
+    gguf_init_params params = { /*.no_alloc =*/ true, /*.ctx =*/ nullptr };
+    gguf_context * g = gguf_init_from_file(path, params);
+    if (!g) {
+        return out;
+    }
+    static const std::regex re(R"(^blk\.(\d+)\.ffn_(gate|up|down)_exps\.weight$)");
+    for (int64_t i = 0; i < gguf_get_n_tensors(g); ++i) {
+        std::cmatch m;
+        if (std::regex_match(gguf_get_tensor_name(g, i), m, re)) {
+            const int il = atoi(m[1].str().c_str());
+            if ((int) out.by_layer.size() <= il) {
+                out.by_layer.resize(il + 1, 0);
+            }
+            out.by_layer[il] += gguf_get_tensor_size(g, i);
+            out.total += gguf_get_tensor_size(g, i);
+        }
+    }
+    for (uint64_t b : out.by_layer) {
+        out.n_moe_layers += b > 0 ? 1 : 0;
+    }
+    gguf_free(g);
+    return out;
+}
+
+llama_token argmax_of(const std::vector<double> & v) {
+    return (llama_token) (std::max_element(v.begin(), v.end()) - v.begin());
+}
+
+int cmd_check(int argc, char ** argv) {
+    if (argc < 5) {
+        fprintf(stderr, "usage: hobbit-gpu check MODEL NGL BUDGET [ATTEMPTS] [key=value ...]\n");
+        return 2;
+    }
+    const int     ngl      = atoi(argv[3]);
+    // BUDGET in bytes, or N% of the file's hi expert bytes
+    const std::string budget_arg = argv[4];
+    const int64_t budget = budget_arg.back() == '%'
+        ? int64_t(atof(budget_arg.c_str())/100.0*double(hi_expert_bytes(argv[2]).total))
+        : atoll(argv[4]);
+    const int     attempts = argc > 5 ? atoi(argv[5]) : 1;
+    kv_list kv;
+    if (budget > 0) {
+        kv.add_int("hobbit.budget_bytes", budget);
+    }
+    for (int i = 6; i < argc; ++i) {
+        kv.add(argv[i]);
+    }
+    llama_model_params mp = llama_model_default_params();
+    mp.n_gpu_layers = ngl;
+    mp.kv_overrides = kv.data();
+    llama_model * model = llama_model_load_from_file(argv[2], mp);
+    if (!model) {
+        printf("load error: %s\n", llama_hobbit_last_error());
+        return 1;
+    }
+    const int n_vocab = llama_vocab_n_tokens(llama_model_get_vocab(model));
+    const std::string prompts[2] = { SHORT_PROMPT, long_prompt() };
+    const char * names[2] = { "short", "long" };
+    for (int a = 0; a < attempts; ++a) {
+        for (int p = 0; p < 2; ++p) {
+            llama_context * ctx = new_context(model, 4);
+            std::vector<llama_token> tokens = tokenize(model, prompts[p]);
+            std::vector<llama_token> out;
+            std::string err;
+            bool ok = prefill(ctx, tokens, err);
+            for (int i = 0; ok && i < 16; ++i) {
+                llama_token next = argmax(llama_get_logits_ith(ctx, -1), n_vocab);
+                out.push_back(next);
+                if (llama_decode(ctx, llama_batch_get_one(&next, 1)) != 0) {
+                    err = llama_hobbit_last_error();
+                    ok = false;
+                }
+            }
+            printf("gen %d %s %s:", a, names[p], ok ? "ok" : "error");
+            if (ok) {
+                for (llama_token t : out) {
+                    printf(" %d", t);
+                }
+            } else {
+                printf(" %s", err.c_str());
+            }
+            printf("\n");
+            fflush(stdout);
+            llama_free(ctx);
+        }
+    }
+    bool good = true;
+    if (budget > 0) {
+        const llama_hobbit_stats s = llama_hobbit_get_stats(model);
+        const uint64_t routes = s.hits_hi + s.hits_lo + s.loads_hi + s.loads_lo + s.skipped;
+        const int want_tier = ngl > 0 ? 1 : 0;
+        printf("stats: tier %d, routes %llu = hits %llu/%llu + loads %llu/%llu + skipped %llu, "
+               "%.1f MiB moved, host tier %.1f MiB, %.1f MiB read from the file, slots %.1f MiB (peak %.1f) "
+               "of a %.1f MiB budget, %llu prefetches (%llu used), %llu failed loads\n",
+               s.tier, (unsigned long long) s.routes_total, (unsigned long long) s.hits_hi,
+               (unsigned long long) s.hits_lo, (unsigned long long) s.loads_hi, (unsigned long long) s.loads_lo,
+               (unsigned long long) s.skipped, s.bytes_loaded/1048576.0, s.host_tier_bytes/1048576.0,
+               s.bytes_read/1048576.0, s.cache_capacity_bytes/1048576.0, s.cache_peak_bytes/1048576.0,
+               s.budget_bytes/1048576.0, (unsigned long long) s.prefetch_issued,
+               (unsigned long long) s.prefetch_used, (unsigned long long) s.failed_loads);
+        if (routes != s.routes_total || s.routes_total == 0) {
+            printf("FAIL: routes do not add up\n");
+            good = false;
+        }
+        if (s.cache_capacity_bytes > s.budget_bytes || s.cache_peak_bytes > s.cache_capacity_bytes) {
+            printf("FAIL: expert memory over the budget\n");
+            good = false;
+        }
+        if (s.tier != want_tier) {
+            printf("FAIL: tier %d, expected %d\n", s.tier, want_tier);
+            good = false;
+        }
+    }
+    llama_model_free(model);
+    return good ? 0 : 1;
+}
+
+// ---- bench ----------------------------------------------------------------------------------
+
+struct row_result {
+    std::vector<double> decode_tps, prefill_tps;
+    double top1 = 0.0, kl = 0.0;
+    std::string note;
+    bool ok = true;
+};
+
+double median(std::vector<double> v) {
+    if (v.empty()) {
+        return 0.0;
+    }
+    std::sort(v.begin(), v.end());
+    return v.size() % 2 ? v[v.size()/2] : 0.5*(v[v.size()/2 - 1] + v[v.size()/2]);
+}
+
+// log-softmax of logits
+std::vector<double> log_probs(const float * logits, int n) {
+    double mx = logits[0];
+    for (int i = 1; i < n; ++i) {
+        mx = std::max<double>(mx, logits[i]);
+    }
+    double sum = 0.0;
+    for (int i = 0; i < n; ++i) {
+        sum += std::exp(logits[i] - mx);
+    }
+    std::vector<double> lp(n);
+    const double lse = mx + std::log(sum);
+    for (int i = 0; i < n; ++i) {
+        lp[i] = logits[i] - lse;
+    }
+    return lp;
+}
+
+struct reference {
+    std::vector<llama_token>         prompt;
+    std::vector<llama_token>         tokens;    // greedy continuation by B-resident
+    std::vector<std::vector<double>> log_probs; // B-resident's distribution before each of them
+};
+
+// one configuration: a warm-up run and `runs` timed runs, each a fresh context that prefills the
+// prompt then decodes the reference tokens; with `make_ref`, the first run's greedy tokens and
+// distributions become the reference instead
+row_result run_row(const char * path, int ngl, kv_list & kv, std::vector<llama_model_tensor_buft_override> & ot,
+                   reference & ref, bool make_ref, int n_gen, int runs, int n_threads) {
+    row_result res;
+    llama_model_params mp = llama_model_default_params();
+    mp.n_gpu_layers = ngl;
+    mp.kv_overrides = kv.data();
+    if (!ot.empty()) {
+        ot.push_back({ nullptr, nullptr });
+        mp.tensor_buft_overrides = ot.data();
+    }
+    llama_model * model = llama_model_load_from_file(path, mp);
+    if (!model) {
+        res.ok = false;
+        res.note = std::string("load failed: ") + llama_hobbit_last_error();
+        return res;
+    }
+    const int n_vocab = llama_vocab_n_tokens(llama_model_get_vocab(model));
+    double top1 = 0.0, kl = 0.0;
+    int counted = 0;
+    for (int r = 0; r <= runs && res.ok; ++r) {
+        llama_context * ctx = new_context(model, n_threads);
+        std::vector<llama_token> prompt = ref.prompt;
+        std::string err;
+        const int64_t t0 = ggml_time_us();
+        if (!prefill(ctx, prompt, err)) {
+            res.ok = false;
+            res.note = "prefill failed: " + err;
+            llama_free(ctx);
+            break;
+        }
+        llama_synchronize(ctx);
+        const int64_t t1 = ggml_time_us();
+        const float * logits = llama_get_logits_ith(ctx, -1);
+        const int n = make_ref ? n_gen : (int) ref.tokens.size();
+        for (int i = 0; i < n; ++i) {
+            if (make_ref && r == 0) {
+                ref.log_probs.push_back(log_probs(logits, n_vocab));
+                ref.tokens.push_back(argmax(logits, n_vocab));
+            } else if (r > 0 && !make_ref) {
+                const std::vector<double> lp = log_probs(logits, n_vocab);
+                double k = 0.0;
+                for (int v = 0; v < n_vocab; ++v) {
+                    k += std::exp(ref.log_probs[i][v])*(ref.log_probs[i][v] - lp[v]);
+                }
+                kl   += k;
+                top1 += argmax(logits, n_vocab) == argmax_of(ref.log_probs[i]) ? 1.0 : 0.0;
+                counted++;
+            }
+            llama_token next = ref.tokens[i];
+            if (llama_decode(ctx, llama_batch_get_one(&next, 1)) != 0) {
+                res.ok = false;
+                res.note = std::string("decode failed: ") + llama_hobbit_last_error();
+                break;
+            }
+            logits = llama_get_logits_ith(ctx, -1);
+        }
+        const int64_t t2 = ggml_time_us();
+        if (r > 0 && res.ok) {
+            res.prefill_tps.push_back(prompt.size()/((t1 - t0)/1e6));
+            res.decode_tps.push_back(n/((t2 - t1)/1e6));
+        }
+        llama_free(ctx);
+    }
+    if (llama_hobbit_active(model)) {
+        const llama_hobbit_stats s = llama_hobbit_get_stats(model);
+        char buf[256];
+        snprintf(buf, sizeof(buf), "%s %.3f, %.0f MiB %s, %llu prefetches (%llu used), slots %.0f MiB",
+                 s.tier ? "VRAM hits" : "hits", s.routes_total ? double(s.hits_hi + s.hits_lo)/s.routes_total : 0.0,
+                 s.bytes_loaded/1048576.0, s.tier ? "copied" : "read",
+                 (unsigned long long) s.prefetch_issued, (unsigned long long) s.prefetch_used,
+                 s.cache_capacity_bytes/1048576.0);
+        res.note = buf;
+    }
+    res.top1 = counted ? top1/counted : 1.0;
+    res.kl   = counted ? kl/counted : 0.0;
+    llama_model_free(model);
+    return res;
+}
+
+int cmd_bench(int argc, char ** argv) {
+    if (argc < 5) {
+        fprintf(stderr, "usage: hobbit-gpu bench MIXED.gguf PLAIN_HI.gguf BUDGET_FRACTION [N_GEN] [RUNS] [THREADS]\n");
+        return 2;
+    }
+    const char * mixed = argv[2];
+    const char * plain = argv[3];
+    const double frac  = atof(argv[4]);
+    const int n_gen    = argc > 5 ? atoi(argv[5]) : 128;
+    const int runs     = argc > 6 ? atoi(argv[6]) : 3;
+    const int threads  = argc > 7 ? atoi(argv[7]) : 16;
+
+    const expert_bytes eb = hi_expert_bytes(plain);
+    if (eb.total == 0) {
+        fprintf(stderr, "hobbit-gpu: no routed experts in %s\n", plain);
+        return 2;
+    }
+    const uint64_t budget = uint64_t(frac*double(eb.total));
+    // --n-cpu-moe: the experts of the last k MoE layers in VRAM, k as many as the budget holds
+    int k = 0;
+    uint64_t used = 0;
+    for (int il = (int) eb.by_layer.size() - 1; il >= 0; --il) {
+        if (eb.by_layer[il] == 0) {
+            continue;
+        }
+        if (used + eb.by_layer[il] > budget) {
+            break;
+        }
+        used += eb.by_layer[il];
+        k++;
+    }
+    ggml_backend_buffer_type_t cpu = ggml_backend_dev_buffer_type(ggml_backend_dev_by_type(GGML_BACKEND_DEVICE_TYPE_CPU));
+    std::string ncmoe_pattern = "blk\\.(";
+    int n_cpu_layers = 0;
+    for (int il = 0, seen = 0; il < (int) eb.by_layer.size(); ++il) {
+        if (eb.by_layer[il] > 0 && seen++ < eb.n_moe_layers - k) {
+            ncmoe_pattern += (n_cpu_layers++ ? "|" : "") + std::to_string(il);
+        }
+    }
+    ncmoe_pattern += ")\\.ffn_(up|down|gate)_exps";
+
+    llama_model * tok_model = nullptr;
+    {
+        llama_model_params mp = llama_model_default_params();
+        mp.vocab_only = true;
+        tok_model = llama_model_load_from_file(plain, mp);
+    }
+    reference ref;
+    ref.prompt = tokenize(tok_model, long_prompt().substr(0, 1200));
+    llama_model_free(tok_model);
+
+    printf("hi expert bytes %.1f MiB in %d MoE layers; budget %.0f%% = %.1f MiB; B-n-cpu-moe keeps %d layer(s) of "
+           "experts in VRAM (%.1f MiB); prompt %zu tokens, %d decoded, medians of %d runs after a warm-up\n\n",
+           eb.total/1048576.0, eb.n_moe_layers, 100*frac, budget/1048576.0, k, used/1048576.0, ref.prompt.size(),
+           n_gen, runs);
+    fflush(stdout);
+
+    struct row {
+        const char * name;
+        const char * path;
+        std::vector<std::string> kv;
+        std::vector<llama_model_tensor_buft_override> ot;
+    };
+    const std::string b = "hobbit.budget_bytes=" + std::to_string(budget);
+    std::vector<row> rows = {
+        { "B-resident (-ngl 99)", plain, {}, {} },
+        { "B-cpu-moe (-ot exps=CPU)", plain, {}, { { "\\.ffn_(up|down|gate)_exps", cpu } } },
+        { "B-n-cpu-moe", plain, {}, { { ncmoe_pattern.c_str(), cpu } } },
+        { "B-lru-gpu (hi only, LRU, no prefetch)", mixed, { b, "hobbit.lo_type=none", "hobbit.policy=lru",
+          "hobbit.prefetch_depth=0" }, {} },
+        { "HOBBIT-gpu, no prefetch", mixed, { b, "hobbit.prefetch_depth=0" }, {} },
+        { "HOBBIT-gpu", mixed, { b }, {} },
+    };
+    printf("| configuration | decode tok/s | x B-cpu-moe | prefill tok/s | top-1 vs all-hi | KL vs all-hi | notes |\n");
+    printf("|---|---|---|---|---|---|---|\n");
+    double cpu_moe = 0.0;
+    for (size_t i = 0; i < rows.size(); ++i) {
+        kv_list kv;
+        for (const auto & s : rows[i].kv) {
+            kv.add(s);
+        }
+        row_result r = run_row(rows[i].path, 99, kv, rows[i].ot, ref, i == 0, n_gen, runs, threads);
+        const double d = median(r.decode_tps);
+        if (i == 1) {
+            cpu_moe = d;
+        }
+        printf("| %s | %.1f | %s | %.1f | %.4f | %.5f | %s%s |\n", rows[i].name, d,
+               cpu_moe > 0 ? (std::to_string(d/cpu_moe).substr(0, 4) + "x").c_str() : "",
+               median(r.prefill_tps), r.top1, r.kl, r.ok ? "" : "FAILED ", r.note.c_str());
+        printf("<!-- %s runs: decode", rows[i].name);
+        for (double v : r.decode_tps) {
+            printf(" %.1f", v);
+        }
+        printf(", prefill");
+        for (double v : r.prefill_tps) {
+            printf(" %.1f", v);
+        }
+        printf(" -->\n");
+        fflush(stdout);
+    }
+    return 0;
+}
+
+} // namespace
+
+int main(int argc, char ** argv) {
+    llama_backend_init();
+    llama_log_set([](ggml_log_level level, const char * text, void *) {
+        if (level >= GGML_LOG_LEVEL_WARN || getenv("HOBBIT_GPU_VERBOSE")) {
+            fputs(text, stderr);
+        }
+    }, nullptr);
+    int rc = 2;
+    if (argc > 1 && strcmp(argv[1], "check") == 0) {
+        rc = cmd_check(argc, argv);
+    } else if (argc > 1 && strcmp(argv[1], "bench") == 0) {
+        rc = cmd_bench(argc, argv);
+    } else {
+        fprintf(stderr, "usage: hobbit-gpu check|bench ... (see the header of csrc/tools/hobbit-gpu.cpp)\n");
+    }
+    llama_backend_free();
+    return rc;
+}
