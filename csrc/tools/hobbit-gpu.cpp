@@ -360,10 +360,11 @@ row_result run_row(const char * path, int ngl, kv_list & kv, std::vector<llama_m
         const llama_hobbit_stats s = llama_hobbit_get_stats(model);
         char buf[320];
         const double per = 1.0/std::max(1, n_gen);
-        snprintf(buf, sizeof(buf), "decode: %s %.3f, %.1f MiB %s and %.2f ms stalled per token, %llu prefetches "
-                 "(%llu used); slots %.0f MiB",
+        snprintf(buf, sizeof(buf), "decode: %s %.3f, %.1f MiB %s and %.2f ms stalled per token, %.1f GB/s a "
+                 "stream, %llu prefetches (%llu used); slots %.0f MiB",
                  s.tier ? "VRAM hits" : "hits", s.routes_total ? double(s.hits_hi + s.hits_lo)/s.routes_total : 0.0,
                  s.bytes_loaded/1048576.0*per, s.tier ? "copied" : "read", s.load_stall_ms*per,
+                 s.read_ms > 0 ? s.bytes_loaded/(s.read_ms*1e6) : 0.0,
                  (unsigned long long) s.prefetch_issued, (unsigned long long) s.prefetch_used,
                  s.cache_capacity_bytes/1048576.0);
         res.note = buf;
@@ -436,6 +437,7 @@ int cmd_bench(int argc, char ** argv) {
         const char * path;
         std::vector<std::string> kv;
         std::vector<llama_model_tensor_buft_override> ot;
+        int threads = 0; // 0: THREADS
     };
     const std::string b = "hobbit.budget_bytes=" + std::to_string(budget);
     std::vector<row> rows = {
@@ -446,6 +448,7 @@ int cmd_bench(int argc, char ** argv) {
           "hobbit.prefetch_depth=0" }, {} },
         { "HOBBIT-gpu, no prefetch", mixed, { b, "hobbit.prefetch_depth=0" }, {} },
         { "HOBBIT-gpu", mixed, { b }, {} },
+        { "HOBBIT-gpu, -t 4", mixed, { b }, {}, 4 },
         { "HOBBIT-gpu, every expert fits (diagnostic)", mixed, { "hobbit.budget_bytes=" + std::to_string(4*eb.total) }, {} },
     };
     printf("| configuration | decode tok/s | x B-cpu-moe | prefill tok/s | top-1 vs all-hi | KL vs all-hi | notes |\n");
@@ -456,7 +459,8 @@ int cmd_bench(int argc, char ** argv) {
         for (const auto & s : rows[i].kv) {
             kv.add(s);
         }
-        row_result r = run_row(rows[i].path, 99, kv, rows[i].ot, ref, i == 0, n_gen, runs, threads);
+        row_result r = run_row(rows[i].path, 99, kv, rows[i].ot, ref, i == 0, n_gen, runs,
+                               rows[i].threads ? rows[i].threads : threads);
         const double d = median(r.decode_tps);
         if (i == 1) {
             cpu_moe = d;
