@@ -90,9 +90,9 @@ std::vector<llama_token> tokenize(const llama_model * model, const std::string &
     return t;
 }
 
-llama_context * new_context(llama_model * model, int n_threads) {
+llama_context * new_context(llama_model * model, int n_threads, int n_ctx) {
     llama_context_params cp = llama_context_default_params();
-    cp.n_ctx     = 1024;
+    cp.n_ctx     = n_ctx;
     cp.n_batch   = 512;
     cp.n_ubatch  = 512;
     cp.n_threads = cp.n_threads_batch = n_threads;
@@ -187,7 +187,7 @@ int cmd_check(int argc, char ** argv) {
     const char * names[2] = { "short", "long" };
     for (int a = 0; a < attempts; ++a) {
         for (int p = 0; p < 2; ++p) {
-            llama_context * ctx = new_context(model, 4);
+            llama_context * ctx = new_context(model, 4, 2048); // the long prompt is ~1100 tokens
             std::vector<llama_token> tokens = tokenize(model, prompts[p]);
             std::vector<llama_token> out;
             std::string err;
@@ -206,7 +206,7 @@ int cmd_check(int argc, char ** argv) {
                     printf(" %d", t);
                 }
             } else {
-                printf(" %s", err.c_str());
+                printf(" %s", err.empty() ? "llama_decode failed" : err.c_str());
             }
             printf("\n");
             fflush(stdout);
@@ -310,7 +310,7 @@ row_result run_row(const char * path, int ngl, kv_list & kv, std::vector<llama_m
     double top1 = 0.0, kl = 0.0;
     int counted = 0;
     for (int r = 0; r <= runs && res.ok; ++r) {
-        llama_context * ctx = new_context(model, n_threads);
+        llama_context * ctx = new_context(model, n_threads, 1024);
         std::vector<llama_token> prompt = ref.prompt;
         std::string err;
         const int64_t t0 = ggml_time_us();

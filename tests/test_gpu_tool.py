@@ -1,0 +1,58 @@
+"""build/bin/hobbit-gpu, the GPU tier's check and benchmark program (scripts/test-cuda.sh,
+scripts/bench-gpu.sh), on the CPU tier that CI has: it must tell a right run from a wrong one."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from hobbit_py._lib import REPO_ROOT
+from hobbit_py.fixtures import write_fixture
+
+TOOL = REPO_ROOT / "build" / "bin" / "hobbit-gpu"
+
+
+@pytest.fixture(scope="module")
+def mixed(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_fixture(tmp_path_factory.mktemp("gputool") / "mixed.gguf", "mixtral", expert_types=("q8_0", "q4_0"))
+
+
+def check(model: Path, *args: str) -> tuple[int, dict[str, list[int] | str], str]:
+    assert TOOL.is_file(), "make build builds hobbit-gpu"
+    proc = subprocess.run([str(TOOL), "check", str(model), *args], capture_output=True, text=True, timeout=120)
+    gens: dict[str, list[int] | str] = {}
+    for line in proc.stdout.splitlines():
+        m = re.match(r"gen (\d+) (short|long) (ok|error): ?(.*)$", line)
+        if m:
+            key = f"{m[1]} {m[2]}"
+            gens[key] = [int(t) for t in m[4].split()] if m[3] == "ok" else m[4]
+    stats = next((ln for ln in proc.stdout.splitlines() if ln.startswith("stats:")), "")
+    return proc.returncode, gens, stats
+
+
+def test_full_hi_budget_generates_what_the_plain_model_does(mixed: Path) -> None:
+    rc, plain, _ = check(mixed, "0", "0")
+    assert rc == 0 and set(plain) == {"0 short", "0 long"}
+    assert all(isinstance(t, list) and len(t) == 16 for t in plain.values())
+    rc, full, stats = check(mixed, "0", "100%", "1", "hobbit.lo_type=none", "hobbit.prefetch_depth=0")
+    assert rc == 0 and full == plain
+    assert stats.startswith("stats: tier 0,")
+
+
+def test_counters_and_tier_are_checked(mixed: Path) -> None:
+    rc, gens, stats = check(mixed, "0", "25%", "2", "hobbit.policy=lru")
+    assert rc == 0 and len(gens) == 4 and all(isinstance(t, list) for t in gens.values())
+    routes, *parts = map(int, re.search(r"routes (\d+) = hits (\d+)/(\d+) \+ loads (\d+)/(\d+) \+ skipped (\d+)",
+                                        stats).groups())
+    assert routes == sum(parts) > 0
+    # asking for the GPU tier where there is none is a failure the tool reports
+    rc, _, _ = check(mixed, "99", "25%")
+    assert rc == 1
+
+
+def test_a_bad_setting_fails_the_load(mixed: Path) -> None:
+    rc, gens, _ = check(mixed, "0", "25%", "1", "hobbit.policy=fifo")
+    assert rc == 1 and gens == {}
