@@ -52,6 +52,7 @@ struct llama_hobbit_policy llama_hobbit_policy_default(void) {
     p.w_distance        = 2.0f;
     p.prefetch_depth    = LLAMA_HOBBIT_PREFETCH_AUTO;
     p.prefetch_width    = 0;
+    p.cpu_compute       = 1;
     return p;
 }
 
@@ -93,6 +94,29 @@ void llama_hobbit_reset_stats(struct llama_model * model) {
 uint64_t llama_hobbit_min_budget(const struct llama_model * model) {
     llama_hobbit_cache * cache = cache_of(model);
     return cache ? cache->min_budget() : 0;
+}
+
+bool llama_hobbit_gpu_memory(size_t * free, size_t * total, bool * integrated) {
+    for (size_t i = 0; i < ggml_backend_dev_count(); ++i) {
+        ggml_backend_dev_t dev = ggml_backend_dev_get(i);
+        const auto type = ggml_backend_dev_type(dev);
+        if (type != GGML_BACKEND_DEVICE_TYPE_GPU && type != GGML_BACKEND_DEVICE_TYPE_IGPU) {
+            continue;
+        }
+        size_t f = 0, t = 0;
+        ggml_backend_dev_memory(dev, &f, &t);
+        if (free) {
+            *free = f;
+        }
+        if (total) {
+            *total = t;
+        }
+        if (integrated) {
+            *integrated = type == GGML_BACKEND_DEVICE_TYPE_IGPU;
+        }
+        return true;
+    }
+    return false;
 }
 
 int32_t llama_hobbit_trace_enable(struct llama_model * model, bool enable, uint64_t capacity) {

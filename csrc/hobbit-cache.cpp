@@ -76,8 +76,8 @@ void llama_hobbit_cache::init_pools(ggml_backend_buffer_type_t buft, uint64_t bu
 
     // with O_DIRECT, units are whole blocks, so that block-aligned experts in the file are read
     // straight into their slots without a copy through a staging buffer
-    // (VRAM slots are filled by copies, never by reads)
-    const size_t unit_align = !gpu && store.any_direct() ? llama_hobbit_store::DIRECT_ALIGN : 64;
+    // (VRAM slots are filled by copies, never by reads; unified memory slots by reads)
+    const size_t unit_align = (!gpu || unified) && store.any_direct() ? llama_hobbit_store::DIRECT_ALIGN : 64;
     uint64_t unit_total = 0;
     int hi_span = 1;
     for (int p = 0; p < LLAMA_HOBBIT_N_PROJ; ++p) {
@@ -99,7 +99,11 @@ void llama_hobbit_cache::init_pools(ggml_backend_buffer_type_t buft, uint64_t bu
 
     for (int p = 0; p < LLAMA_HOBBIT_N_PROJ; ++p) {
         const size_t size = size_t(n_units)*unit_bytes[p];
-        if (ggml_backend_buft_is_host(buft)) {
+        if (unified) {
+            // pinned host memory the GPU reads directly, presented as a buffer of the GPU's type
+            // (page-aligned, so O_DIRECT reads land in it); padded as VRAM is below
+            buf[p] = llama_hobbit_wrap_for_device(ggml_backend_buft_alloc_buffer(buft, size + POOL_PAD), device_buft);
+        } else if (ggml_backend_buft_is_host(buft)) {
             // host memory of our own, block-aligned for O_DIRECT reads into the slots
             if (posix_memalign(&arena[p], llama_hobbit_store::DIRECT_ALIGN, size) != 0) {
                 arena[p] = nullptr;
@@ -112,9 +116,9 @@ void llama_hobbit_cache::init_pools(ggml_backend_buffer_type_t buft, uint64_t bu
         }
         if (!buf[p]) {
             throw std::runtime_error(format("hobbit: cannot allocate %s of expert cache%s", fmt_bytes(size).c_str(),
-                    gpu ? " in VRAM (lower the expert budget)" : ""));
+                    gpu && !unified ? " in VRAM (lower the expert budget)" : ""));
         }
-        if (!ggml_backend_buft_is_host(buft)) {
+        if (!ggml_backend_buft_is_host(buft) || unified) {
             ggml_backend_buffer_clear(buf[p], 0);
         }
         ggml_backend_buffer_set_usage(buf[p], GGML_BACKEND_BUFFER_USAGE_WEIGHTS);
@@ -132,6 +136,7 @@ void llama_hobbit_cache::init_pools(ggml_backend_buffer_type_t buft, uint64_t bu
         stats.cache_capacity_bytes += size;
     }
     slots.init(n_layer, n_expert, has_lo, (int) n_units, hi_span);
+    all_hi_fit = slots.n_slots(LLAMA_HOBBIT_HI) >= int64_t(std::count(serves.begin(), serves.end(), true))*n_expert;
     evictor = llama_hobbit_make_evictor(policy.eviction, weights_of(policy));
 
     stats.budget_bytes = budget;
@@ -187,7 +192,7 @@ llama_hobbit_load_ptr llama_hobbit_cache::make_load(int idx, int depth) {
     const int slot = slots.entry(idx).slot;
     for (int p = 0; p < LLAMA_HOBBIT_N_PROJ; ++p) {
         job->dst[p] = (char *) pool[job->lvl][p]->data + size_t(slot)*pool[job->lvl][p]->nb[2];
-        job->device[p] = gpu ? pool[job->lvl][p] : nullptr;
+        job->device[p] = gpu && !unified ? pool[job->lvl][p] : nullptr; // unified memory: read into it
     }
     in_flight[idx] = job;
     return job;
@@ -197,10 +202,15 @@ void llama_hobbit_cache::on_loaded(const llama_hobbit_load_ptr & job) {
     std::lock_guard<std::mutex> lock(mtx);
     in_flight.erase(job->idx);
     stats.read_ms += job->read_ms;
+    job->done_at = std::chrono::steady_clock::now();
     if (job->ok) {
         slots.entry(job->idx).state = LLAMA_HOBBIT_READY;
         stats.bytes_loaded += job->bytes;
         stats.bytes_prefetched += job->prefetch() ? job->bytes : 0;
+        if (gpu && !unified) {
+            stats.bytes_over_bus += job->bytes;
+            stats.host_hits      += host.resident() ? 1 : 0;
+        }
     } else {
         stats.failed_loads++;
         stats.cache_bytes -= store.entry_bytes(job->lvl);
@@ -259,12 +269,12 @@ void llama_hobbit_cache::release(llama_hobbit_context & hctx) {
 }
 
 void llama_hobbit_cache::serve_wave(llama_hobbit_context & hctx, int il, int wave, int n_waves,
-                                    const llama_hobbit_routes & routes, ggml_tensor * ids) {
+                                    const llama_hobbit_routes & routes, ggml_tensor * ids, bool cpu) {
     const auto t_start = std::chrono::steady_clock::now();
     clear_ids(ids);
     std::unique_lock<std::mutex> lk(mtx);
     try {
-        serve_wave_locked(lk, hctx, il, wave, n_waves, routes, ids);
+        serve_wave_locked(lk, hctx, il, wave, n_waves, routes, ids, cpu);
     } catch (const std::exception & e) {
         // e.g. std::bad_alloc in the books: nothing of this ubatch may be used
         if (!lk.owns_lock()) {
@@ -276,8 +286,75 @@ void llama_hobbit_cache::serve_wave(llama_hobbit_context & hctx, int il, int wav
     stats.load_stall_ms += std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t_start).count();
 }
 
+void llama_hobbit_cache::finish_wave(llama_hobbit_context & hctx, int il, int wave, const llama_hobbit_routes & routes,
+                                     ggml_tensor * ids) {
+    const auto t_start = std::chrono::steady_clock::now();
+    clear_ids(ids);
+    std::unique_lock<std::mutex> lk(mtx);
+    try {
+        // the CPU's experts of this wave were computed between the route op and now
+        const double cpu_ms = std::chrono::duration<double, std::milli>(t_start - hctx.routed_at).count();
+        const size_t cpu_total = hctx.cpu_bytes[0] + hctx.cpu_bytes[1];
+        if (cpu_total > 0) {
+            stats.cpu_ms += cpu_ms;
+            // both levels ran one after the other in that time: share it by bytes
+            for (int lvl = 0; lvl < LLAMA_HOBBIT_N_LVL; ++lvl) {
+                cost.note_cpu(lvl, hctx.cpu_bytes[lvl], cpu_ms*double(hctx.cpu_bytes[lvl])/double(cpu_total));
+            }
+        }
+        finish_wave_locked(lk, hctx, il, wave, routes, ids);
+    } catch (const std::exception & e) {
+        if (!lk.owns_lock()) {
+            lk.lock();
+        }
+        hctx.fail(format("hobbit: serving layer %d failed: %s", il, e.what()));
+        clear_ids(ids);
+    }
+    if (hctx.failed) {
+        clear_ids(ids);
+    }
+    stats.load_stall_ms += std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t_start).count();
+}
+
+void llama_hobbit_cache::plan_cpu(llama_hobbit_context & hctx, const llama_hobbit_policy & pol) {
+    // the misses of the layer, most important first, at the level the policy wants for each
+    llama_hobbit_job & job = hctx.job;
+    std::vector<llama_hobbit_miss> misses;
+    for (int e : job.pending) {
+        const int hi = slots.index(job.il, e, LLAMA_HOBBIT_HI);
+        const int lo = slots.index(job.il, e, LLAMA_HOBBIT_LO);
+        if (slots.cached(hi) || (has_lo && slots.cached(lo))) {
+            continue; // a hit (or on its way): served from its slot
+        }
+        const int lvl = has_lo && job.need[e] < pol.hi_threshold ? LLAMA_HOBBIT_LO : LLAMA_HOBBIT_HI;
+        misses.push_back({ e, lvl, store.entry_bytes(lvl) });
+    }
+    if (misses.empty()) {
+        return;
+    }
+    const std::vector<bool> to_cpu = llama_hobbit_plan_cpu(cost, misses, loader.bytes_ahead_of_demand());
+    std::vector<int> rest;
+    for (size_t i = 0; i < misses.size(); ++i) {
+        if (to_cpu[i]) {
+            const llama_hobbit_miss & m = misses[i];
+            job.level[m.expert] = (int8_t) m.lvl;
+            job.wave[m.expert]  = 0;
+            job.cpu[m.expert]   = 1;
+            hctx.cpu_bytes[m.lvl] += m.bytes;
+            stats.cpu_bytes       += m.bytes;
+        }
+    }
+    for (int e : job.pending) {
+        if (!job.cpu[e]) {
+            rest.push_back(e);
+        }
+    }
+    job.pending = rest;
+}
+
 void llama_hobbit_cache::serve_wave_locked(std::unique_lock<std::mutex> & lk, llama_hobbit_context & hctx, int il,
-                                           int wave, int n_waves, const llama_hobbit_routes & routes, ggml_tensor * ids) {
+                                           int wave, int n_waves, const llama_hobbit_routes & routes, ggml_tensor * ids,
+                                           bool cpu) {
     // the slots of the previous wave or layer are no longer read: the graph has moved on
     release_locked(hctx);
     if (hctx.failed) {
@@ -296,6 +373,10 @@ void llama_hobbit_cache::serve_wave_locked(std::unique_lock<std::mutex> & lk, ll
         stats.routes_total += uint64_t(routes.n_used*routes.n_tokens);
         job.init(il, n_waves, n_expert, routes, pol.skip_threshold);
         note_prediction(hctx, il, routes);
+    }
+    hctx.cpu_bytes[0] = hctx.cpu_bytes[1] = 0;
+    if (cpu && pol.cpu_compute && wave == 0 && n_waves == 1) {
+        plan_cpu(hctx, pol);
     }
     stats.n_waves++;
     const llama_hobbit_clock now = clock_at(il);
@@ -329,27 +410,50 @@ void llama_hobbit_cache::serve_wave_locked(std::unique_lock<std::mutex> & lk, ll
     n_prefetched        -= counts.prefetch_used;
 
     // demand reads go to the I/O threads at once; a copy being prefetched is read next
-    std::vector<llama_hobbit_load_ptr> loads;
-    std::vector<llama_hobbit_load_ptr> waits; // reads of copies this wave waits for
+    hctx.loads.clear();
+    hctx.waits.clear();
+    hctx.submitted_at = std::chrono::steady_clock::now();
     for (const auto & d : hctx.decisions) {
         hctx.pins.push_back(d.idx);
         if (d.action == LLAMA_HOBBIT_LOAD) {
             stats.cache_bytes += store.entry_bytes(d.lvl);
             stats.cache_peak_bytes = std::max(stats.cache_peak_bytes, stats.cache_bytes);
-            loads.push_back(make_load(d.idx, 0));
-            loader.submit(loads.back());
+            hctx.loads.push_back(make_load(d.idx, 0));
+            loader.submit(hctx.loads.back());
         } else if (d.action == LLAMA_HOBBIT_WAIT) {
             auto it = in_flight.find(d.idx);
             if (it != in_flight.end()) {
                 loader.promote(it->second);
-                waits.push_back(it->second);
+                hctx.waits.push_back(it->second);
             }
         }
     }
 
+    if (cpu) {
+        // the CPU path's expert ids (planes paths + lvl), and its routes in the books; the slots
+        // follow in finish_wave, once the CPU's experts are computed and the loads are in
+        const int64_t paths = ids->ne[2]/2;
+        for (int64_t t = 0; t < routes.n_tokens; ++t) {
+            for (int64_t r = 0; r < routes.n_used; ++r) {
+                const int e = routes.expert(r, t);
+                if (job.cpu[e]) {
+                    id_at(ids, int(paths + job.level[e]), r, t) = e;
+                }
+            }
+        }
+        return;
+    }
+    finish_wave_locked(lk, hctx, il, wave, routes, ids);
+}
+
+void llama_hobbit_cache::finish_wave_locked(std::unique_lock<std::mutex> & lk, llama_hobbit_context & hctx, int il,
+                                            int wave, const llama_hobbit_routes & routes, ggml_tensor * ids) {
+    llama_hobbit_job & job = hctx.job;
+    const int n_waves = job.n_waves;
+
     // wait for this wave's reads and for copies others are reading
     cv.wait(lk, [&]() {
-        for (const auto & l : loads) {
+        for (const auto & l : hctx.loads) {
             if (!l->done) {
                 return false;
             }
@@ -361,16 +465,25 @@ void llama_hobbit_cache::serve_wave_locked(std::unique_lock<std::mutex> & lk, ll
         }
         return true;
     });
-    for (const auto & l : loads) {
+    size_t copied = 0;
+    auto last_done = hctx.submitted_at;
+    for (const auto & l : hctx.loads) {
+        if (!l->ok) {
+            hctx.fail(l->err);
+        }
+        copied   += l->bytes;
+        last_done = std::max(last_done, l->done_at);
+    }
+    if (gpu && !unified && copied > 0) {
+        cost.note_copy(copied, std::chrono::duration<double, std::milli>(last_done - hctx.submitted_at).count());
+    }
+    for (const auto & l : hctx.waits) {
         if (!l->ok) {
             hctx.fail(l->err);
         }
     }
-    for (const auto & l : waits) {
-        if (!l->ok) {
-            hctx.fail(l->err);
-        }
-    }
+    hctx.loads.clear();
+    hctx.waits.clear();
     for (const auto & d : hctx.decisions) {
         if (d.action == LLAMA_HOBBIT_WAIT && slots.entry(d.idx).state != LLAMA_HOBBIT_READY) {
             hctx.fail(format("hobbit: expert %d of layer %d could not be read by another context", d.expert, il));
@@ -399,7 +512,10 @@ void llama_hobbit_cache::serve_wave_locked(std::unique_lock<std::mutex> & lk, ll
             const int e = routes.expert(r, t);
             const int lvl = job.level[e];
             int outcome = -1;
-            if (lvl >= 0 && job.wave[e] == wave) {
+            if (lvl >= 0 && job.cpu[e]) {
+                (lvl == LLAMA_HOBBIT_HI ? stats.cpu_hi : stats.cpu_lo)++;
+                outcome = lvl == LLAMA_HOBBIT_HI ? LLAMA_HOBBIT_CPU_HI : LLAMA_HOBBIT_CPU_LO;
+            } else if (lvl >= 0 && job.wave[e] == wave) {
                 id_at(ids, lvl, r, t) = slots.entry(slots.index(il, e, lvl)).slot;
                 if (job.loaded[e]) {
                     (lvl == LLAMA_HOBBIT_HI ? stats.loads_hi : stats.loads_lo)++;
@@ -618,9 +734,9 @@ bool llama_hobbit_cache::set_policy(const llama_hobbit_policy & pol, std::string
                           (pol.prefetch_depth >= 0 && pol.prefetch_depth <= LLAMA_HOBBIT_PREFETCH_MAX);
     if (!(pol.skip_threshold >= 0.0f) || !(pol.hi_threshold >= pol.skip_threshold) ||
             !(pol.upgrade_threshold >= 0.0f) || !ev || !weights_ok || !depth_ok ||
-            pol.prefetch_width < 0 || pol.prefetch_width > n_expert) {
+            pol.prefetch_width < 0 || pol.prefetch_width > n_expert || pol.cpu_compute < 0 || pol.cpu_compute > 1) {
         err = format("hobbit: invalid policy (need 0 <= skip_threshold <= hi_threshold, upgrade_threshold >= 0, "
-                     "a known eviction, weights >= 0, prefetch_depth -1..%d, 0 <= prefetch_width <= %d)",
+                     "a known eviction, weights >= 0, prefetch_depth -1..%d, 0 <= prefetch_width <= %d, cpu_compute 0 or 1)",
                      LLAMA_HOBBIT_PREFETCH_MAX, n_expert);
         return false;
     }
@@ -637,6 +753,9 @@ llama_hobbit_stats llama_hobbit_cache::get_stats() {
     s.tier                 = gpu ? 1 : 0;
     s.host_tier_bytes      = gpu ? host.bytes() : 0;
     s.bytes_read           = gpu && host.resident() ? 0 : s.bytes_loaded;
+    s.unified              = unified ? 1 : 0;
+    s.copy_gbps            = gpu && !unified && cost.copy_rate > 0.0 ? cost.copy_rate/1e6 : 0.0;
+    s.cpu_gbps             = cost.cpu_rate[LLAMA_HOBBIT_HI]/1e6;
     return s;
 }
 

@@ -16,6 +16,7 @@
 
 #include "hobbit-host.h"
 #include "hobbit-loader.h"
+#include "hobbit-planner.h"
 #include "hobbit-policy.h"
 #include "hobbit-prefetch.h"
 #include "hobbit-slots.h"
@@ -65,6 +66,9 @@ struct llama_hobbit_cache {
     bool gpu = false;
     llama_hobbit_host host;
     ggml_backend_buffer_type_t staging_buft = nullptr; // pinned host memory, for copies to VRAM
+    // GPU tier on unified memory: the pools are pinned host memory the GPU reads (no copies)
+    bool unified = false;
+    ggml_backend_buffer_type_t device_buft = nullptr;  // the GPU's buffer type, for the pools
 
     // slot memory: one arena per projection; the hi and lo pool tensors are two views of it
     size_t unit_bytes[LLAMA_HOBBIT_N_PROJ] = {};
@@ -92,14 +96,32 @@ struct llama_hobbit_cache {
         return llama_hobbit_n_waves(slots, n_used, n_tokens);
     }
 
+    // a ubatch this small (a decode) in one wave on the GPU tier with a host tier gets a CPU
+    // path in its graph: misses the planner gives to the CPU are computed there from the host
+    // tier while the others are copied (hobbit-planner.h)
+    static constexpr int64_t CPU_PATH_MAX_TOKENS = 4;
+    // (not when the slots hold every hi expert: each is then copied once and stays, and the
+    // output equals stock llama.cpp's with every expert in VRAM)
+    bool cpu_path(int64_t n_tokens, int n_waves) const {
+        return gpu && !unified && host.resident() && !all_hi_fit && n_waves == 1 && n_tokens <= CPU_PATH_MAX_TOKENS;
+    }
+    bool all_hi_fit = false; // the slots hold every routed expert at hi at once
+
     // the next MoE layers after il, up to n of them
     std::vector<int> next_moe_layers(int il, int n) const;
 
     // serve wave `wave` of layer il for one context: plan, load, wait, and write the slot of
     // each route into ids ([n_used, n_tokens, hi|lo], -1 where a path does not serve the route).
     // Never throws; a failure is recorded in the context and every id left -1.
+    // With `cpu` (a graph with a CPU path: ids is [n_used, n_tokens, 2*paths]) the planner may
+    // give misses to the CPU, whose expert ids go to planes paths + lvl; it returns once the
+    // loads are submitted, and finish_wave waits for them and writes the slots.
     void serve_wave(llama_hobbit_context & hctx, int il, int wave, int n_waves,
-                    const llama_hobbit_routes & routes, ggml_tensor * ids);
+                    const llama_hobbit_routes & routes, ggml_tensor * ids, bool cpu = false);
+
+    // after serve_wave with `cpu`, once the CPU's experts are computed: wait for the wave's loads
+    // and write the slot of each route into ids ([n_used, n_tokens, hi|lo]). Never throws.
+    void finish_wave(llama_hobbit_context & hctx, int il, int wave, const llama_hobbit_routes & routes, ggml_tensor * ids);
 
     // predict the experts of the next layers from their routers' logits on layer il's input,
     // and queue prefetches of those not cached (a prefetch op of layer il; never throws)
@@ -118,7 +140,10 @@ struct llama_hobbit_cache {
 
 private:
     void serve_wave_locked(std::unique_lock<std::mutex> & lk, llama_hobbit_context & hctx, int il, int wave,
-                           int n_waves, const llama_hobbit_routes & routes, ggml_tensor * ids);
+                           int n_waves, const llama_hobbit_routes & routes, ggml_tensor * ids, bool cpu);
+    void finish_wave_locked(std::unique_lock<std::mutex> & lk, llama_hobbit_context & hctx, int il, int wave,
+                            const llama_hobbit_routes & routes, ggml_tensor * ids);
+    void plan_cpu(llama_hobbit_context & hctx, const llama_hobbit_policy & pol);
     void prefetch_locked(llama_hobbit_context & hctx, int il, int gating, const std::vector<llama_hobbit_router_logits> & logits);
     void release_locked(llama_hobbit_context & hctx);
     void note_evicted(const std::vector<int> & evicted);
@@ -142,6 +167,7 @@ private:
     llama_hobbit_policy                   policy = llama_hobbit_policy_default();
     std::unique_ptr<llama_hobbit_evictor> evictor;
     llama_hobbit_stats                    stats  = {};
+    llama_hobbit_cost_model               cost;   // GPU tier: measured copy and CPU rates, for the planner
 
     bool                                  tracing = false;
     uint64_t                              trace_capacity = 0;

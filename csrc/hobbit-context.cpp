@@ -37,6 +37,6 @@ llama_hobbit_op * llama_hobbit_context::op(int il, int wave, int n_waves) {
             return o.get();
         }
     }
-    ops.push_back(std::make_unique<llama_hobbit_op>(llama_hobbit_op{ this, il, wave, n_waves, 0, {} }));
+    ops.push_back(std::make_unique<llama_hobbit_op>(llama_hobbit_op{ this, il, wave, n_waves, 0, {}, false }));
     return ops.back().get();
 }

@@ -28,6 +28,7 @@ struct llama_hobbit_op {
     int n_waves;
     int gating  = 0; // enum llama_expert_gating_func_type of the model
     std::vector<int> targets;
+    bool cpu_path = false; // the graph has a CPU path for this wave (a route op and a wait op)
 };
 
 struct llama_hobbit_context {
@@ -41,6 +42,11 @@ struct llama_hobbit_context {
     llama_hobbit_job                   job;       // the layer being served
     std::vector<int>                   pins;      // entries pinned for the wave being computed
     std::vector<llama_hobbit_decision> decisions; // scratch of one wave
+    std::vector<llama_hobbit_load_ptr> loads;     // the wave's reads, and copies others read that it waits for
+    std::vector<llama_hobbit_load_ptr> waits;
+    std::chrono::steady_clock::time_point submitted_at{}; // when the wave's loads were submitted
+    std::chrono::steady_clock::time_point routed_at{};    // when its route op returned (CPU path)
+    size_t cpu_bytes[LLAMA_HOBBIT_N_LVL] = {};            // expert bytes the wave gave to the CPU
 
     bool        failed = false; // the ubatch being computed hit a fault
     std::string error;          // the first one

@@ -7,6 +7,14 @@
 //   experts = sum of the down outputs   (a route is served by one wave and one path; the rest leave zero rows)
 //   out     = sum over the used experts of weight * experts
 //
+// On the GPU tier with a host tier, a decode's graph also has a CPU path (hobbit-planner.h):
+//
+//     selected, weights ──► hobbit_route (submits the copies, does not wait) ──► ids [.., hi|lo|cpu hi|cpu lo]
+//     for each level: mul_mat_id(host tier of layer l, on the CPU) ... ──► cpu down
+//     selected, weights, ids, cpu downs ──► hobbit_wait (waits for the copies) ──► ids [.., hi|lo] ──► GPU paths
+//
+// so the CPU computes the misses the planner gave it while the others are copied into VRAM.
+//
 // mul_mat_id skips negative ids and leaves their rows zero, so a route costs nothing in a path
 // that does not serve it, and a skipped route costs nothing at all. A wave's route op depends
 // on the previous wave's output, so it runs after the matmuls that read the slots it may reuse;
@@ -19,6 +27,8 @@
 #include "hobbit-mmid.h"
 
 #include "ggml.h"
+
+#include <chrono>
 
 static void llama_hobbit_prefetch_op(ggml_tensor * dst, int ith, int nth, void * userdata) {
     (void) nth;
@@ -34,12 +44,8 @@ static void llama_hobbit_prefetch_op(ggml_tensor * dst, int ith, int nth, void *
     op->hctx->cache->prefetch(*op->hctx, op->il, op->gating, logits);
 }
 
-static void llama_hobbit_route_op(ggml_tensor * dst, int ith, int nth, void * userdata) {
-    (void) nth;
-    if (ith != 0) {
-        return; // the policy runs on one thread; the others wait at the node's barrier
-    }
-    const auto * op = (const llama_hobbit_op *) userdata;
+// the routes of a route or wait op: its first two sources are the selected experts and weights
+static llama_hobbit_routes routes_of(const ggml_tensor * dst) {
     const ggml_tensor * sel = dst->src[0];
     const ggml_tensor * w   = dst->src[1];
     llama_hobbit_routes routes;
@@ -51,8 +57,32 @@ static void llama_hobbit_route_op(ggml_tensor * dst, int ith, int nth, void * us
     routes.w_nb2    = w->nb[2];
     routes.n_used   = sel->ne[0];
     routes.n_tokens = sel->ne[1];
+    return routes;
+}
+
+static void llama_hobbit_route_op(ggml_tensor * dst, int ith, int nth, void * userdata) {
+    (void) nth;
+    if (ith != 0) {
+        return; // the policy runs on one thread; the others wait at the node's barrier
+    }
+    const auto * op = (const llama_hobbit_op *) userdata;
     op->hctx->wave_started(op->il, op->wave);
-    op->hctx->cache->serve_wave(*op->hctx, op->il, op->wave, op->n_waves, routes, dst);
+    op->hctx->cache->serve_wave(*op->hctx, op->il, op->wave, op->n_waves, routes_of(dst), dst, op->cpu_path);
+    if (op->cpu_path) {
+        op->hctx->routed_at = std::chrono::steady_clock::now(); // the CPU's experts are computed next
+    } else {
+        op->hctx->wave_served(op->il, op->wave);
+    }
+}
+
+// after the CPU path's experts: wait for the copies, then hand the slots to the GPU paths
+static void llama_hobbit_wait_op(ggml_tensor * dst, int ith, int nth, void * userdata) {
+    (void) nth;
+    if (ith != 0) {
+        return;
+    }
+    const auto * op = (const llama_hobbit_op *) userdata;
+    op->hctx->cache->finish_wave(*op->hctx, op->il, op->wave, routes_of(dst), dst);
     op->hctx->wave_served(op->il, op->wave);
 }
 
@@ -104,24 +134,47 @@ ggml_tensor * llama_hobbit_build_moe_ffn(
     const int     n_paths  = cache.has_lo ? 2 : 1;
     const int     n_waves  = cache.n_waves(n_used, n_tokens);
 
+    // one path of expert matmuls: up/gate, GLU, down from the pools `as` with ids plane `plane`
+    auto path = [&](ggml_tensor * const as[LLAMA_HOBBIT_N_PROJ], ggml_tensor * ids, int plane) {
+        ggml_tensor * ids_p = ggml_view_2d(ctx, ids, n_used, n_tokens, ids->nb[1], plane*ids->nb[2]);
+        ggml_tensor * up   = llama_hobbit_mul_mat_id(ctx, as[LLAMA_HOBBIT_UP],   cur, ids_p);
+        ggml_tensor * gate = llama_hobbit_mul_mat_id(ctx, as[LLAMA_HOBBIT_GATE], cur, ids_p);
+        ggml_tensor * act  = gelu ? ggml_geglu_split(ctx, gate, up) : ggml_swiglu_split(ctx, gate, up);
+        return llama_hobbit_mul_mat_id(ctx, as[LLAMA_HOBBIT_DOWN], act, ids_p);
+    };
+
     ggml_tensor * prefetch = build_prefetch(hctx, ctx, il, cur, gating);
     ggml_tensor * experts  = nullptr;
     for (int wave = 0; wave < n_waves; ++wave) {
+        llama_hobbit_op * op = hctx->op(il, wave, n_waves);
+        op->cpu_path = cache.cpu_path(n_tokens, n_waves);
+
         // after the prefetch op (first wave) or the previous wave's matmuls
         ggml_tensor * after   = wave == 0 ? prefetch : experts;
         ggml_tensor * args[3] = { selected, weights, after };
-        ggml_tensor * ids = ggml_custom_4d(ctx, GGML_TYPE_I32, n_used, n_tokens, n_paths, 1,
-                args, after ? 3 : 2, llama_hobbit_route_op, 1, hctx->op(il, wave, n_waves));
+        ggml_tensor * ids = ggml_custom_4d(ctx, GGML_TYPE_I32, n_used, n_tokens, op->cpu_path ? 2*n_paths : n_paths, 1,
+                args, after ? 3 : 2, llama_hobbit_route_op, 1, op);
         ggml_format_name(ids, "hobbit_route-%d.%d", il, wave);
 
+        if (op->cpu_path) {
+            // the misses given to the CPU, from the host tier, while the copies fly
+            ggml_tensor * wait_args[2 + 1 + LLAMA_HOBBIT_N_LVL] = { selected, weights, ids };
+            for (int lvl = 0; lvl < n_paths; ++lvl) {
+                ggml_tensor * host[LLAMA_HOBBIT_N_PROJ];
+                for (int p = 0; p < LLAMA_HOBBIT_N_PROJ; ++p) {
+                    host[p] = cache.host.tensor(il, lvl, p);
+                }
+                ggml_tensor * down = path(host, ids, n_paths + lvl);
+                wait_args[3 + lvl] = down;
+                experts = experts ? ggml_add(ctx, experts, down) : down;
+            }
+            ids = ggml_custom_4d(ctx, GGML_TYPE_I32, n_used, n_tokens, n_paths, 1, wait_args, 3 + n_paths,
+                    llama_hobbit_wait_op, 1, op);
+            ggml_format_name(ids, "hobbit_wait-%d.%d", il, wave);
+        }
+
         for (int lvl = 0; lvl < n_paths; ++lvl) {
-            ggml_tensor * ids_lvl = ggml_view_2d(ctx, ids, n_used, n_tokens, ids->nb[1], lvl*ids->nb[2]);
-
-            ggml_tensor * up   = llama_hobbit_mul_mat_id(ctx, cache.pool[lvl][LLAMA_HOBBIT_UP],   cur, ids_lvl);
-            ggml_tensor * gate = llama_hobbit_mul_mat_id(ctx, cache.pool[lvl][LLAMA_HOBBIT_GATE], cur, ids_lvl);
-            ggml_tensor * act  = gelu ? ggml_geglu_split(ctx, gate, up) : ggml_swiglu_split(ctx, gate, up);
-            ggml_tensor * down = llama_hobbit_mul_mat_id(ctx, cache.pool[lvl][LLAMA_HOBBIT_DOWN], act, ids_lvl);
-
+            ggml_tensor * down = path(cache.pool[lvl], ids, lvl);
             experts = experts ? ggml_add(ctx, experts, down) : down;
         }
     }

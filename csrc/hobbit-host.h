@@ -7,6 +7,13 @@
 // and copies it from there. Copies run on the I/O thread's own CUDA stream (the backend's
 // per-thread stream), so they overlap with the compute stream; a copy is complete before its
 // slot is marked ready, and a slot is only overwritten when no graph pins it.
+//
+// The host tier also serves the planner's CPU computations (hobbit-planner.h): it exposes each
+// layer's experts as ggml tensors in pinned memory, which the CPU's mul_mat_id reads directly.
+//
+// On unified memory (an integrated GPU) there is nothing to copy: the slot pools themselves are
+// pinned host memory, presented to the GPU's backend as a buffer of its own type
+// (llama_hobbit_wrap_for_device), and loads read the file straight into them.
 #pragma once
 
 #include "hobbit-store.h"
@@ -32,6 +39,10 @@ struct llama_hobbit_staging {
     bool reserve(ggml_backend_buffer_type_t buft, size_t n);
 };
 
+// a buffer of type dev_buft over the memory of `host` (pinned host memory the device can address
+// directly, as on unified memory); it owns `host` and frees it with itself. nullptr on failure.
+ggml_backend_buffer_t llama_hobbit_wrap_for_device(ggml_backend_buffer_t host, ggml_backend_buffer_type_t dev_buft);
+
 class llama_hobbit_host {
 public:
     llama_hobbit_host() = default;
@@ -50,7 +61,17 @@ public:
     // projection p of expert e of layer il at level lvl; nullptr when not resident
     const char * part(const llama_hobbit_store & store, int il, int e, int lvl, int p) const;
 
+    // make the tensors of tensor(): for each layer held, level and projection, every expert as
+    // one tensor [ne0, ne1, n_expert] shaped like proto[lvl][p] (the pool tensors). Load time
+    // only; throws std::runtime_error
+    void make_tensors(const llama_hobbit_store & store, ggml_tensor * const proto[][LLAMA_HOBBIT_N_PROJ], int n_expert);
+
+    // layer il's projection p at level lvl in the host tier; nullptr when not held
+    ggml_tensor * tensor(int il, int lvl, int p) const;
+
 private:
+    ggml_context *        tctx  = nullptr; // holds the tensors of tensor()
+    std::vector<ggml_tensor *> tensors; // [il][lvl][proj]
     ggml_backend_buffer_t buf   = nullptr;
     char *                base  = nullptr;
     size_t                total = 0;

@@ -113,6 +113,15 @@ size_t llama_hobbit_loader::bytes_pending() const {
     return pending;
 }
 
+size_t llama_hobbit_loader::bytes_ahead_of_demand() const {
+    std::lock_guard<std::mutex> lock(mtx);
+    size_t n = running_bytes;
+    for (const auto & [job, p] : demand) {
+        n += store->expert_bytes[job->lvl][p];
+    }
+    return n;
+}
+
 size_t llama_hobbit_loader::bytes_pending_peak() const {
     std::lock_guard<std::mutex> lock(mtx);
     return pending_peak;
@@ -163,6 +172,7 @@ void llama_hobbit_loader::run() {
             q.pop_front();
             item.first->parts_started++;
             (item.first->prefetch() ? prefetch_running : demand_running)++;
+            running_bytes += store->expert_bytes[item.first->lvl][item.second];
         }
         const llama_hobbit_load_ptr & job = item.first;
         const auto t0 = std::chrono::steady_clock::now();
@@ -186,6 +196,7 @@ void llama_hobbit_loader::run() {
                 job->err = err;
             }
             (job->prefetch() ? prefetch_running : demand_running)--;
+            running_bytes -= store->expert_bytes[job->lvl][item.second];
             last = ++job->parts_done == LLAMA_HOBBIT_N_PROJ;
             if (last) {
                 pending -= job->bytes;

@@ -15,6 +15,7 @@
 
 #include "ggml-backend.h"
 
+#include <chrono>
 #include <condition_variable>
 #include <cstddef>
 #include <cstdint>
@@ -47,6 +48,7 @@ struct llama_hobbit_load {
 
     // set by the completion callback under the cache's lock
     bool        done    = false;
+    std::chrono::steady_clock::time_point done_at{};
 
     bool prefetch() const { return depth > 0; }
 };
@@ -82,6 +84,8 @@ public:
 
     // bytes queued or being read, and the most there ever were
     size_t bytes_pending() const;
+    // bytes a new demand read would wait behind: demand reads queued, and every read running
+    size_t bytes_ahead_of_demand() const;
     size_t bytes_pending_peak() const;
 
     int n_threads() const { return (int) threads.size(); }
@@ -105,6 +109,7 @@ private:
     bool                              stopping = false;
     size_t                            pending = 0;
     size_t                            pending_peak = 0;
+    size_t                            running_bytes = 0; // bytes of the projections being read now
     int                               demand_running   = 0; // demand reads being read now
     int                               prefetch_running = 0; // prefetch reads being read now
 };

@@ -23,12 +23,14 @@ constexpr const char * KV_DIRECT  = "hobbit.direct_io";    // int: 1 reads exper
 constexpr const char * KV_IO      = "hobbit.io_threads";   // int: I/O threads reading experts
 constexpr const char * KV_GPU     = "hobbit.gpu";          // int: 1 (default) experts in VRAM slots when layers are offloaded
 constexpr const char * KV_HOST    = "hobbit.host_tier";    // int: GPU tier: 1 (default) every expert in pinned RAM, 0 read per copy
+constexpr const char * KV_UNIFIED = "hobbit.unified";      // int: GPU tier: -1 (default) if integrated, 1 forced, 0 off
 constexpr const char * KV_POLICY  = "hobbit.policy";       // str: initial eviction policy (lru, lfu, fld, least-stale, hobbit)
 constexpr const char * KV_DEPTH   = "hobbit.prefetch_depth"; // int: initial prefetch depth (-1 auto, 0 off, 1..3)
+constexpr const char * KV_CPU     = "hobbit.cpu_compute";  // int: initial cpu_compute (GPU tier: 1 planner, 0 copy every miss)
 constexpr const char * KV_TYPES   = "hobbit.expert_types"; // file key: requested types of the expert levels
 
-const char * const KNOWN_KEYS[] = { KV_BUDGET, KV_HI_TYPE, KV_LO_TYPE, KV_DIRECT, KV_IO, KV_GPU, KV_HOST, KV_POLICY,
-                                     KV_DEPTH };
+const char * const KNOWN_KEYS[] = { KV_BUDGET, KV_HI_TYPE, KV_LO_TYPE, KV_DIRECT, KV_IO, KV_GPU, KV_HOST, KV_UNIFIED,
+                                     KV_POLICY, KV_DEPTH, KV_CPU };
 
 constexpr int IO_THREADS_DEFAULT = 4; // several reads in flight: NVMe and O_DIRECT want a queue
 constexpr int IO_THREADS_MAX     = 64;
@@ -149,6 +151,10 @@ void initial_policy(llama_hobbit_cache & cache, const llama_model_loader & ml) {
     int64_t depth = 0;
     if (override_int(ml, KV_DEPTH, depth)) {
         pol.prefetch_depth = (int32_t) depth;
+    }
+    int64_t cpu = 1;
+    if (override_int(ml, KV_CPU, cpu)) {
+        pol.cpu_compute = (int32_t) cpu;
     }
     std::string err;
     if (!cache.set_policy(pol, err)) {
@@ -292,24 +298,39 @@ std::shared_ptr<llama_hobbit_cache> attach_impl(const llama_model & model, llama
     ggml_backend_buffer_type_t pool_buft = ggml_backend_dev_buffer_type(cpu_dev);
     if (gpu_dev) {
         cache->gpu = true;
+        cache->device_buft  = ggml_backend_dev_buffer_type(gpu_dev);
         cache->staging_buft = ggml_backend_dev_host_buffer_type(gpu_dev);
+        int64_t unified = -1;
+        override_int(ml, KV_UNIFIED, unified);
+        cache->unified = unified > 0 || (unified < 0 && ggml_backend_dev_type(gpu_dev) == GGML_BACKEND_DEVICE_TYPE_IGPU);
+        if (cache->unified && !cache->staging_buft) {
+            throw std::runtime_error(format("hobbit: %s has no pinned host memory for unified-memory slots",
+                    ggml_backend_dev_name(gpu_dev)));
+        }
         if (!cache->staging_buft) {
             cache->staging_buft = ggml_backend_dev_buffer_type(cpu_dev); // copies from pageable memory
         }
         int64_t host_tier = 1;
         override_int(ml, KV_HOST, host_tier);
-        if (host_tier) {
-            cache->host.load(cache->store, cache->serves, cache->n_expert, n_lvl, cache->staging_buft);
+        if (cache->unified) {
+            pool_buft = cache->staging_buft; // the slots are host memory: nothing to copy from
+        } else {
+            if (host_tier) {
+                cache->host.load(cache->store, cache->serves, cache->n_expert, n_lvl, cache->staging_buft);
+            }
+            pool_buft = cache->device_buft;
         }
-        pool_buft = ggml_backend_dev_buffer_type(gpu_dev);
     }
     cache->init_pools(pool_buft, uint64_t(budget));
+    if (cache->host.resident()) {
+        cache->host.make_tensors(cache->store, cache->pool, cache->n_expert); // for the CPU path
+    }
     cache->start_loader((int) io_threads);
     initial_policy(*cache, ml);
 
     const llama_hobbit_stats s = cache->get_stats();
-    LLAMA_LOG_INFO("%s: hobbit expert cache in %s: %.2f MiB, %d hi slots (%s)%s%s, %d MoE layers x %d experts\n", __func__,
-            gpu_dev ? ggml_backend_dev_name(gpu_dev) : "host memory",
+    LLAMA_LOG_INFO("%s: hobbit expert cache in %s%s: %.2f MiB, %d hi slots (%s)%s%s, %d MoE layers x %d experts\n", __func__,
+            gpu_dev ? ggml_backend_dev_name(gpu_dev) : "host memory", cache->unified ? " (unified memory: pinned host slots)" : "",
             s.cache_capacity_bytes/1024.0/1024.0, s.n_slots_hi, cache->type_name[0].c_str(),
             cache->has_lo ? format(", %d lo slots (", s.n_slots_lo).c_str() : "",
             cache->has_lo ? (cache->type_name[1] + ")").c_str() : "",

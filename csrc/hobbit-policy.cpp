@@ -28,6 +28,7 @@ void llama_hobbit_job::init(int il_, int n_waves_, int n_expert, const llama_hob
     wave.assign(n_expert, -1);
     loaded.assign(n_expert, 0);
     prefetched.assign(n_expert, 0);
+    cpu.assign(n_expert, 0);
     pending.clear();
     optional.clear();
     for (int64_t t = 0; t < routes.n_tokens; ++t) {

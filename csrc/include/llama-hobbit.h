@@ -11,7 +11,7 @@ extern "C" {
 #endif
 
 // Bumped whenever a function or struct of this header changes.
-#define LLAMA_HOBBIT_API_VERSION 7
+#define LLAMA_HOBBIT_API_VERSION 8
 
 // Version of this header the library was built with (LLAMA_HOBBIT_API_VERSION).
 LLAMA_API int32_t llama_hobbit_api_version(void);
@@ -32,8 +32,13 @@ LLAMA_API const char * llama_hobbit_source_id(void);
 //                              computed there; 0: slots in RAM, experts computed on the CPU
 //   hobbit.host_tier    (int)  GPU tier: 1 (default) every expert of the levels in use is kept
 //                              in pinned RAM and copied from there; 0: each copy reads the file
+//   hobbit.unified      (int)  GPU tier on unified memory (an integrated GPU: Jetson): -1 (default)
+//                              when the device says it is integrated, 1 forced, 0 off. The slot
+//                              pools are then pinned host memory that the GPU reads directly:
+//                              loads read the file into them, nothing is copied
 //   hobbit.policy       (str)  initial eviction: lru, lfu, fld, least-stale, hobbit (default)
 //   hobbit.prefetch_depth (int) initial prefetch depth: -1 auto (default), 0 off, 1..3
+//   hobbit.cpu_compute  (int)  initial cpu_compute of the policy: 1 (default), 0
 // Any other hobbit.* key is refused. The routed experts are then not resident: they are read
 // from the file into the cache's slot pools on demand, under the policy below, which can be
 // changed at any time. Several contexts may share one HOBBIT model, also from several threads.
@@ -67,12 +72,15 @@ struct llama_hobbit_policy {
     float   w_distance;
     int32_t prefetch_depth;    // layers ahead to prefetch: 0 off, 1..3, or LLAMA_HOBBIT_PREFETCH_AUTO
     int32_t prefetch_width;    // predicted experts beyond the router's top-k also prefetched (at lo)
+    int32_t cpu_compute;       // GPU tier with a host tier: 1 (default) a decode's misses may be computed
+                               // on the CPU from host RAM while others are copied (the planner picks
+                               // from measured rates); 0: every miss is copied
 };
 
 struct llama_hobbit_stats {
     uint64_t n_calls;          // MoE layer evaluations (one per layer per ubatch)
     uint64_t n_waves;          // rounds through the slots (> n_calls when a batch needs more experts than fit)
-    uint64_t routes_total;     // (token, selected expert) pairs seen
+    uint64_t routes_total;     // (token, selected expert) pairs seen (= hits + loads + skipped + cpu)
     uint64_t hits_hi;          // routes served by a cached hi copy
     uint64_t hits_lo;          // routes served by a cached lo copy
     uint64_t loads_hi;         // routes that loaded a hi copy (one per load)
@@ -104,6 +112,15 @@ struct llama_hobbit_stats {
     int32_t  tier;             // where routed experts are computed: 0 the CPU (slots in RAM), 1 the GPU (slots in VRAM)
     uint64_t host_tier_bytes;  // GPU tier: experts kept in pinned host memory (0: each copy reads the file)
     uint64_t bytes_read;       // bytes loads read from the model file (GPU tier with a host tier: 0)
+    int32_t  unified;          // GPU tier: 1 the GPU reads the slots in host memory (unified memory)
+    uint64_t bytes_over_bus;   // GPU tier: bytes copied into VRAM slots (demand and prefetch)
+    uint64_t host_hits;        // GPU tier: loads served by a copy from the host tier (no file read)
+    uint64_t cpu_hi;           // GPU tier: routes computed on the CPU from the host tier, hi copy
+    uint64_t cpu_lo;           // ... lo copy (not cached; counted apart from hits, loads and skips)
+    uint64_t cpu_bytes;        // expert bytes those CPU computations read
+    double   cpu_ms;           // time the CPU spent on them (summed over waves)
+    double   copy_gbps;        // the planner's running estimates: copy rate over the bus (GB/s) ...
+    double   cpu_gbps;         // ... and the CPU's rate on the hi level (GB/s of weights), 0: not measured
 };
 
 // true if the model was loaded in HOBBIT mode
@@ -123,6 +140,11 @@ LLAMA_API void llama_hobbit_reset_stats(struct llama_model * model);
 // level), or 0 if the model is not in HOBBIT mode
 LLAMA_API uint64_t llama_hobbit_min_budget(const struct llama_model * model);
 
+// the first GPU that layers offloaded with n_gpu_layers would go to (what the GPU tier's slots
+// use): its free and total memory in bytes and whether its memory is the host's (an integrated
+// GPU). Returns false, leaving the outputs alone, when the library has no GPU backend or no GPU.
+LLAMA_API bool llama_hobbit_gpu_memory(size_t * free, size_t * total, bool * integrated);
+
 // Tracing: what every route got, for timelines of the cache. While enabled, each route of each
 // MoE layer evaluation is recorded (up to `capacity` events; later ones are counted as dropped).
 enum llama_hobbit_outcome {
@@ -131,6 +153,8 @@ enum llama_hobbit_outcome {
     LLAMA_HOBBIT_LOAD_HI = 2,
     LLAMA_HOBBIT_LOAD_LO = 3,
     LLAMA_HOBBIT_SKIP    = 4,
+    LLAMA_HOBBIT_CPU_HI  = 5, // GPU tier: computed on the CPU from the host tier
+    LLAMA_HOBBIT_CPU_LO  = 6,
 };
 
 struct llama_hobbit_route_event {

@@ -2,6 +2,7 @@
 // and wave planning, with the slot allocator's books as the cache.
 
 #include "hobbit-evict.h"
+#include "hobbit-planner.h"
 #include "hobbit-policy.h"
 #include "hobbit-prefetch.h"
 #include "hobbit-test.h"
@@ -347,7 +348,50 @@ static void test_auto_depth_follows_loads_against_compute() {
     CHECK_EQ(llama_hobbit_auto_depth(deeper, 1, 5.0, 10.0, 1.0), 1);
 }
 
+static void test_planner_balances_copies_and_cpu() {
+    const size_t hi = 25u << 20, lo = 13u << 20; // the widened benchmark model's q8_0 / q4_k experts
+    llama_hobbit_cost_model m;
+    // nothing measured: both at the default rate, so the first misses use both
+    {
+        const std::vector<bool> c = llama_hobbit_plan_cpu(m, { { 3, 0, hi }, { 5, 1, lo } }, 0);
+        CHECK(!c[0]); // a tie goes to the copy
+        CHECK(c[1]);
+    }
+    // the bus at 50 GB/s, the CPU at 25 GB/s (a hi expert: 0.5 ms to copy, 1 ms on the CPU): of
+    // three hi misses the bus takes two (the second ties at 1 ms) and the CPU the third
+    m.copy_rate = 50e6;
+    m.cpu_rate[0] = 25e6;
+    {
+        const std::vector<bool> c = llama_hobbit_plan_cpu(m, { { 0, 0, hi }, { 1, 0, hi }, { 2, 0, hi } }, 0);
+        CHECK(!c[0]);
+        CHECK(!c[1]);
+        CHECK(c[2]);
+    }
+    // a CPU far slower than the bus takes nothing; a bus far behind (a backlog) sends misses to the CPU
+    m.cpu_rate[0] = 1e6;
+    m.cpu_rate[1] = 0.0; // lo not measured yet: as fast as hi on the CPU
+    CHECK_EQ(m.cpu_bytes_per_ms(1), (long long) 1e6);
+    {
+        const std::vector<bool> c = llama_hobbit_plan_cpu(m, { { 0, 0, hi }, { 1, 1, lo } }, 0);
+        CHECK(!c[0]);
+        CHECK(!c[1]);
+        const std::vector<bool> d = llama_hobbit_plan_cpu(m, { { 0, 0, hi } }, size_t(2000)*hi);
+        CHECK(d[0]);
+    }
+    // the running averages move towards what is measured
+    llama_hobbit_cost_model r;
+    r.note_copy(50u << 20, 1.0);
+    CHECK_EQ((long long) r.copy_rate, (long long) (50u << 20));
+    r.note_copy(0, 1.0); // nothing copied: no measurement
+    r.note_copy(10u << 20, 1.0);
+    CHECK(r.copy_rate < double(50u << 20) && r.copy_rate > double(10u << 20));
+    r.note_cpu(1, 5u << 20, 1.0);
+    CHECK_EQ((long long) r.cpu_rate[1], (long long) (5u << 20));
+    CHECK_EQ((long long) r.cpu_rate[0], 0);
+}
+
 int main() {
+    test_planner_balances_copies_and_cpu();
     test_auto_depth_follows_loads_against_compute();
     test_shares_are_independent_of_scaling();
     test_hits_then_misses_and_upgrade();

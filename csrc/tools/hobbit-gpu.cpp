@@ -216,14 +216,15 @@ int cmd_check(int argc, char ** argv) {
     bool good = true;
     if (budget > 0) {
         const llama_hobbit_stats s = llama_hobbit_get_stats(model);
-        const uint64_t routes = s.hits_hi + s.hits_lo + s.loads_hi + s.loads_lo + s.skipped;
+        const uint64_t routes = s.hits_hi + s.hits_lo + s.loads_hi + s.loads_lo + s.skipped + s.cpu_hi + s.cpu_lo;
         const int want_tier = ngl > 0 ? 1 : 0;
-        printf("stats: tier %d, routes %llu = hits %llu/%llu + loads %llu/%llu + skipped %llu, "
+        printf("stats: tier %d%s, routes %llu = hits %llu/%llu + loads %llu/%llu + skipped %llu + cpu %llu/%llu, "
                "%.1f MiB moved, host tier %.1f MiB, %.1f MiB read from the file, slots %.1f MiB (peak %.1f) "
                "of a %.1f MiB budget, %llu prefetches (%llu used), %llu failed loads\n",
-               s.tier, (unsigned long long) s.routes_total, (unsigned long long) s.hits_hi,
-               (unsigned long long) s.hits_lo, (unsigned long long) s.loads_hi, (unsigned long long) s.loads_lo,
-               (unsigned long long) s.skipped, s.bytes_loaded/1048576.0, s.host_tier_bytes/1048576.0,
+               s.tier, s.unified ? " (unified memory)" : "", (unsigned long long) s.routes_total,
+               (unsigned long long) s.hits_hi, (unsigned long long) s.hits_lo, (unsigned long long) s.loads_hi,
+               (unsigned long long) s.loads_lo, (unsigned long long) s.skipped, (unsigned long long) s.cpu_hi,
+               (unsigned long long) s.cpu_lo, s.bytes_loaded/1048576.0, s.host_tier_bytes/1048576.0,
                s.bytes_read/1048576.0, s.cache_capacity_bytes/1048576.0, s.cache_peak_bytes/1048576.0,
                s.budget_bytes/1048576.0, (unsigned long long) s.prefetch_issued,
                (unsigned long long) s.prefetch_used, (unsigned long long) s.failed_loads);
@@ -358,15 +359,16 @@ row_result run_row(const char * path, int ngl, kv_list & kv, std::vector<llama_m
     }
     if (llama_hobbit_active(model)) {
         const llama_hobbit_stats s = llama_hobbit_get_stats(model);
-        char buf[320];
+        char buf[480];
         const double per = 1.0/std::max(1, n_gen);
-        snprintf(buf, sizeof(buf), "decode: %s %.3f, %.1f MiB %s and %.2f ms stalled per token, %.1f GB/s a "
-                 "stream, %llu prefetches (%llu used); slots %.0f MiB",
-                 s.tier ? "VRAM hits" : "hits", s.routes_total ? double(s.hits_hi + s.hits_lo)/s.routes_total : 0.0,
-                 s.bytes_loaded/1048576.0*per, s.tier ? "copied" : "read", s.load_stall_ms*per,
-                 s.read_ms > 0 ? s.bytes_loaded/(s.read_ms*1e6) : 0.0,
+        const double routes = std::max<double>(1.0, double(s.routes_total));
+        snprintf(buf, sizeof(buf), "decode: %s %.3f, CPU %.3f, %.1f MiB %s and %.2f ms stalled per token, "
+                 "%.1f GB/s a stream, planner's copy %.1f / CPU %.1f GB/s, %llu prefetches (%llu used); slots %.0f MiB%s",
+                 s.tier ? "VRAM hits" : "hits", double(s.hits_hi + s.hits_lo)/routes, double(s.cpu_hi + s.cpu_lo)/routes,
+                 s.bytes_loaded/1048576.0*per, s.unified ? "read" : (s.tier ? "copied" : "read"), s.load_stall_ms*per,
+                 s.read_ms > 0 ? s.bytes_loaded/(s.read_ms*1e6) : 0.0, s.copy_gbps, s.cpu_gbps,
                  (unsigned long long) s.prefetch_issued, (unsigned long long) s.prefetch_used,
-                 s.cache_capacity_bytes/1048576.0);
+                 s.cache_capacity_bytes/1048576.0, s.unified ? " (pinned host memory)" : "");
         res.note = buf;
     }
     res.top1 = counted ? top1/counted : 1.0;
@@ -444,16 +446,25 @@ int cmd_bench(int argc, char ** argv) {
         { "B-resident (-ngl 99)", plain, {}, {} },
         { "B-cpu-moe (-ot exps=CPU)", plain, {}, { { "\\.ffn_(up|down|gate)_exps", cpu } } },
         { "B-n-cpu-moe", plain, {}, { { ncmoe_pattern.c_str(), cpu } } },
-        { "B-lru-gpu (hi only, LRU, no prefetch)", mixed, { b, "hobbit.lo_type=none", "hobbit.policy=lru",
-          "hobbit.prefetch_depth=0" }, {} },
+        { "B-lru-gpu (hi only, LRU, no prefetch, no CPU compute)", mixed, { b, "hobbit.lo_type=none", "hobbit.policy=lru",
+          "hobbit.prefetch_depth=0", "hobbit.cpu_compute=0" }, {} },
+        { "HOBBIT-gpu without the planner (every miss copied)", mixed, { b, "hobbit.cpu_compute=0" }, {} },
         { "HOBBIT-gpu, no prefetch", mixed, { b, "hobbit.prefetch_depth=0" }, {} },
         { "HOBBIT-gpu", mixed, { b }, {} },
         { "HOBBIT-gpu, -t 4", mixed, { b }, {}, 4 },
+        { "HOBBIT-gpu, unified memory forced (diagnostic: the GPU reads pinned host slots)", mixed,
+          { b, "hobbit.unified=1" }, {} },
         { "HOBBIT-gpu, every expert fits (diagnostic)", mixed, { "hobbit.budget_bytes=" + std::to_string(4*eb.total) }, {} },
     };
-    printf("| configuration | decode tok/s | x B-cpu-moe | prefill tok/s | top-1 vs all-hi | KL vs all-hi | notes |\n");
-    printf("|---|---|---|---|---|---|---|\n");
-    double cpu_moe = 0.0;
+    printf("| configuration | decode tok/s | x B-cpu-moe | x B-n-cpu-moe | x B-lru-gpu | prefill tok/s | "
+           "top-1 vs all-hi | KL vs all-hi | notes |\n");
+    printf("|---|---|---|---|---|---|---|---|---|\n");
+    double ref_decode[3] = {}; // B-cpu-moe, B-n-cpu-moe, B-lru-gpu: rows 1..3
+    auto ratio = [](double d, double ref) {
+        char b[32];
+        snprintf(b, sizeof(b), "%.2fx", d/ref);
+        return ref > 0 ? std::string(b) : std::string();
+    };
     for (size_t i = 0; i < rows.size(); ++i) {
         kv_list kv;
         for (const auto & s : rows[i].kv) {
@@ -462,11 +473,11 @@ int cmd_bench(int argc, char ** argv) {
         row_result r = run_row(rows[i].path, 99, kv, rows[i].ot, ref, i == 0, n_gen, runs,
                                rows[i].threads ? rows[i].threads : threads);
         const double d = median(r.decode_tps);
-        if (i == 1) {
-            cpu_moe = d;
+        if (i >= 1 && i <= 3) {
+            ref_decode[i - 1] = d;
         }
-        printf("| %s | %.1f | %s | %.1f | %.4f | %.5f | %s%s |\n", rows[i].name, d,
-               cpu_moe > 0 ? (std::to_string(d/cpu_moe).substr(0, 4) + "x").c_str() : "",
+        printf("| %s | %.1f | %s | %s | %s | %.1f | %.4f | %.5f | %s%s |\n", rows[i].name, d,
+               ratio(d, ref_decode[0]).c_str(), ratio(d, ref_decode[1]).c_str(), ratio(d, ref_decode[2]).c_str(),
                median(r.prefill_tps), r.top1, r.kl, r.ok ? "" : "FAILED ", r.note.c_str());
         printf("<!-- %s runs: decode", rows[i].name);
         for (double v : r.decode_tps) {

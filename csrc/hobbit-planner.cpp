@@ -1,0 +1,54 @@
+#include "hobbit-planner.h"
+
+namespace {
+
+constexpr double EMA = 0.2; // weight of a new measurement in the running averages
+
+double blend(double avg, double sample) {
+    return avg > 0.0 ? (1.0 - EMA)*avg + EMA*sample : sample;
+}
+
+} // namespace
+
+double llama_hobbit_cost_model::cpu_bytes_per_ms(int lvl) const {
+    if (cpu_rate[lvl] > 0.0) {
+        return cpu_rate[lvl];
+    }
+    // a level not measured yet: as fast as another level that was, else the default
+    for (double r : cpu_rate) {
+        if (r > 0.0) {
+            return r;
+        }
+    }
+    return DEFAULT_RATE;
+}
+
+void llama_hobbit_cost_model::note_copy(size_t bytes, double ms) {
+    if (bytes > 0 && ms > 0.0) {
+        copy_rate = blend(copy_rate, double(bytes)/ms);
+    }
+}
+
+void llama_hobbit_cost_model::note_cpu(int lvl, size_t bytes, double ms) {
+    if (bytes > 0 && ms > 0.0) {
+        cpu_rate[lvl] = blend(cpu_rate[lvl], double(bytes)/ms);
+    }
+}
+
+std::vector<bool> llama_hobbit_plan_cpu(const llama_hobbit_cost_model & model, const std::vector<llama_hobbit_miss> & misses,
+                                        size_t backlog_bytes) {
+    std::vector<bool> to_cpu(misses.size(), false);
+    double t_copy = double(backlog_bytes)/model.copy_bytes_per_ms(); // ms until the bus is free
+    double t_cpu  = 0.0;
+    for (size_t i = 0; i < misses.size(); ++i) {
+        const double copy_done = t_copy + double(misses[i].bytes)/model.copy_bytes_per_ms();
+        const double cpu_done  = t_cpu  + double(misses[i].bytes)/model.cpu_bytes_per_ms(misses[i].lvl);
+        if (cpu_done < copy_done) {
+            to_cpu[i] = true;
+            t_cpu = cpu_done;
+        } else {
+            t_copy = copy_done;
+        }
+    }
+    return to_cpu;
+}

@@ -1,0 +1,45 @@
+// HOBBIT planner (GPU tier): where a missed expert of a decode is served.
+//
+// With the experts in VRAM slots and every expert also in pinned host memory (the host tier),
+// a miss can be copied over the bus into a slot (it is then cached), or computed on the CPU
+// straight from the host tier while the copies of the other misses are in flight (HybriMoE /
+// Fiddler style; it is not cached). The bus and the CPU work at the same time, so the layer
+// waits for the longer of the two: the planner hands each miss, most important first, to
+// whichever would finish it sooner, from running averages of the measured copy and CPU rates.
+// The precision of each miss (hi, lo, or a skip) is the routing policy's; the planner only
+// picks where it is served. A tie goes to the copy, which also fills the cache.
+#pragma once
+
+#include "hobbit-store.h"
+
+#include <cstddef>
+#include <vector>
+
+struct llama_hobbit_cost_model {
+    // bytes per ms assumed before anything was measured: the same for both, so that the first
+    // decodes use both and measure them
+    static constexpr double DEFAULT_RATE = 20.0e6; // 20 GB/s
+
+    double copy_rate = 0.0;                      // bytes copied per ms of a wave's copies (0: not measured)
+    double cpu_rate[LLAMA_HOBBIT_N_LVL] = {};    // bytes of expert weights the CPU computes per ms, per level
+
+    double copy_bytes_per_ms() const { return copy_rate > 0.0 ? copy_rate : DEFAULT_RATE; }
+    double cpu_bytes_per_ms(int lvl) const;
+
+    // a wave's copies: `bytes` in `ms` from their submission to the last one done
+    void note_copy(size_t bytes, double ms);
+    // a wave's CPU experts of level lvl: `bytes` of weights in `ms`
+    void note_cpu(int lvl, size_t bytes, double ms);
+};
+
+// one miss to place: its bytes at the level the policy chose for it
+struct llama_hobbit_miss {
+    int    expert;
+    int    lvl;
+    size_t bytes;
+};
+
+// for misses in order of importance, whether each is computed on the CPU (true) or copied
+// (false); `backlog_bytes`: copies already queued ahead of them (prefetches being read)
+std::vector<bool> llama_hobbit_plan_cpu(const llama_hobbit_cost_model & model, const std::vector<llama_hobbit_miss> & misses,
+                                        size_t backlog_bytes);
