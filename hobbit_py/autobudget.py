@@ -41,10 +41,12 @@ class FreeMemory:
 
 @dataclass(frozen=True)
 class BudgetDecision:
-    """What `auto` chose: a budget in bytes, or None (all resident), and a one-line why."""
+    """What `auto` chose: a budget in bytes, or None (all resident), and a one-line why; on
+    the GPU tier also whether every expert fits in pinned host RAM (the host tier)."""
 
     budget_bytes: int | None
     reason: str
+    host_tier: bool = True
 
 
 def _mib(n: float) -> str:
@@ -161,3 +163,42 @@ def auto_budget(summary: ModelSummary, n_ctx: int, free: FreeMemory | None = Non
                           "free memory, lower --ctx-size, or give --expert-budget")
     return BudgetDecision(room, f"expert budget auto: {_mib(room)} = {why} "
                                 f"({100 * room / summary.hi_expert_bytes:.0f}% of the hi experts)")
+
+
+# GPU tier: a prompt's expert matmul packs its slot pool into a scratch copy of the pool
+# (CUDA's batched kernels want the experts back to back): the largest of the three projections'
+# pools, about a third of the budget, on top of it
+GPU_PACK_FRACTION = 1 / 3
+GPU_HEADROOM_FRACTION = 0.05  # of the free VRAM, for CUDA's own pools and what else runs
+HOST_TIER_HEADROOM = 0.10  # of the free RAM, left over when the host tier is pinned
+
+
+def auto_budget_gpu(summary: ModelSummary, n_ctx: int, vram: FreeMemory,
+                    ram: FreeMemory | None = None) -> BudgetDecision:
+    """Pick the VRAM expert budget with every layer offloaded (-ngl): the free VRAM less the
+    non-expert weights, the KV cache, the compute buffers and a headroom, shared between the
+    slots and the scratch copy a prompt packs them into. The host tier (every expert of the
+    file in pinned RAM, copied from there) is kept when it fits the free RAM with a margin;
+    else each copy reads the file."""
+    ram = ram or free_memory()
+    kv = summary.kv_cache_bytes(n_ctx)
+    buffers = compute_buffer_bytes(summary)
+    headroom = int(vram.bytes * GPU_HEADROOM_FRACTION)
+    room = vram.bytes - summary.non_expert_bytes - kv - buffers - headroom
+    why = (f"free VRAM {_mib(vram.bytes)} - resident weights {_mib(summary.non_expert_bytes)} - KV cache "
+           f"{_mib(kv)} ({n_ctx} tokens) - compute {_mib(buffers)} - headroom {_mib(headroom)}")
+    host_tier = summary.all_expert_bytes <= ram.bytes * (1 - HOST_TIER_HEADROOM)
+    host = (f"host tier: every expert ({_mib(summary.all_expert_bytes)}) in pinned RAM" if host_tier else
+            f"no host tier: the experts ({_mib(summary.all_expert_bytes)}) do not fit the free RAM "
+            f"({_mib(ram.bytes)}, {ram.source}), each copy reads the file")
+    if room >= summary.hi_expert_bytes:
+        return BudgetDecision(None, f"expert budget auto: off, all {_mib(summary.hi_expert_bytes)} of hi "
+                                    f"experts fit in VRAM ({why} = {_mib(room)})")
+    budget = int(room / (1 + GPU_PACK_FRACTION))
+    if budget <= 0:
+        raise HobbitError(f"expert budget auto: no VRAM left for experts ({why} = {_mib(room)}); "
+                          "lower --ctx-size or -ngl, or give --expert-budget")
+    return BudgetDecision(budget, f"expert budget auto: {_mib(budget)} of VRAM = ({why}) / "
+                                  f"{1 + GPU_PACK_FRACTION:.2f} for a prompt's packed copy "
+                                  f"({100 * budget / summary.hi_expert_bytes:.0f}% of the hi experts); {host}",
+                          host_tier)

@@ -7,12 +7,12 @@ from functools import lru_cache
 
 from hobbit_py._lib import HobbitError, load_llama_cpp
 
-API_VERSION = 7  # LLAMA_HOBBIT_API_VERSION these bindings are written for
+API_VERSION = 8  # LLAMA_HOBBIT_API_VERSION these bindings are written for
 PREFETCH_MAX = 3  # LLAMA_HOBBIT_PREFETCH_MAX
 PREFETCH_AUTO = -1
 
 # enum llama_hobbit_outcome
-OUTCOMES = ("hit_hi", "hit_lo", "load_hi", "load_lo", "skip")
+OUTCOMES = ("hit_hi", "hit_lo", "load_hi", "load_lo", "skip", "cpu_hi", "cpu_lo")
 
 # enum llama_hobbit_eviction
 EVICTION = {"lru": 0, "lfu": 1, "fld": 2, "least-stale": 3, "blend": 4}
@@ -32,6 +32,7 @@ class PolicyStruct(ctypes.Structure):
         ("w_distance", ctypes.c_float),
         ("prefetch_depth", ctypes.c_int32),
         ("prefetch_width", ctypes.c_int32),
+        ("cpu_compute", ctypes.c_int32),
     ]
 
 
@@ -71,6 +72,15 @@ class StatsStruct(ctypes.Structure):
         ("tier", ctypes.c_int32),
         ("host_tier_bytes", ctypes.c_uint64),
         ("bytes_read", ctypes.c_uint64),
+        ("unified", ctypes.c_int32),
+        ("bytes_over_bus", ctypes.c_uint64),
+        ("host_hits", ctypes.c_uint64),
+        ("cpu_hi", ctypes.c_uint64),
+        ("cpu_lo", ctypes.c_uint64),
+        ("cpu_bytes", ctypes.c_uint64),
+        ("cpu_ms", ctypes.c_double),
+        ("copy_gbps", ctypes.c_double),
+        ("cpu_gbps", ctypes.c_double),
     ]
 
 
@@ -108,6 +118,8 @@ def lib() -> ctypes.CDLL:
         "llama_hobbit_trace_read": ([model_p, ctypes.POINTER(RouteEventStruct), ctypes.c_size_t,
                                      ctypes.POINTER(ctypes.c_uint64)], ctypes.c_size_t),
         "llama_hobbit_last_error": ([], ctypes.c_char_p),
+        "llama_hobbit_gpu_memory": ([ctypes.POINTER(ctypes.c_size_t), ctypes.POINTER(ctypes.c_size_t),
+                                     ctypes.POINTER(ctypes.c_bool)], ctypes.c_bool),
     }
     for name, (argtypes, restype) in signatures.items():
         fn = getattr(handle, name, None)
@@ -168,6 +180,14 @@ def get_stats(model: int) -> dict[str, float | int]:
         else:
             out[name] = value
     return out
+
+
+def gpu_memory() -> tuple[int, int, bool] | None:
+    """(free, total, integrated) of the GPU the GPU tier would use, or None without one."""
+    free, total, integrated = ctypes.c_size_t(0), ctypes.c_size_t(0), ctypes.c_bool(False)
+    if not lib().llama_hobbit_gpu_memory(ctypes.byref(free), ctypes.byref(total), ctypes.byref(integrated)):
+        return None
+    return int(free.value), int(total.value), bool(integrated.value)
 
 
 def reset_stats(model: int) -> None:

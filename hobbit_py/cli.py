@@ -88,6 +88,10 @@ PrefetchWidthOpt = Annotated[int, typer.Option(
     help="Predicted candidates beyond the router's top-k also prefetched (at lo).")]
 IoThreadsOpt = Annotated[int, typer.Option(
     "--io-threads", min=1, max=64, help="I/O threads reading experts (several reads in flight).")]
+CpuComputeOpt = Annotated[bool, typer.Option(
+    "--cpu-compute/--no-cpu-compute",
+    help="GPU tier: compute some of a decode's missed experts on the CPU from pinned RAM while "
+         "the others are copied to VRAM (a planner picks from measured rates).")]
 EvictWeightsOpt = Annotated[str | None, typer.Option(
     "--evict-weights",
     help="Weights of the hobbit eviction blend: recency,frequency,hi-need,distance "
@@ -136,7 +140,7 @@ def make_policy(expert_budget: str | None, policy: str, hi_threshold: float,
                 skip_threshold: float, upgrade_threshold: float, direct_io: bool = True,
                 hi_type: str | None = None, lo_type: str | None = None, *,
                 prefetch_depth: str = "auto", prefetch_width: int = 0, io_threads: int = 4,
-                evict_weights: str | None = None) -> Policy:
+                evict_weights: str | None = None, cpu_compute: bool = True) -> Policy:
     """The Policy the shared CLI flags describe."""
     depth: int | str = prefetch_depth.strip().lower()
     if depth != "auto":
@@ -158,7 +162,8 @@ def make_policy(expert_budget: str | None, policy: str, hi_threshold: float,
                  hi_threshold=hi_threshold, skip_threshold=skip_threshold,
                  upgrade_threshold=upgrade_threshold, direct_io=direct_io,
                  hi_type=hi_type, lo_type=lo_type, prefetch_depth=depth,
-                 prefetch_width=prefetch_width, io_threads=io_threads, **weights)
+                 prefetch_width=prefetch_width, io_threads=io_threads, cpu_compute=cpu_compute,
+                 **weights)
     pol.validate()
     return pol
 
@@ -189,7 +194,10 @@ def expert_summary(report: dict[str, Any]) -> str:
             f"{report['expert_budget_bytes'] / 2**20:.1f} MiB")
     if gpu:
         line += (f" VRAM | host tier {report['host_tier_bytes'] / 2**20:.1f} MiB pinned, "
-                 f"{report['bytes_read'] / 2**20:.1f} MiB read from the file")
+                 f"{report['bytes_read'] / 2**20:.1f} MiB read from the file | computed on the CPU: "
+                 f"hi {report['cpu_hi']} lo {report['cpu_lo']}")
+        if report.get("unified_memory"):
+            line += " | unified memory (the GPU reads the slots in host RAM)"
     return line
 
 
@@ -246,6 +254,7 @@ def run(
     prefetch_depth: PrefetchOpt = "auto",
     prefetch_width: PrefetchWidthOpt = 0,
     io_threads: IoThreadsOpt = 4,
+    cpu_compute: CpuComputeOpt = True,
     evict_weights: EvictWeightsOpt = None,
 ) -> None:
     """Generate text from MODEL, streaming it to stdout, with speed statistics on stderr.
@@ -260,7 +269,7 @@ def run(
         raise HobbitError("no prompt given: -p TEXT")
     pol = make_policy(expert_budget, policy, hi_threshold, skip_threshold, upgrade_threshold,
                       direct_io, hi_type, lo_type, prefetch_depth=prefetch_depth, prefetch_width=prefetch_width,
-                      io_threads=io_threads, evict_weights=evict_weights)
+                      io_threads=io_threads, evict_weights=evict_weights, cpu_compute=cpu_compute)
     with load_model(path, pol, threads=threads, n_ctx=n_ctx, n_gpu_layers=n_gpu_layers,
                     seed=seed) as m:
         if trace is not None:
@@ -317,6 +326,7 @@ def chat(
     prefetch_depth: PrefetchOpt = "auto",
     prefetch_width: PrefetchWidthOpt = 0,
     io_threads: IoThreadsOpt = 4,
+    cpu_compute: CpuComputeOpt = True,
     evict_weights: EvictWeightsOpt = None,
 ) -> None:
     """Chat with MODEL: each line you type is a user turn; replies stream as they come.
@@ -332,7 +342,7 @@ def chat(
     path = resolve_model(model, model_opt)
     pol = make_policy(expert_budget, policy, hi_threshold, skip_threshold, upgrade_threshold,
                       direct_io, hi_type, lo_type, prefetch_depth=prefetch_depth, prefetch_width=prefetch_width,
-                      io_threads=io_threads, evict_weights=evict_weights)
+                      io_threads=io_threads, evict_weights=evict_weights, cpu_compute=cpu_compute)
     with load_model(path, pol, threads=threads, n_ctx=n_ctx, n_gpu_layers=n_gpu_layers,
                     seed=seed) as m:
         if m.plain_chat_template:
@@ -369,6 +379,7 @@ def serve(
     prefetch_depth: PrefetchOpt = "auto",
     prefetch_width: PrefetchWidthOpt = 0,
     io_threads: IoThreadsOpt = 4,
+    cpu_compute: CpuComputeOpt = True,
     evict_weights: EvictWeightsOpt = None,
 ) -> None:
     """Serve MODEL over an OpenAI-compatible HTTP API (llama-cpp-python's server).
@@ -383,7 +394,7 @@ def serve(
     path = resolve_model(model, model_opt)
     pol = make_policy(expert_budget, policy, hi_threshold, skip_threshold, upgrade_threshold,
                       direct_io, hi_type, lo_type, prefetch_depth=prefetch_depth, prefetch_width=prefetch_width,
-                      io_threads=io_threads, evict_weights=evict_weights)
+                      io_threads=io_threads, evict_weights=evict_weights, cpu_compute=cpu_compute)
     n = threads or max(os.cpu_count() or 1, 1)
     config = ServerConfig(model=path, policy=pol, alias=alias or path.name, host=host, port=port,
                           api_key=api_key, model_kwargs={
@@ -420,6 +431,7 @@ def eval_cmd(
     prefetch_depth: PrefetchOpt = "auto",
     prefetch_width: PrefetchWidthOpt = 0,
     io_threads: IoThreadsOpt = 4,
+    cpu_compute: CpuComputeOpt = True,
     evict_weights: EvictWeightsOpt = None,
 ) -> None:
     """Score a policy against the all-hi reference of the same file.
@@ -434,7 +446,7 @@ def eval_cmd(
     path = resolve_model(model, model_opt)
     pol = make_policy(expert_budget, policy, hi_threshold, skip_threshold, upgrade_threshold,
                       hi_type=hi_type, lo_type=lo_type, prefetch_depth=prefetch_depth, prefetch_width=prefetch_width,
-                      io_threads=io_threads, evict_weights=evict_weights)
+                      io_threads=io_threads, evict_weights=evict_weights, cpu_compute=cpu_compute)
     text_path = text or default_text()
     if not text_path.is_file():
         raise HobbitError(f"text file not found: {text_path}")
@@ -495,6 +507,7 @@ def bench(
     prefetch_depth: PrefetchOpt = "auto",
     prefetch_width: PrefetchWidthOpt = 0,
     io_threads: IoThreadsOpt = 4,
+    cpu_compute: CpuComputeOpt = True,
     evict_weights: EvictWeightsOpt = None,
 ) -> None:
     """Benchmark HOBBIT against stock llama.cpp, a hi-only LRU cache and static low-bit quants.
@@ -522,7 +535,7 @@ def bench(
                           "precision, for the stock llama.cpp baselines")
     pol = make_policy("off", policy, hi_threshold, skip_threshold, upgrade_threshold,
                       direct_io, hi_type, lo_type, prefetch_depth=prefetch_depth, prefetch_width=prefetch_width,
-                      io_threads=io_threads, evict_weights=evict_weights)
+                      io_threads=io_threads, evict_weights=evict_weights, cpu_compute=cpu_compute)
     text_path = text or default_text()
     if not text_path.is_file():
         raise HobbitError(f"text file not found: {text_path}")

@@ -24,6 +24,7 @@ class ModelSummary:
     expert_types: tuple[str, ...]  # hobbit.expert_types, or () for a plain GGUF
     hi_expert_bytes: int  # bytes of the routed experts at the file's first (highest) level
     non_expert_bytes: int = 0  # every tensor that is not a routed expert (always resident)
+    all_expert_bytes: int = 0  # the routed experts at every level of the file (the GPU tier's host tier)
     context_length: int = 0  # the model's training context
     n_embd: int = 0
     n_head: int = 0
@@ -81,6 +82,7 @@ def inspect_model(path: Path) -> ModelSummary:
     types = _field_value(reader, "hobbit.expert_types") or []
     hi_expert_bytes = sum(int(t.n_bytes) for t in reader.tensors if HI_EXPERT_TENSOR.fullmatch(t.name))
     non_expert_bytes = sum(int(t.n_bytes) for t in reader.tensors if "_exps." not in t.name)
+    all_expert_bytes = sum(int(t.n_bytes) for t in reader.tensors if "_exps." in t.name)
 
     def number(key: str, default: int = 0) -> int:
         value = _field_value(reader, f"{arch}.{key}")
@@ -100,6 +102,7 @@ def inspect_model(path: Path) -> ModelSummary:
         expert_types=tuple(str(t) for t in types),
         hi_expert_bytes=hi_expert_bytes,
         non_expert_bytes=non_expert_bytes,
+        all_expert_bytes=all_expert_bytes,
         context_length=number("context_length"),
         n_embd=n_embd,
         n_head=n_head,

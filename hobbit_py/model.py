@@ -23,7 +23,7 @@ from typing import Any
 
 from hobbit_py import capi, quiet
 from hobbit_py._lib import HobbitError, load_llama_cpp
-from hobbit_py.autobudget import BudgetDecision, auto_budget
+from hobbit_py.autobudget import BudgetDecision, FreeMemory, auto_budget, auto_budget_gpu
 from hobbit_py.generation import Generation, GenerationStats, peak_rss_bytes, split_utf8, timed_tokens
 from hobbit_py.gguf_check import ModelSummary, inspect_model
 from hobbit_py.policy import Policy
@@ -68,12 +68,17 @@ class Model(llama_cpp.Llama):
         if n_ctx is None:
             n_ctx = min(self.summary.context_length or DEFAULT_N_CTX, DEFAULT_N_CTX)
         self.budget_decision: BudgetDecision | None = None
+        host_tier = True
         if self.policy.is_auto:
-            self.budget_decision = auto_budget(self.summary, n_ctx or self.summary.context_length)
+            gpu = capi.gpu_memory() if kwargs.get("n_gpu_layers", 0) != 0 else None
+            ctx_tokens = n_ctx or self.summary.context_length
+            self.budget_decision = (auto_budget_gpu(self.summary, ctx_tokens, FreeMemory(gpu[0], "the GPU"))
+                                    if gpu is not None and not gpu[2] else auto_budget(self.summary, ctx_tokens))
             budget = self.budget_decision.budget_bytes
+            host_tier = self.budget_decision.host_tier
         else:
             budget = self.policy.budget_bytes(self.summary.hi_expert_bytes)
-        overrides = {**(kwargs.pop("kv_overrides", None) or {}), **self.policy.kv_overrides(budget)}
+        overrides = {**(kwargs.pop("kv_overrides", None) or {}), **self.policy.kv_overrides(budget, host_tier)}
         self.plain_chat_template = (self.summary.chat_template is None and not kwargs.get("chat_format")
                                     and kwargs.get("chat_handler") is None)
         if self.plain_chat_template:
@@ -172,6 +177,15 @@ class Model(llama_cpp.Llama):
             "tier": cache["tier"],
             "host_tier_bytes": cache["host_tier_bytes"],
             "bytes_read": cache["bytes_read"],
+            "unified_memory": cache["unified"],
+            "bytes_over_bus": cache["bytes_over_bus"],
+            "host_hits": cache["host_hits"],
+            "cpu_hi": cache["cpu_hi"],
+            "cpu_lo": cache["cpu_lo"],
+            "cpu_bytes": cache["cpu_bytes"],
+            "cpu_ms": cache["cpu_ms"],
+            "copy_gbps": cache["copy_gbps"],
+            "cpu_gbps": cache["cpu_gbps"],
             "peak_rss_bytes": peak_rss_bytes(),
         }
 

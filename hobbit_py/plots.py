@@ -16,10 +16,12 @@ from hobbit_py.trace import OUTCOMES, Trace
 OUTCOME_COLOURS = {
     "hit_hi": "#1b7837", "hit_lo": "#7fbf7b", "load_hi": "#c51b7d", "load_lo": "#f1a6c9",
     "skip": "#404040", "prefetch_hi": "#2166ac", "prefetch_lo": "#92c5de",
+    "cpu_hi": "#e08214", "cpu_lo": "#fdb863",
 }
 OUTCOME_LABELS = {
     "hit_hi": "hit hi", "hit_lo": "hit lo", "load_hi": "load hi", "load_lo": "load lo",
     "skip": "skipped", "prefetch_hi": "prefetched hi", "prefetch_lo": "prefetched lo",
+    "cpu_hi": "CPU hi", "cpu_lo": "CPU lo",
 }
 MARKERS = {"B-mmap": "s", "B-lru": "^", "B-lru + prefetch": "v", "HOBBIT no prefetch": "P",
            "HOBBIT": "*", "eviction": "x", "B-static": "D", "B-resident": "o"}

@@ -20,7 +20,7 @@ OFF_VALUES = ("off", "none")
 INT64_MAX = 2**63 - 1
 # the only `hobbit.*` load-time keys the engine reads (it refuses others)
 KV_KEYS = ("hobbit.budget_bytes", "hobbit.direct_io", "hobbit.hi_type", "hobbit.lo_type",
-           "hobbit.io_threads")
+           "hobbit.io_threads", "hobbit.host_tier")
 
 _UNITS = {
     "": 1, "b": 1,
@@ -55,6 +55,9 @@ class Policy:
     - prefetch_width: predicted candidates beyond the router's top-k also prefetched (at lo).
     - w_recency, w_frequency, w_hi_need, w_distance: weights of the "hobbit" eviction blend.
     - io_threads: I/O threads reading experts (several reads in flight).
+    - cpu_compute: GPU tier: a decode's misses may be computed on the CPU from pinned host RAM
+      while the others are copied into VRAM (a planner picks from measured rates); False
+      copies every miss.
     """
 
     expert_budget: int | str | None = AUTO
@@ -72,6 +75,7 @@ class Policy:
     w_hi_need: float = 0.5
     w_distance: float = 2.0
     io_threads: int = 4
+    cpu_compute: bool = True
 
     def validate(self) -> None:
         if self.policy not in POLICY_NAMES:
@@ -102,6 +106,7 @@ class Policy:
             "w_hi_need": self.w_hi_need, "w_distance": self.w_distance,
             "prefetch_depth": capi.PREFETCH_AUTO if self.prefetch_depth == "auto" else int(self.prefetch_depth),
             "prefetch_width": self.prefetch_width,
+            "cpu_compute": int(self.cpu_compute),
         }
 
     @property
@@ -122,13 +127,16 @@ class Policy:
             raise HobbitError("the 'auto' expert budget is resolved when a model is loaded")
         return parse_budget(self.expert_budget, hi_expert_bytes)  # type: ignore[arg-type]
 
-    def kv_overrides(self, budget_bytes: int | None) -> dict[str, int | str]:
-        """Load-time settings for a resolved budget, as GGUF kv overrides (only `KV_KEYS`)."""
+    def kv_overrides(self, budget_bytes: int | None, host_tier: bool = True) -> dict[str, int | str]:
+        """Load-time settings for a resolved budget, as GGUF kv overrides (only `KV_KEYS`);
+        `host_tier` False: on the GPU tier each copy reads the file (the experts do not fit RAM)."""
         if budget_bytes is None:
             return {}
         overrides: dict[str, int | str] = {"hobbit.budget_bytes": budget_bytes,
                                            "hobbit.direct_io": int(self.direct_io),
                                            "hobbit.io_threads": self.io_threads}
+        if not host_tier:
+            overrides["hobbit.host_tier"] = 0
         if self.hi_type:
             overrides["hobbit.hi_type"] = self.hi_type
         if self.policy == "hi-only":

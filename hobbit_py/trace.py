@@ -13,7 +13,8 @@ header, every other line is one route:
 - expert: the routed expert's index in its layer
 - weight: the route's share of its token's total gating weight (what the thresholds act on)
 - outcome: one of OUTCOMES: a hit on a cached hi / lo copy, a load of a hi / lo copy, a
-  skipped route, or a hit on a copy that a prefetch loaded (hi / lo) before it was needed
+  skipped route, a hit on a copy that a prefetch loaded (hi / lo) before it was needed, or
+  (GPU tier) a miss computed on the CPU from the host tier (hi / lo)
 - phase (optional): "prefill" or "decode"
 """
 
@@ -27,7 +28,7 @@ from typing import Any
 from hobbit_py._lib import HobbitError
 
 FORMAT_VERSION = 1
-OUTCOMES = ("hit_hi", "hit_lo", "load_hi", "load_lo", "skip", "prefetch_hi", "prefetch_lo")
+OUTCOMES = ("hit_hi", "hit_lo", "load_hi", "load_lo", "skip", "prefetch_hi", "prefetch_lo", "cpu_hi", "cpu_lo")
 
 
 @dataclass(frozen=True)

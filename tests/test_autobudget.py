@@ -11,7 +11,7 @@ import pytest
 
 from hobbit_py import autobudget
 from hobbit_py._lib import HobbitError
-from hobbit_py.autobudget import FreeMemory, auto_budget, free_memory
+from hobbit_py.autobudget import FreeMemory, auto_budget, auto_budget_gpu, free_memory
 from hobbit_py.fixtures import FixtureShape, write_fixture
 from hobbit_py.gguf_check import inspect_model
 from hobbit_py.memcap import cap_memory
@@ -95,6 +95,31 @@ def test_a_model_that_fits_stays_resident(summary) -> None:  # noqa: ANN001
 def test_no_room_is_a_clear_error(summary) -> None:  # noqa: ANN001
     with pytest.raises(HobbitError, match="no memory left for experts"):
         auto_budget(summary, 4096, FreeMemory(autobudget.RUNTIME_BYTES, "test"))  # less than the runtime alone
+
+
+def test_gpu_budget_is_free_vram_minus_the_rest_shared_with_the_packed_copy(summary) -> None:  # noqa: ANN001
+    s = summary
+    kv = s.kv_cache_bytes(4096)
+    buffers = autobudget.compute_buffer_bytes(s)
+    vram = FreeMemory(s.non_expert_bytes + kv + buffers + s.hi_expert_bytes // 2, "the GPU")
+    room = vram.bytes - s.non_expert_bytes - kv - buffers - int(vram.bytes * autobudget.GPU_HEADROOM_FRACTION)
+    decision = auto_budget_gpu(s, 4096, vram, FreeMemory(64 * GiB, "test"))
+    # the slots and a prompt's packed copy of the largest pool (a third of it) share the room
+    assert decision.budget_bytes == int(room / (1 + 1 / 3))
+    assert 0 < decision.budget_bytes < s.hi_expert_bytes // 2
+    assert decision.host_tier and "pinned RAM" in decision.reason and "VRAM" in decision.reason
+    # experts that do not fit the free RAM: no host tier, and it says so
+    small_ram = FreeMemory(s.all_expert_bytes, "test")
+    no_host = auto_budget_gpu(s, 4096, vram, small_ram)
+    assert not no_host.host_tier and no_host.budget_bytes == decision.budget_bytes
+    assert "each copy reads the file" in no_host.reason
+    # every hi expert fits in VRAM: off, as stock llama.cpp with -ngl
+    fits = auto_budget_gpu(s, 4096, FreeMemory(64 * GiB, "the GPU"), FreeMemory(64 * GiB, "test"))
+    assert fits.budget_bytes is None and "fit in VRAM" in fits.reason
+    with pytest.raises(HobbitError, match="no VRAM left"):
+        auto_budget_gpu(s, 4096, FreeMemory(s.non_expert_bytes, "the GPU"), FreeMemory(64 * GiB, "test"))
+    # the GPU tier's host tier is every level of the file
+    assert s.all_expert_bytes > s.hi_expert_bytes
 
 
 def test_auto_under_a_real_memory_cgroup(summary) -> None:  # noqa: ANN001
