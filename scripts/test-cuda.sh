@@ -8,7 +8,9 @@
 #   4. HOBBIT mode never aborts (-ngl 0, 1, 99; budgets from a few slots to every expert; short
 #      and long prompts), its counters add up and its slots stay within the budget;
 #   5. a failed read of an expert on its way to VRAM fails one generation with a clean error,
-#      and the others are right (LD_PRELOAD fault injector, tests/faultinject.c).
+#      and the others are right (LD_PRELOAD fault injector, tests/faultinject.c);
+#   6. the planner computes misses on the CPU (and not when told not to), and the unified-memory
+#      path (forced: hobbit.unified=1) matches the non-HOBBIT run at a full budget.
 #
 #   scripts/test-cuda.sh            (env: HOBBIT_LLAMA_DIR, BUILD, MODEL, CUDA_ARCH, JOBS)
 #
@@ -67,6 +69,12 @@ check stock-ngl99 99 0 1
 check hobbit-full-ngl99 99 100000000 1 hobbit.lo_type=none hobbit.prefetch_depth=0
 [ "$(gens stock-ngl99)" == "$(gens hobbit-full-ngl99)" ] && [ -n "$(gens stock-ngl99)" ] \
     && echo "ok: equal to the non-HOBBIT run" || fail "full budget at -ngl 99 differs from the non-HOBBIT run"
+# unified memory forced (an H100 is not integrated: this exercises the path a Jetson takes by
+# itself): the GPU reads pinned host slots that the loader reads the file into, no copies
+check unified-full-ngl99 99 100000000 1 hobbit.lo_type=none hobbit.prefetch_depth=0 hobbit.unified=1
+grep -q "tier 1 (unified memory)" "$build.unified-full-ngl99.out" || fail "hobbit.unified=1 did not take the unified path"
+[ "$(gens stock-ngl99)" == "$(gens unified-full-ngl99)" ] \
+    && echo "ok: unified memory equal to the non-HOBBIT run" || fail "unified memory at a full budget differs from the non-HOBBIT run"
 # at -ngl 0 only the short prompt: llama.cpp offloads a long prompt's expert matmuls to the GPU,
 # HOBBIT computes its host slots where they are (the CPU), and the two round differently
 check stock-ngl0 0 0 1
@@ -81,6 +89,16 @@ for ngl in 0 1 99; do
         grep -q "error:" "$build.mixed-ngl$ngl-${budget%\%}.out" && fail "a generation failed (-ngl $ngl, budget $budget)"
     done
 done
+
+# the planner computed some of the decode's misses on the CPU (at -ngl 99, 25%), and with it
+# off none; unified memory at 25% never aborts either
+cpu_routes() { sed -n 's/.* + cpu \([0-9]*\)\/\([0-9]*\),.*/\1 \2/p' "$build.$1.out" | awk '{print $1 + $2}'; }
+[ "${cpu_routes_ngl99:=$(cpu_routes mixed-ngl99-25)}" -gt 0 ] 2>/dev/null \
+    && echo "ok: $cpu_routes_ngl99 routes computed on the CPU at -ngl 99, 25%" || fail "no route computed on the CPU at 25%"
+check nocpu-ngl99-25 99 25% 1 hobbit.cpu_compute=0 || true
+[ "$(cpu_routes nocpu-ngl99-25)" == "0" ] && echo "ok: none with hobbit.cpu_compute=0" || fail "CPU routes with cpu_compute=0"
+check unified-ngl99-25 99 25% 2 hobbit.unified=1 || true
+grep -q "error:" "$build.unified-ngl99-25.out" && fail "a generation failed (unified memory, 25%)"
 
 # 5. a failed read on the way to VRAM (host tier off: each copy reads the file) fails one
 #    generation with a clean error; the process lives on and the next generations are right
