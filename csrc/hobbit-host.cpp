@@ -113,6 +113,9 @@ void llama_hobbit_host::load(const llama_hobbit_store & store, const std::vector
         throw std::runtime_error(format("hobbit: cannot allocate %.2f MiB of pinned host memory for the experts "
                 "(run with the host tier off to read them from the file instead)", need/1024.0/1024.0));
     }
+    // weights: the scheduler then runs the CPU path's matmuls where these tensors are (the
+    // CPU), instead of copying them to the GPU as inputs of its split
+    ggml_backend_buffer_set_usage(buf, GGML_BACKEND_BUFFER_USAGE_WEIGHTS);
     base  = (char *) ggml_backend_buffer_get_base(buf);
     total = need;
 

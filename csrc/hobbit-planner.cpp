@@ -30,12 +30,12 @@ void llama_hobbit_cost_model::note_copy(size_t bytes, double ms) {
 }
 
 void llama_hobbit_cost_model::note_cpu(int lvl, size_t bytes, double ms) {
-    if (bytes > 0 && ms > 0.0) {
+    if (bytes > 0 && ms > 0.0 && cpu_seen[lvl]++ > 0) {
         cpu_rate[lvl] = blend(cpu_rate[lvl], double(bytes)/ms);
     }
 }
 
-std::vector<bool> llama_hobbit_plan_cpu(const llama_hobbit_cost_model & model, const std::vector<llama_hobbit_miss> & misses,
+std::vector<bool> llama_hobbit_plan_cpu(llama_hobbit_cost_model & model, const std::vector<llama_hobbit_miss> & misses,
                                         size_t backlog_bytes) {
     std::vector<bool> to_cpu(misses.size(), false);
     double t_copy = double(backlog_bytes)/model.copy_bytes_per_ms(); // ms until the bus is free
@@ -49,6 +49,19 @@ std::vector<bool> llama_hobbit_plan_cpu(const llama_hobbit_cost_model & model, c
         } else {
             t_copy = copy_done;
         }
+    }
+    if (misses.empty()) {
+        return to_cpu;
+    }
+    bool any = false;
+    for (bool c : to_cpu) {
+        any = any || c;
+    }
+    if (!any && ++model.without_cpu >= llama_hobbit_cost_model::PROBE_EVERY) {
+        to_cpu.back() = true; // a probe of the CPU's rate
+    }
+    if (to_cpu.back() || any) {
+        model.without_cpu = 0;
     }
     return to_cpu;
 }

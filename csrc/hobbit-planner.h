@@ -20,8 +20,15 @@ struct llama_hobbit_cost_model {
     // decodes use both and measure them
     static constexpr double DEFAULT_RATE = 20.0e6; // 20 GB/s
 
+    // a layer evaluation with misses that gave none to the CPU for this many in a row gives it
+    // its least important miss, so that a CPU rate measured once badly (a cold start) is
+    // measured again
+    static constexpr int PROBE_EVERY = 64;
+
     double copy_rate = 0.0;                      // bytes copied per ms of a wave's copies (0: not measured)
     double cpu_rate[LLAMA_HOBBIT_N_LVL] = {};    // bytes of expert weights the CPU computes per ms, per level
+    int    cpu_seen[LLAMA_HOBBIT_N_LVL] = {};    // CPU measurements taken (the first is a warm-up, not used)
+    int    without_cpu = 0;                      // evaluations with misses since the CPU last had one
 
     double copy_bytes_per_ms() const { return copy_rate > 0.0 ? copy_rate : DEFAULT_RATE; }
     double cpu_bytes_per_ms(int lvl) const;
@@ -41,5 +48,5 @@ struct llama_hobbit_miss {
 
 // for misses in order of importance, whether each is computed on the CPU (true) or copied
 // (false); `backlog_bytes`: copies already queued ahead of them (prefetches being read)
-std::vector<bool> llama_hobbit_plan_cpu(const llama_hobbit_cost_model & model, const std::vector<llama_hobbit_miss> & misses,
+std::vector<bool> llama_hobbit_plan_cpu(llama_hobbit_cost_model & model, const std::vector<llama_hobbit_miss> & misses,
                                         size_t backlog_bytes);

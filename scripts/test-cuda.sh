@@ -12,7 +12,8 @@
 #   6. the planner computes misses on the CPU (and not when told not to), and the unified-memory
 #      path (forced: hobbit.unified=1) matches the non-HOBBIT run at a full budget.
 #
-#   scripts/test-cuda.sh            (env: HOBBIT_LLAMA_DIR, BUILD, MODEL, CUDA_ARCH, JOBS)
+#   scripts/test-cuda.sh            (env: HOBBIT_LLAMA_DIR, BUILD, MODEL, CUDA_ARCH, JOBS; SKIP_BUILD=1
+#                                    uses $BUILD as it is, e.g. a build made elsewhere and carried)
 #
 # HOBBIT_LLAMA_DIR may be a pruned copy of vendor/llama.cpp (scripts/prune-cuda-src.sh), to
 # carry it to a GPU machine; MODEL is a small multi-precision GGUF (default: the sanitizer's
@@ -20,7 +21,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 src=${HOBBIT_LLAMA_DIR:-$PWD/vendor/llama.cpp}
-build=${BUILD:-build-cuda}
+build=$(realpath -m "${BUILD:-build-cuda}")
 model=${MODEL:-out/sanitize-mixtral-q8_0-q4_0.gguf}
 . <(sed -n 's/^\(LLAMA_CPP_PYTHON_VERSION\) *:\?= *\(.*\)$/\1=\2/p' vendor/pin.mk)
 failures=0
@@ -29,6 +30,9 @@ fail() { echo "FAIL: $*"; failures=$((failures + 1)); }
 [ -f "$model" ] || { echo "test-cuda: no model at $model (make sanitize makes it)" >&2; exit 2; }
 nvidia-smi -L || { echo "test-cuda: no NVIDIA GPU here" >&2; exit 2; }
 
+if [ -n "${SKIP_BUILD:-}" ] && [ -x "$build/bin/hobbit-gpu" ]; then
+    echo "== build: $build as it is (SKIP_BUILD)"
+else
 echo "== build ($build from $src)"
 cmake -S csrc -B "$build" $(command -v ninja >/dev/null && echo -G Ninja) -DCMAKE_BUILD_TYPE=Release \
     -DBUILD_SHARED_LIBS=ON -DLLAMA_BUILD_COMMON=ON -DLLAMA_BUILD_TESTS=ON -DLLAMA_BUILD_TOOLS=ON \
@@ -39,6 +43,7 @@ cmake -S csrc -B "$build" $(command -v ninja >/dev/null && echo -G Ninja) -DCMAK
 cmake --build "$build" -j "${JOBS:-$(nproc)}" --target llama ggml llama-completion test-backend-ops hobbit-gpu \
     >"$build.build.log" 2>&1 || { grep -B2 -A12 -m3 "error" "$build.build.log"; exit 1; }
 echo "ok"
+fi
 
 for op in MUL_MAT_ID MUL_MAT_ID_SKIP; do
     echo "== test-backend-ops -o $op -b CUDA0"
@@ -104,7 +109,7 @@ grep -q "error:" "$build.unified-ngl99-25.out" && fail "a generation failed (uni
 #    generation with a clean error; the process lives on and the next generations are right
 cc -shared -fPIC -O1 -o "$build.faultinject.so" tests/faultinject.c -ldl || fail "building the fault injector"
 check nofault 99 25% 1 hobbit.host_tier=0 hobbit.lo_type=none hobbit.prefetch_depth=0
-LD_PRELOAD="$PWD/$build.faultinject.so" HOBBIT_FAULT_PATH="$(basename "$model")" HOBBIT_FAULT_MODE=eio \
+LD_PRELOAD="$build.faultinject.so" HOBBIT_FAULT_PATH="$(basename "$model")" HOBBIT_FAULT_MODE=eio \
     HOBBIT_FAULT_AFTER=7 HOBBIT_FAULT_COUNT=1 \
     check fault 99 25% 3 hobbit.host_tier=0 hobbit.lo_type=none hobbit.prefetch_depth=0
 n_err=$(grep -c "error: .*Input/output error" "$build.fault.out")

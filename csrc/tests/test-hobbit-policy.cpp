@@ -385,9 +385,25 @@ static void test_planner_balances_copies_and_cpu() {
     r.note_copy(0, 1.0); // nothing copied: no measurement
     r.note_copy(10u << 20, 1.0);
     CHECK(r.copy_rate < double(50u << 20) && r.copy_rate > double(10u << 20));
+    r.note_cpu(1, 1u << 20, 100.0); // the first CPU measurement of a level is a warm-up: not used
+    CHECK_EQ((long long) r.cpu_rate[1], 0);
     r.note_cpu(1, 5u << 20, 1.0);
     CHECK_EQ((long long) r.cpu_rate[1], (long long) (5u << 20));
     CHECK_EQ((long long) r.cpu_rate[0], 0);
+
+    // a CPU that looked slow once is probed again after PROBE_EVERY evaluations without it
+    llama_hobbit_cost_model slow;
+    slow.copy_rate   = 50e6;
+    slow.cpu_rate[0] = 0.1e6;
+    int probes = 0;
+    for (int i = 0; i < 3*llama_hobbit_cost_model::PROBE_EVERY; ++i) {
+        const std::vector<bool> c = llama_hobbit_plan_cpu(slow, { { 0, 0, hi }, { 1, 0, hi } }, 0);
+        CHECK(!c[0]);
+        probes += c[1] ? 1 : 0;
+    }
+    CHECK_EQ(probes, 3);
+    // no misses, no probe
+    CHECK(llama_hobbit_plan_cpu(slow, {}, 0).empty());
 }
 
 int main() {
