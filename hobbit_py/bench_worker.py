@@ -49,8 +49,15 @@ def run_ours(spec: dict) -> dict:
 
 
 def main() -> None:
+    from hobbit_py._lib import HobbitError  # noqa: PLC0415
+    from hobbit_py.errors import one_line  # noqa: PLC0415
+
     spec = json.loads(sys.argv[1])
-    report = run_stock(spec) if spec["stock"] else run_ours(spec)
+    try:
+        report = run_stock(spec) if spec["stock"] else run_ours(spec)
+    except HobbitError as exc:  # the parent reports this line as the variant's failure
+        print(one_line(str(exc)), file=sys.stderr)
+        sys.exit(1)
     report["major_faults"] = resource.getrusage(resource.RUSAGE_SELF).ru_majflt
     print(json.dumps(report))
 

@@ -177,6 +177,9 @@ def serve_forever(config: ServerConfig, log: Callable[[str], None] = print) -> N
     except OSError as exc:
         sock.close()
         raise HobbitError(f"cannot listen on {config.host}:{config.port}: {exc.strerror}") from None
+    # listen before saying so: a client that connects at once waits in the backlog until
+    # uvicorn accepts, instead of being refused
+    sock.listen(2048)
     port = sock.getsockname()[1]
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False))
     log(f"serving {config.alias} on http://{config.host}:{port} (OpenAI API under /v1, "

@@ -234,3 +234,36 @@ def test_cli_reports_a_read_fault_in_one_line(model: Path, fault_lib: Path, tmp_
     assert_one_line_error(proc, str(model), "Input/output error")
     assert proc.returncode == 1
     assert not stats.exists()
+
+
+def test_eval_reports_a_read_fault_in_one_line(model: Path, fault_lib: Path, tmp_path: Path) -> None:
+    text = tmp_path / "text.txt"
+    text.write_text("The experts of a layer are read from the file when the router picks them. " * 8)
+    proc = run_hobbit("eval", str(model), "--text", str(text), "-c", "32", "--max-tokens", "32", "-t", "2",
+                      "--expert-budget", BUDGET,
+                      env={"LD_PRELOAD": str(fault_lib), "HOBBIT_FAULT_PATH": model.name,
+                           "HOBBIT_FAULT_MODE": "eio", "HOBBIT_FAULT_AFTER": "3"})
+    assert_one_line_error(proc, str(model), "Input/output error")
+    assert proc.returncode == 1 and proc.stdout == ""
+
+
+def test_bench_reports_a_read_fault_in_one_line(model: Path, fault_lib: Path, tmp_path: Path) -> None:
+    """The fault fails the first variant that reads experts through HOBBIT's cache (B-lru: the
+    stock variants map the file and read nothing through pread); bench says which, in one
+    line after its progress lines, and writes no report."""
+    hi = write_fixture(tmp_path / "hi.gguf", "mixtral", expert_types=("q8_0",))
+    text = tmp_path / "text.txt"
+    text.write_text("The experts of a layer are read from the file when the router picks them. " * 8)
+    out = tmp_path / "report.md"
+    proc = run_hobbit("bench", str(model), "--plain-hi", str(hi), "--budgets", "25%", "-n", "8", "--runs", "1",
+                      "--eval-tokens", "64", "-t", "2", "--text", str(text), "--out", str(out),
+                      env={"LD_PRELOAD": str(fault_lib), "HOBBIT_FAULT_PATH": model.name,
+                           "HOBBIT_FAULT_MODE": "eio", "HOBBIT_FAULT_AFTER": "3"}, timeout=600)
+    # bench's progress lines, then its error: one line, the last
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    errors = [line for line in lines if "error" in line.lower()]
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert errors == [lines[-1]] and lines[-1].startswith("hobbit: error: "), proc.stderr
+    assert "B-lru run" in lines[-1] and "decoding failed" in lines[-1] and "Error:" not in lines[-1], lines[-1]
+    assert str(model) in lines[-1] and "Input/output error" in lines[-1], lines[-1]
+    assert not out.exists() and not out.with_suffix(".json").exists()

@@ -5,11 +5,13 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
 import threading
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,16 +24,14 @@ from tests.conftest import require_module
 STARTUP_S = 120
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, subprocess.Popen]]:
-    from hobbit_py.fixtures import write_fixture
-
-    model = write_fixture(tmp_path_factory.mktemp("serve") / "served.gguf", "mixtral",
-                          expert_types=("q8_0", "q4_0"))
+def start_server(model: Path, env: dict[str, str] | None = None,
+                 extra: tuple[str, ...] = ()) -> tuple[str, subprocess.Popen, list[str]]:
+    """`hobbit serve MODEL` on a free port: its URL, the process, and its stderr lines so far
+    (a thread keeps draining stderr so the server never blocks on a full pipe)."""
     proc = subprocess.Popen([sys.executable, "-m", "hobbit_py.cli", "serve", str(model), "--port",
-                             "0", "-t", "2", "-c", "512", "--expert-budget", "40%"],
+                             "0", "-t", "2", "-c", "512", "--expert-budget", "40%", *extra],
                             cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env={**os.environ})
+                            text=True, env={**os.environ, **(env or {})})
     lines: list[str] = []
     url = None
     deadline = time.monotonic() + STARTUP_S
@@ -45,14 +45,31 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, subp
     if url is None:
         proc.kill()
         pytest.fail(f"server did not start: {''.join(lines)}{proc.stderr.read()}")
-    # keep draining stderr so the server never blocks on a full pipe
     threading.Thread(target=lambda: [lines.append(x) for x in proc.stderr], daemon=True).start()
+    return url, proc, lines
+
+
+def stop_server(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def served_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from hobbit_py.fixtures import write_fixture
+
+    return write_fixture(tmp_path_factory.mktemp("serve") / "served.gguf", "mixtral",
+                         expert_types=("q8_0", "q4_0"))
+
+
+@pytest.fixture(scope="module")
+def server(served_model: Path) -> Iterator[tuple[str, subprocess.Popen]]:
+    url, proc, _ = start_server(served_model)
     try:
         yield url, proc
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(timeout=30)
+        stop_server(proc)
 
 
 @pytest.fixture(scope="module")
@@ -141,3 +158,42 @@ def test_stop_on_sigterm(server) -> None:  # noqa: ANN001
     _, proc = server
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=60) == 0
+
+
+def test_a_read_fault_is_a_500_and_the_server_goes_on(served_model: Path, tmp_path: Path) -> None:
+    """An expert read that fails (EIO from tests/faultinject.c, once, after the load) fails
+    the request that needed it with a 500 naming the file and the cause; the next request of
+    the same server is answered."""
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if cc is None:
+        pytest.fail("a C compiler (cc or gcc) is needed to build the fault-injection library")
+    lib = tmp_path / "libfaultinject.so"
+    subprocess.run([cc, "-shared", "-fPIC", "-O1", "-o", str(lib), str(REPO_ROOT / "tests" / "faultinject.c"),
+                    "-ldl"], check=True, capture_output=True)
+    url, proc, lines = start_server(served_model, env={
+        "LD_PRELOAD": str(lib), "HOBBIT_FAULT_PATH": served_model.name, "HOBBIT_FAULT_MODE": "eio",
+        "HOBBIT_FAULT_AFTER": "2", "HOBBIT_FAULT_COUNT": "1"})
+    try:
+        body = json.dumps({"prompt": "The cache holds", "max_tokens": 8, "temperature": 0}).encode()
+
+        def post() -> tuple[int, dict]:
+            request = urllib.request.Request(url + "/v1/completions", data=body,
+                                             headers={"Content-Type": "application/json"})
+            try:
+                with urllib.request.urlopen(request, timeout=120) as response:
+                    return response.status, json.loads(response.read())
+            except urllib.error.HTTPError as exc:
+                return exc.code, json.loads(exc.read())
+
+        try:
+            status, reply = post()
+        except urllib.error.URLError:
+            pytest.fail(f"no answer from the server: {''.join(lines)}")
+        assert status == 500, reply
+        message = json.dumps(reply)
+        assert "Input/output error" in message and served_model.name in message, message
+        status, reply = post()
+        assert status == 200 and reply["choices"][0]["text"], reply
+        assert proc.poll() is None
+    finally:
+        stop_server(proc)
