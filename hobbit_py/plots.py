@@ -166,9 +166,11 @@ def trace_heatmap(trace: Trace, png: Path, title: str = "") -> Path:
     bottom.set_xlabel("token position")
     bottom.set_ylabel("routes")
     bottom.set_xlim(-0.5, n_tokens - 0.5)
-    handles = [plt.Rectangle((0, 0), 1, 1, color=OUTCOME_COLOURS[o]) for o in OUTCOMES]
-    fig.legend(handles, [OUTCOME_LABELS[o] for o in OUTCOMES], loc="lower center", fontsize=8,
-               ncol=len(OUTCOMES), frameon=False)
+    # the outcomes of the cache's tier (the CPU ones exist only on the GPU tier), and any present
+    shown = [o for i, o in enumerate(OUTCOMES) if counts[i].any() or not o.startswith("cpu_")]
+    handles = [plt.Rectangle((0, 0), 1, 1, color=OUTCOME_COLOURS[o]) for o in shown]
+    fig.legend(handles, [OUTCOME_LABELS[o] for o in shown], loc="lower center", fontsize=8,
+               ncol=len(shown), frameon=False)
     fig.suptitle(f"what each route got from the expert cache{': ' + title if title else ''}",
                  fontsize=10)
     fig.tight_layout(rect=(0, 0.05, 1, 0.96))
