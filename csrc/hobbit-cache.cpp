@@ -10,6 +10,7 @@
 #include <cstdlib>
 #include <cmath>
 #include <limits>
+#include <numeric>
 #include <stdexcept>
 
 namespace {
@@ -46,6 +47,22 @@ void clear_ids(ggml_tensor * ids) {
     }
 }
 
+// the policy's evictor, except that it never evicts what a prefetch must leave alone: copies
+// prefetched and not used yet, and experts of the layers from the one served to the deepest
+// predicted
+struct prefetch_guard : llama_hobbit_evictor {
+    const llama_hobbit_evictor & base;
+    int first, last;
+    prefetch_guard(const llama_hobbit_evictor & base, int first, int last) : base(base), first(first), last(last) {}
+
+    double score(const llama_hobbit_entry & e, int il, const llama_hobbit_clock & now) const override {
+        if (e.prefetched || (il >= first && il <= last)) {
+            return std::numeric_limits<double>::infinity();
+        }
+        return base.score(e, il, now);
+    }
+};
+
 } // namespace
 
 llama_hobbit_cache::~llama_hobbit_cache() {
@@ -76,12 +93,22 @@ void llama_hobbit_cache::init_pools(ggml_backend_buffer_type_t buft, uint64_t bu
 
     // with O_DIRECT, units are whole blocks, so that block-aligned experts in the file are read
     // straight into their slots without a copy through a staging buffer
-    // (VRAM slots are filled by copies, never by reads; unified memory slots by reads)
-    const size_t unit_align = (!gpu || unified) && store.any_direct() ? llama_hobbit_store::DIRECT_ALIGN : 64;
+    // (VRAM slots are filled by copies, never by reads). On the GPU, CUDA's vector kernels take a
+    // pool's expert stride in whole blocks of its type: a unit, and so a hi copy's span of
+    // units, is a whole number of blocks of either level (unified-memory slots, which the GPU
+    // reads too, are then read into through the staging buffer when O_DIRECT is on).
+    size_t unit_align = !gpu && store.any_direct() ? llama_hobbit_store::DIRECT_ALIGN : 64;
+    if (gpu) {
+        for (int lvl = 0; lvl < (has_lo ? 2 : 1); ++lvl) {
+            for (int p = 0; p < LLAMA_HOBBIT_N_PROJ; ++p) {
+                unit_align = std::lcm(unit_align, ggml_type_size(pool[lvl][p]->type));
+            }
+        }
+    }
     uint64_t unit_total = 0;
     int hi_span = 1;
     for (int p = 0; p < LLAMA_HOBBIT_N_PROJ; ++p) {
-        unit_bytes[p] = GGML_PAD(store.expert_bytes[lo][p], unit_align);
+        unit_bytes[p] = (store.expert_bytes[lo][p] + unit_align - 1)/unit_align*unit_align; // any alignment
         unit_total   += unit_bytes[p];
         hi_span = std::max<int>(hi_span, (int) ((store.expert_bytes[LLAMA_HOBBIT_HI][p] + unit_bytes[p] - 1)/unit_bytes[p]));
     }
@@ -583,25 +610,7 @@ void llama_hobbit_cache::adapt_depth(llama_hobbit_context & hctx) {
                                          reads_per_route);
 }
 
-namespace {
 
-// the policy's evictor, except that it never evicts what a prefetch must leave alone: copies
-// prefetched and not used yet, and experts of the layers from the one served to the deepest
-// predicted
-struct prefetch_guard : llama_hobbit_evictor {
-    const llama_hobbit_evictor & base;
-    int first, last;
-    prefetch_guard(const llama_hobbit_evictor & base, int first, int last) : base(base), first(first), last(last) {}
-
-    double score(const llama_hobbit_entry & e, int il, const llama_hobbit_clock & now) const override {
-        if (e.prefetched || (il >= first && il <= last)) {
-            return std::numeric_limits<double>::infinity();
-        }
-        return base.score(e, il, now);
-    }
-};
-
-} // namespace
 
 void llama_hobbit_cache::prefetch(llama_hobbit_context & hctx, int il, int gating,
                                   const std::vector<llama_hobbit_router_logits> & logits) {

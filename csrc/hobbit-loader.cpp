@@ -155,14 +155,12 @@ void llama_hobbit_loader::run() {
         {
             std::unique_lock<std::mutex> lock(mtx);
             // a prefetch is read only while no read a graph waits for is queued or running: it
-            // uses the time the disk would sit idle, never bandwidth a waiting graph needs
-            // and one prefetch read at a time, so a graph that comes to wait finds the disk soon.
-            // Copies from a resident host tier touch no disk: prefetches go whenever a thread is
-            // free (demand copies first), as the bus takes several copies at once.
-            const bool from_memory = host && host->resident();
+            // uses the time the disk (or, for copies from the host tier, the bus) would sit
+            // idle, never bandwidth a waiting graph needs, and one prefetch read at a time, so a
+            // graph that comes to wait finds the disk or the bus soon.
             cv.wait(lock, [&]() {
                 return stopping || !demand.empty() ||
-                    (!prefetch.empty() && (from_memory || (demand_running == 0 && prefetch_running == 0)));
+                    (!prefetch.empty() && demand_running == 0 && prefetch_running == 0);
             });
             if (stopping) {
                 return;
