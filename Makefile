@@ -8,7 +8,8 @@
 #                      (PATCHES_OUT=DIR exports into DIR instead, leaving patches/ alone)
 #   make run           generate with the embedded default model
 #   make test          the test suite (CI=true: a missing dependency fails, never skips),
-#                      with a coverage report of the Python code in out/coverage/
+#                      with a coverage report of the Python code in out/coverage/; it builds
+#                      the ASan and TSan variants too, which tests/test_sanitizers.py runs
 #   make sanitize      build/ variants with AddressSanitizer and ThreadSanitizer, run their tests
 #   make test-cuda     on a machine with an NVIDIA GPU: CUDA build in build-cuda/ and its checks
 #   make bench-gpu     then the GPU tier's benchmark (scripts/bench-gpu.sh)
@@ -112,7 +113,7 @@ run: build venv
 	@$(VPY) -m hobbit_py.default_run
 
 # CI=true turns a test's missing dependency into a failure (tests/conftest.py `require`)
-test: build build-stock venv
+test: build build-stock build-asan build-tsan venv
 	@rm -rf out/coverage && mkdir -p out/coverage
 	@CI=true COVERAGE_FILE=$(CURDIR)/out/coverage/.coverage $(VPY) -m pytest -q \
 		--cov --cov-report=term:skip-covered --cov-report=html:out/coverage/html tests
