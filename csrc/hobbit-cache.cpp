@@ -199,6 +199,17 @@ std::vector<int> llama_hobbit_cache::next_moe_layers(int il, int n) const {
     return out;
 }
 
+llama_hobbit_policy llama_hobbit_cache::effective_policy() const {
+    llama_hobbit_policy pol = policy;
+    if (all_hi_fit && pol.hi_threshold <= 1.0f) {
+        // the slots hold every hi expert: a lo copy would save one read once and cost quality
+        // for good, so every miss loads at hi (a policy that never wants hi, hi_threshold > 1,
+        // is left as it is)
+        pol.hi_threshold = pol.skip_threshold;
+    }
+    return pol;
+}
+
 llama_hobbit_clock llama_hobbit_cache::clock_at(int il) const {
     llama_hobbit_clock c;
     c.tick    = tick;
@@ -389,7 +400,7 @@ void llama_hobbit_cache::serve_wave_locked(std::unique_lock<std::mutex> & lk, ll
     }
 
     llama_hobbit_job & job = hctx.job;
-    const llama_hobbit_policy pol = policy;
+    const llama_hobbit_policy pol = effective_policy();
     if (wave == 0) {
         if (il <= hctx.il_prev) {
             pass++; // a new walk through the layers
@@ -627,7 +638,7 @@ void llama_hobbit_cache::prefetch_locked(llama_hobbit_context & hctx, int il, in
                                          const std::vector<llama_hobbit_router_logits> & logits) {
     adapt_depth(hctx);
     stats.prefetch_depth = hctx.depth;
-    const llama_hobbit_policy pol = policy;
+    const llama_hobbit_policy pol = effective_policy();
     if (logits.empty() || (hctx.depth == 0 && pol.prefetch_depth == 0)) {
         return;
     }

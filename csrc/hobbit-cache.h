@@ -105,7 +105,7 @@ struct llama_hobbit_cache {
     bool cpu_path(int64_t n_tokens, int n_waves) const {
         return gpu && !unified && host.resident() && !all_hi_fit && n_waves == 1 && n_tokens <= CPU_PATH_MAX_TOKENS;
     }
-    bool all_hi_fit = false; // the slots hold every routed expert at hi at once
+    bool all_hi_fit = false; // the slots hold every routed expert at hi at once (then every miss loads at hi)
 
     // the next MoE layers after il, up to n of them
     std::vector<int> next_moe_layers(int il, int n) const;
@@ -154,6 +154,7 @@ private:
     llama_hobbit_load_ptr make_load(int idx, int depth);
     void on_loaded(const llama_hobbit_load_ptr & job); // an I/O thread finished a read
     llama_hobbit_clock clock_at(int il) const;
+    llama_hobbit_policy effective_policy() const; // the policy as a wave applies it (under the lock)
 
     std::mutex              mtx;
     std::condition_variable cv;

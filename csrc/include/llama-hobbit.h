@@ -60,7 +60,8 @@ enum llama_hobbit_eviction {
 #define LLAMA_HOBBIT_PREFETCH_MAX  3
 
 // Thresholds act on a route's share of its token's total gating weight (weight / sum of the
-// token's selected weights), so the same values mean the same on every architecture.
+// token's selected weights), so the same values mean the same on every architecture. When the
+// budget holds every hi expert at once, every miss loads at hi (unless hi_threshold > 1).
 struct llama_hobbit_policy {
     float   hi_threshold;      // a missed expert whose share is >= this loads the hi copy, else lo
     float   skip_threshold;    // a route with share < this is skipped if its expert is not cached
