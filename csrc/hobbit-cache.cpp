@@ -306,13 +306,13 @@ void llama_hobbit_cache::release(llama_hobbit_context & hctx) {
     release_locked(hctx);
 }
 
-void llama_hobbit_cache::serve_wave(llama_hobbit_context & hctx, int il, int wave, int n_waves,
-                                    const llama_hobbit_routes & routes, ggml_tensor * ids, bool cpu) {
+template <typename F>
+void llama_hobbit_cache::guarded(llama_hobbit_context & hctx, int il, ggml_tensor * ids, F && body) {
     const auto t_start = std::chrono::steady_clock::now();
     clear_ids(ids);
     std::unique_lock<std::mutex> lk(mtx);
     try {
-        serve_wave_locked(lk, hctx, il, wave, n_waves, routes, ids, cpu);
+        body(lk, t_start);
     } catch (const std::exception & e) {
         // e.g. std::bad_alloc in the books: nothing of this ubatch may be used
         if (!lk.owns_lock()) {
@@ -324,12 +324,16 @@ void llama_hobbit_cache::serve_wave(llama_hobbit_context & hctx, int il, int wav
     stats.load_stall_ms += std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t_start).count();
 }
 
+void llama_hobbit_cache::serve_wave(llama_hobbit_context & hctx, int il, int wave, int n_waves,
+                                    const llama_hobbit_routes & routes, ggml_tensor * ids, bool cpu) {
+    guarded(hctx, il, ids, [&](std::unique_lock<std::mutex> & lk, std::chrono::steady_clock::time_point) {
+        serve_wave_locked(lk, hctx, il, wave, n_waves, routes, ids, cpu);
+    });
+}
+
 void llama_hobbit_cache::finish_wave(llama_hobbit_context & hctx, int il, int wave, const llama_hobbit_routes & routes,
                                      ggml_tensor * ids) {
-    const auto t_start = std::chrono::steady_clock::now();
-    clear_ids(ids);
-    std::unique_lock<std::mutex> lk(mtx);
-    try {
+    guarded(hctx, il, ids, [&](std::unique_lock<std::mutex> & lk, std::chrono::steady_clock::time_point t_start) {
         // the CPU's experts of this wave were computed between the route op and now
         const double cpu_ms = std::chrono::duration<double, std::milli>(t_start - hctx.routed_at).count();
         const size_t cpu_total = hctx.cpu_bytes[0] + hctx.cpu_bytes[1];
@@ -341,17 +345,7 @@ void llama_hobbit_cache::finish_wave(llama_hobbit_context & hctx, int il, int wa
             }
         }
         finish_wave_locked(lk, hctx, il, wave, routes, ids);
-    } catch (const std::exception & e) {
-        if (!lk.owns_lock()) {
-            lk.lock();
-        }
-        hctx.fail(format("hobbit: serving layer %d failed: %s", il, e.what()));
-        clear_ids(ids);
-    }
-    if (hctx.failed) {
-        clear_ids(ids);
-    }
-    stats.load_stall_ms += std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t_start).count();
+    });
 }
 
 void llama_hobbit_cache::plan_cpu(llama_hobbit_context & hctx, const llama_hobbit_policy & pol) {
@@ -359,9 +353,7 @@ void llama_hobbit_cache::plan_cpu(llama_hobbit_context & hctx, const llama_hobbi
     llama_hobbit_job & job = hctx.job;
     std::vector<llama_hobbit_miss> misses;
     for (int e : job.pending) {
-        const int hi = slots.index(job.il, e, LLAMA_HOBBIT_HI);
-        const int lo = slots.index(job.il, e, LLAMA_HOBBIT_LO);
-        if (slots.cached(hi) || (has_lo && slots.cached(lo))) {
+        if (slots.cached_any(job.il, e)) {
             continue; // a hit (or on its way): served from its slot
         }
         const int lvl = has_lo && job.need[e] < pol.hi_threshold ? LLAMA_HOBBIT_LO : LLAMA_HOBBIT_HI;
@@ -692,12 +684,10 @@ void llama_hobbit_cache::prefetch_locked(llama_hobbit_context & hctx, int il, in
                 continue; // a miss the policy would skip
             }
             const bool want_hi = !has_lo || (!p.widened[e] && p.need[e] >= pol.hi_threshold);
-            const int hi = slots.index(p.il, e, LLAMA_HOBBIT_HI);
-            const int lo = slots.index(p.il, e, LLAMA_HOBBIT_LO);
-            if (slots.cached(hi) || (has_lo && slots.cached(lo))) {
+            if (slots.cached_any(p.il, e)) {
                 continue; // cached or on its way (a lo copy serves; upgrades are the route's call)
             }
-            const int idx = want_hi ? hi : lo;
+            const int idx = slots.index(p.il, e, want_hi ? LLAMA_HOBBIT_HI : LLAMA_HOBBIT_LO);
             if (n_prefetched >= cap) {
                 return;
             }

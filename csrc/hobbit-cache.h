@@ -139,6 +139,10 @@ struct llama_hobbit_cache {
     void                reset_stats();
 
 private:
+    // run `body(lk, start)` under the lock, its time counted as stall; a throw fails the context's
+    // ubatch and leaves every id -1
+    template <typename F>
+    void guarded(llama_hobbit_context & hctx, int il, ggml_tensor * ids, F && body);
     void serve_wave_locked(std::unique_lock<std::mutex> & lk, llama_hobbit_context & hctx, int il, int wave,
                            int n_waves, const llama_hobbit_routes & routes, ggml_tensor * ids, bool cpu);
     void finish_wave_locked(std::unique_lock<std::mutex> & lk, llama_hobbit_context & hctx, int il, int wave,

@@ -103,7 +103,7 @@ void llama_hobbit_host::load(const llama_hobbit_store & store, const std::vector
     for (int il = 0; il < n_layer; ++il) {
         for (int lvl = 0; lvl < n_lvl && serves[il]; ++lvl) {
             for (int p = 0; p < LLAMA_HOBBIT_N_PROJ; ++p) {
-                offs[(size_t(il)*LLAMA_HOBBIT_N_LVL + lvl)*LLAMA_HOBBIT_N_PROJ + p] = need;
+                offs[key(il, lvl, p)] = need;
                 need += GGML_PAD(store.expert_bytes[lvl][p]*n_expert, 64);
             }
         }
@@ -149,26 +149,29 @@ void llama_hobbit_host::make_tensors(const llama_hobbit_store & store, ggml_tens
         throw std::runtime_error("hobbit: cannot allocate the host tier's tensor metadata");
     }
     tensors.assign(n, nullptr);
-    for (size_t k = 0; k < n; ++k) {
-        if (offs[k] == SIZE_MAX) {
-            continue;
+    const int n_layer = int(n/(LLAMA_HOBBIT_N_LVL*LLAMA_HOBBIT_N_PROJ));
+    for (int il = 0; il < n_layer; ++il) {
+        for (int lvl = 0; lvl < LLAMA_HOBBIT_N_LVL; ++lvl) {
+            for (int p = 0; p < LLAMA_HOBBIT_N_PROJ; ++p) {
+                const size_t k = key(il, lvl, p);
+                if (offs[k] == SIZE_MAX) {
+                    continue;
+                }
+                const ggml_tensor * pt = proto[lvl][p];
+                ggml_tensor * t = ggml_new_tensor_3d(tctx, pt->type, pt->ne[0], pt->ne[1], n_expert);
+                if (t->nb[2] != store.expert_bytes[lvl][p] ||
+                        ggml_backend_tensor_alloc(buf, t, base + offs[k]) != GGML_STATUS_SUCCESS) {
+                    throw std::runtime_error("hobbit: cannot place the host tier's expert tensors");
+                }
+                ggml_format_name(t, "hobbit_host_%d_%s_%d", il, lvl == 0 ? "hi" : "lo", p);
+                tensors[k] = t;
+            }
         }
-        const int p   = int(k % LLAMA_HOBBIT_N_PROJ);
-        const int lvl = int(k/LLAMA_HOBBIT_N_PROJ % LLAMA_HOBBIT_N_LVL);
-        const int il  = int(k/(LLAMA_HOBBIT_N_PROJ*LLAMA_HOBBIT_N_LVL));
-        const ggml_tensor * pt = proto[lvl][p];
-        ggml_tensor * t = ggml_new_tensor_3d(tctx, pt->type, pt->ne[0], pt->ne[1], n_expert);
-        if (t->nb[2] != store.expert_bytes[lvl][p] ||
-                ggml_backend_tensor_alloc(buf, t, base + offs[k]) != GGML_STATUS_SUCCESS) {
-            throw std::runtime_error("hobbit: cannot place the host tier's expert tensors");
-        }
-        ggml_format_name(t, "hobbit_host_%d_%s_%d", il, lvl == 0 ? "hi" : "lo", p);
-        tensors[k] = t;
     }
 }
 
 ggml_tensor * llama_hobbit_host::tensor(int il, int lvl, int p) const {
-    const size_t k = (size_t(il)*LLAMA_HOBBIT_N_LVL + lvl)*LLAMA_HOBBIT_N_PROJ + p;
+    const size_t k = key(il, lvl, p);
     return k < tensors.size() ? tensors[k] : nullptr;
 }
 
@@ -176,6 +179,6 @@ const char * llama_hobbit_host::part(const llama_hobbit_store & store, int il, i
     if (!buf) {
         return nullptr;
     }
-    const size_t o = offs[(size_t(il)*LLAMA_HOBBIT_N_LVL + lvl)*LLAMA_HOBBIT_N_PROJ + p];
+    const size_t o = offs[key(il, lvl, p)];
     return o == SIZE_MAX ? nullptr : base + o + size_t(e)*store.expert_bytes[lvl][p];
 }

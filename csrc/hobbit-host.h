@@ -71,9 +71,11 @@ public:
 
 private:
     ggml_context *        tctx  = nullptr; // holds the tensors of tensor()
-    std::vector<ggml_tensor *> tensors; // [il][lvl][proj]
+    std::vector<ggml_tensor *> tensors; // [key(il, lvl, proj)]
     ggml_backend_buffer_t buf   = nullptr;
     char *                base  = nullptr;
     size_t                total = 0;
-    std::vector<size_t>   offs; // [il][lvl][proj] offset of expert 0; SIZE_MAX where not held
+    std::vector<size_t>   offs; // [key(il, lvl, proj)] offset of expert 0; SIZE_MAX where not held
+
+    static size_t key(int il, int lvl, int p) { return (size_t(il)*LLAMA_HOBBIT_N_LVL + lvl)*LLAMA_HOBBIT_N_PROJ + p; }
 };

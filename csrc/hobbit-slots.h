@@ -76,6 +76,11 @@ public:
 
     bool cached(int idx) const { return entries[idx].state != LLAMA_HOBBIT_EMPTY; }
 
+    // expert e of layer il is cached (or on its way) at some level: a route of it is no miss
+    bool cached_any(int il, int e) const {
+        return cached(index(il, e, LLAMA_HOBBIT_HI)) || (has_lo && cached(index(il, e, LLAMA_HOBBIT_LO)));
+    }
+
     // an unpinned copy still being read: a prefetch in flight, evictable once its read is over
     bool busy(int idx) const { return entries[idx].state == LLAMA_HOBBIT_LOADING && entries[idx].pins == 0; }
 
