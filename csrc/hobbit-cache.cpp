@@ -362,7 +362,8 @@ void llama_hobbit_cache::plan_cpu(llama_hobbit_context & hctx, const llama_hobbi
     if (misses.empty()) {
         return;
     }
-    const std::vector<bool> to_cpu = llama_hobbit_plan_cpu(cost, misses, loader.bytes_ahead_of_demand());
+    const std::vector<bool> to_cpu = pol.cpu_compute == 2 ? std::vector<bool>(misses.size(), true)
+                                   : llama_hobbit_plan_cpu(cost, misses, loader.bytes_ahead_of_demand());
     std::vector<int> rest;
     for (size_t i = 0; i < misses.size(); ++i) {
         if (to_cpu[i]) {
@@ -401,6 +402,8 @@ void llama_hobbit_cache::serve_wave_locked(std::unique_lock<std::mutex> & lk, ll
         tick++;
         stats.n_calls++;
         stats.routes_total += uint64_t(routes.n_used*routes.n_tokens);
+        stats.between_ms   += hctx.between_ms;
+        hctx.between_ms     = 0.0;
         job.init(il, n_waves, n_expert, routes, pol.skip_threshold);
         note_prediction(hctx, il, routes);
     }
@@ -744,9 +747,9 @@ bool llama_hobbit_cache::set_policy(const llama_hobbit_policy & pol, std::string
                           (pol.prefetch_depth >= 0 && pol.prefetch_depth <= LLAMA_HOBBIT_PREFETCH_MAX);
     if (!(pol.skip_threshold >= 0.0f) || !(pol.hi_threshold >= pol.skip_threshold) ||
             !(pol.upgrade_threshold >= 0.0f) || !ev || !weights_ok || !depth_ok ||
-            pol.prefetch_width < 0 || pol.prefetch_width > n_expert || pol.cpu_compute < 0 || pol.cpu_compute > 1) {
+            pol.prefetch_width < 0 || pol.prefetch_width > n_expert || pol.cpu_compute < 0 || pol.cpu_compute > 2) {
         err = format("hobbit: invalid policy (need 0 <= skip_threshold <= hi_threshold, upgrade_threshold >= 0, "
-                     "a known eviction, weights >= 0, prefetch_depth -1..%d, 0 <= prefetch_width <= %d, cpu_compute 0 or 1)",
+                     "a known eviction, weights >= 0, prefetch_depth -1..%d, 0 <= prefetch_width <= %d, cpu_compute 0, 1 or 2)",
                      LLAMA_HOBBIT_PREFETCH_MAX, n_expert);
         return false;
     }

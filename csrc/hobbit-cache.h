@@ -14,6 +14,7 @@
 // the layers from the current one to the deepest predicted.
 #pragma once
 
+#include "hobbit-cpu-expert.h"
 #include "hobbit-host.h"
 #include "hobbit-loader.h"
 #include "hobbit-planner.h"
@@ -102,10 +103,19 @@ struct llama_hobbit_cache {
     static constexpr int64_t CPU_PATH_MAX_TOKENS = 4;
     // (not when the slots hold every hi expert: each is then copied once and stays, and the
     // output equals stock llama.cpp's with every expert in VRAM)
+    // hobbit.cpu_path: 0 never, 1 even then (to measure what the path costs)
     bool cpu_path(int64_t n_tokens, int n_waves) const {
-        return gpu && !unified && host.resident() && !all_hi_fit && n_waves == 1 && n_tokens <= CPU_PATH_MAX_TOKENS;
+        return gpu && !unified && host.resident() && cpu_path_mode != 0 && (!all_hi_fit || cpu_path_mode > 0) &&
+               n_waves == 1 && n_tokens <= CPU_PATH_MAX_TOKENS;
     }
+    int cpu_path_mode = -1; // hobbit.cpu_path: -1 auto, 0 never, 1 always
     bool all_hi_fit = false; // the slots hold every routed expert at hi at once (then every miss loads at hi)
+
+    // the host tier's projections of layer il at level lvl, for the CPU path (null when not held)
+    llama_hobbit_cpu_weights cpu_weights(int il, int lvl) const {
+        return { host.tensor(il, lvl, LLAMA_HOBBIT_GATE), host.tensor(il, lvl, LLAMA_HOBBIT_UP),
+                 host.tensor(il, lvl, LLAMA_HOBBIT_DOWN) };
+    }
 
     // the next MoE layers after il, up to n of them
     std::vector<int> next_moe_layers(int il, int n) const;

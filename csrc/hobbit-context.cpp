@@ -14,6 +14,7 @@ void llama_hobbit_context::wave_started(int il, int wave) {
     if (wave == 0 && il > served_il && served_at.time_since_epoch().count() != 0) {
         const double ms = std::chrono::duration<double, std::milli>(now - served_at).count();
         compute_ms = compute_ms < 0.0 ? ms : 0.8*compute_ms + 0.2*ms;
+        between_ms += ms;
     }
     started_at = now;
 }

@@ -11,6 +11,7 @@
 #include "hobbit-store.h"
 #include "llama-hobbit.h"
 
+#include <atomic>
 #include <chrono>
 #include <climits>
 #include <memory>
@@ -29,6 +30,8 @@ struct llama_hobbit_op {
     int gating  = 0; // enum llama_expert_gating_func_type of the model
     std::vector<int> targets;
     bool cpu_path = false; // the graph has a CPU path for this wave (a route op and a wait op)
+    int64_t n_embd = 0;    // CPU path: the width of the layer's input
+    bool    gelu   = false; // CPU path: the experts' activation is GELU (else SiLU)
 };
 
 struct llama_hobbit_context {
@@ -47,6 +50,9 @@ struct llama_hobbit_context {
     std::chrono::steady_clock::time_point submitted_at{}; // when the wave's loads were submitted
     std::chrono::steady_clock::time_point routed_at{};    // when its route op returned (CPU path)
     size_t cpu_bytes[LLAMA_HOBBIT_N_LVL] = {};            // expert bytes the wave gave to the CPU
+    std::vector<float> cpu_partials;  // the CPU experts op's slices, [route][slice][n_embd] (sized by the route op)
+    std::atomic<int>   cpu_arrived{0}; // threads of that op done with their slices
+    std::atomic<bool>  cpu_error{false}; // one of them failed (out of memory)
 
     bool        failed = false; // the ubatch being computed hit a fault
     std::string error;          // the first one
@@ -57,6 +63,7 @@ struct llama_hobbit_context {
     int    depth = 1;                // prefetch depth in use (adapts when the policy says auto)
     double accuracy[LLAMA_HOBBIT_PREFETCH_MAX] = { 1.0, 1.0, 1.0 }; // running averages per depth
     double compute_ms = -1.0;        // running average of compute between two MoE layers (-1: none yet)
+    double between_ms = 0.0;         // compute between MoE layers not yet added to the cache's stats
     double stall_ms   = -1.0;        // running average of the wait in a layer's first wave (-1: none yet)
     int    il_prev    = INT_MAX;     // the layer served before (one not after it starts a new pass)
     std::chrono::steady_clock::time_point served_at{};  // when the last wave was served

@@ -10,11 +10,11 @@
 // On the GPU tier with a host tier, a decode's graph also has a CPU path (hobbit-planner.h):
 //
 //     selected, weights ──► hobbit_route (submits the copies, does not wait) ──► ids [.., hi|lo|cpu hi|cpu lo]
-//     for each level: mul_mat_id(host tier of layer l, on the CPU) ... ──► cpu down
-//     selected, weights, ids, cpu downs ──► hobbit_wait (waits for the copies) ──► ids [.., hi|lo] ──► GPU paths
+//     ids, cur ──► hobbit_cpu_experts (all CPU threads, from the host tier; hobbit-cpu-expert.h) ──► cpu out
+//     selected, weights, ids, cpu out ──► hobbit_wait (waits for the copies) ──► ids [.., hi|lo] ──► GPU paths
 //
 // so the CPU computes the misses the planner gave it while the others are copied into VRAM.
-//
+
 // mul_mat_id skips negative ids and leaves their rows zero, so a route costs nothing in a path
 // that does not serve it, and a skipped route costs nothing at all. A wave's route op depends
 // on the previous wave's output, so it runs after the matmuls that read the slots it may reuse;
@@ -24,11 +24,14 @@
 #include "hobbit-hooks.h"
 #include "hobbit-cache.h"
 #include "hobbit-context.h"
+#include "hobbit-cpu-expert.h"
 #include "hobbit-mmid.h"
 
 #include "ggml.h"
 
 #include <chrono>
+#include <cstring>
+#include <exception>
 
 static void llama_hobbit_prefetch_op(ggml_tensor * dst, int ith, int nth, void * userdata) {
     (void) nth;
@@ -60,18 +63,102 @@ static llama_hobbit_routes routes_of(const ggml_tensor * dst) {
     return routes;
 }
 
+// the routes a CPU path computes: in the planes n_paths + lvl of the route op's ids
+static std::vector<llama_hobbit_cpu_route> cpu_routes(const ggml_tensor * ids, int n_paths) {
+    std::vector<llama_hobbit_cpu_route> out;
+    for (int lvl = 0; lvl < n_paths; ++lvl) {
+        for (int64_t t = 0; t < ids->ne[1]; ++t) {
+            for (int64_t r = 0; r < ids->ne[0]; ++r) {
+                const int32_t e = *(const int32_t *) ((const char *) ids->data + r*ids->nb[0] + t*ids->nb[1] +
+                                                      (n_paths + lvl)*ids->nb[2]);
+                if (e >= 0) {
+                    out.push_back({ (int) t, (int) r, lvl, e });
+                }
+            }
+        }
+    }
+    return out;
+}
+
 static void llama_hobbit_route_op(ggml_tensor * dst, int ith, int nth, void * userdata) {
     (void) nth;
     if (ith != 0) {
         return; // the policy runs on one thread; the others wait at the node's barrier
     }
     const auto * op = (const llama_hobbit_op *) userdata;
-    op->hctx->wave_started(op->il, op->wave);
-    op->hctx->cache->serve_wave(*op->hctx, op->il, op->wave, op->n_waves, routes_of(dst), dst, op->cpu_path);
-    if (op->cpu_path) {
-        op->hctx->routed_at = std::chrono::steady_clock::now(); // the CPU's experts are computed next
-    } else {
-        op->hctx->wave_served(op->il, op->wave);
+    llama_hobbit_context & hctx = *op->hctx;
+    hctx.wave_started(op->il, op->wave);
+    hctx.cache->serve_wave(hctx, op->il, op->wave, op->n_waves, routes_of(dst), dst, op->cpu_path);
+    if (!op->cpu_path) {
+        hctx.wave_served(op->il, op->wave);
+        return;
+    }
+    // the CPU experts op runs next: the room for its partial sums, taken here on one thread
+    const int n_paths = int(dst->ne[2]/2);
+    hctx.cpu_error.store(false);
+    hctx.cpu_arrived.store(0);
+    try {
+        hctx.cpu_partials.resize(cpu_routes(dst, n_paths).size()*LLAMA_HOBBIT_CPU_SLICES*size_t(op->n_embd));
+    } catch (const std::exception & e) {
+        hctx.fail(std::string("hobbit: computing experts on the CPU: ") + e.what());
+    }
+    hctx.routed_at = std::chrono::steady_clock::now(); // the CPU's experts are computed next
+}
+
+// the misses the planner gave to the CPU: every thread computes slices of them; the last one to
+// finish sums the slices into dst [n_embd, n_used, n_tokens] (zero for the other routes)
+static void llama_hobbit_cpu_experts_op(ggml_tensor * dst, int ith, int nth, void * userdata) {
+    const auto * op = (const llama_hobbit_op *) userdata;
+    llama_hobbit_context & hctx = *op->hctx;
+    const ggml_tensor * ids = dst->src[0];
+    const ggml_tensor * cur = dst->src[1];
+    const int n_paths = int(ids->ne[2]/2);
+    const int64_t n_embd = dst->ne[0];
+    const std::vector<llama_hobbit_cpu_route> routes = hctx.failed ? std::vector<llama_hobbit_cpu_route>()
+                                                                  : cpu_routes(ids, n_paths);
+    const bool room = hctx.cpu_partials.size() >= routes.size()*LLAMA_HOBBIT_CPU_SLICES*size_t(n_embd);
+    if (room && !routes.empty()) {
+        thread_local std::vector<char> scratch;
+        try {
+            // unit u: slice u % SLICES of route u / SLICES, while there are slices
+            for (size_t u = ith; u < routes.size()*LLAMA_HOBBIT_CPU_SLICES; u += nth) {
+                const llama_hobbit_cpu_route & c = routes[u/LLAMA_HOBBIT_CPU_SLICES];
+                const llama_hobbit_cpu_weights w = hctx.cache->cpu_weights(op->il, c.lvl);
+                const int n_slices = llama_hobbit_cpu_expert_slices(w);
+                const int s = int(u % LLAMA_HOBBIT_CPU_SLICES);
+                if (s < n_slices) {
+                    const float * x = (const float *) ((const char *) cur->data + c.token*cur->nb[2]);
+                    llama_hobbit_cpu_expert_slice(w, c.expert, op->gelu, x, s, n_slices,
+                                                  hctx.cpu_partials.data() + u*size_t(n_embd), scratch);
+                }
+            }
+        } catch (const std::exception &) {
+            hctx.cpu_error.store(true);
+        }
+    }
+    if (hctx.cpu_arrived.fetch_add(1, std::memory_order_acq_rel) + 1 != nth) {
+        return;
+    }
+    // the last thread: every slice is in
+    for (int64_t t = 0; t < dst->ne[2]; ++t) {
+        for (int64_t r = 0; r < dst->ne[1]; ++r) {
+            memset((char *) dst->data + r*dst->nb[1] + t*dst->nb[2], 0, n_embd*sizeof(float));
+        }
+    }
+    if (hctx.cpu_error.load() || (!room && !routes.empty())) {
+        hctx.fail("hobbit: computing experts on the CPU: out of memory");
+        return;
+    }
+    for (size_t i = 0; i < routes.size(); ++i) {
+        const llama_hobbit_cpu_route & c = routes[i];
+        const int n_slices = llama_hobbit_cpu_expert_slices(hctx.cache->cpu_weights(op->il, c.lvl));
+        float * out = (float *) ((char *) dst->data + c.route*dst->nb[1] + c.token*dst->nb[2]);
+        for (int s = 0; s < n_slices; ++s) {
+            const float * p = hctx.cpu_partials.data() + (i*LLAMA_HOBBIT_CPU_SLICES + s)*size_t(n_embd);
+            for (int64_t k = 0; k < n_embd; ++k) {
+                out[k] += p[k];
+            }
+        }
     }
 }
 
@@ -158,17 +245,15 @@ ggml_tensor * llama_hobbit_build_moe_ffn(
 
         if (op->cpu_path) {
             // the misses given to the CPU, from the host tier, while the copies fly
-            ggml_tensor * wait_args[2 + 1 + LLAMA_HOBBIT_N_LVL] = { selected, weights, ids };
-            for (int lvl = 0; lvl < n_paths; ++lvl) {
-                ggml_tensor * host[LLAMA_HOBBIT_N_PROJ];
-                for (int p = 0; p < LLAMA_HOBBIT_N_PROJ; ++p) {
-                    host[p] = cache.host.tensor(il, lvl, p);
-                }
-                ggml_tensor * down = path(host, ids, n_paths + lvl);
-                wait_args[3 + lvl] = down;
-                experts = experts ? ggml_add(ctx, experts, down) : down;
-            }
-            ids = ggml_custom_4d(ctx, GGML_TYPE_I32, n_used, n_tokens, n_paths, 1, wait_args, 3 + n_paths,
+            op->n_embd = n_embd;
+            op->gelu   = gelu;
+            ggml_tensor * cpu_args[2] = { ids, cur };
+            ggml_tensor * cpu = ggml_custom_4d(ctx, GGML_TYPE_F32, n_embd, n_used, n_tokens, 1, cpu_args, 2,
+                    llama_hobbit_cpu_experts_op, GGML_N_TASKS_MAX, op);
+            ggml_format_name(cpu, "hobbit_cpu_experts-%d.%d", il, wave);
+            experts = experts ? ggml_add(ctx, experts, cpu) : cpu;
+            ggml_tensor * wait_args[4] = { selected, weights, ids, cpu };
+            ids = ggml_custom_4d(ctx, GGML_TYPE_I32, n_used, n_tokens, n_paths, 1, wait_args, 4,
                     llama_hobbit_wait_op, 1, op);
             ggml_format_name(ids, "hobbit_wait-%d.%d", il, wave);
         }

@@ -27,10 +27,11 @@ constexpr const char * KV_UNIFIED = "hobbit.unified";      // int: GPU tier: -1 
 constexpr const char * KV_POLICY  = "hobbit.policy";       // str: initial eviction policy (lru, lfu, fld, least-stale, hobbit)
 constexpr const char * KV_DEPTH   = "hobbit.prefetch_depth"; // int: initial prefetch depth (-1 auto, 0 off, 1..3)
 constexpr const char * KV_CPU     = "hobbit.cpu_compute";  // int: initial cpu_compute (GPU tier: 1 planner, 0 copy every miss)
+constexpr const char * KV_CPU_PATH = "hobbit.cpu_path";    // int: GPU tier: a decode graph's CPU path: -1 (default) auto, 0 never, 1 always
 constexpr const char * KV_TYPES   = "hobbit.expert_types"; // file key: requested types of the expert levels
 
 const char * const KNOWN_KEYS[] = { KV_BUDGET, KV_HI_TYPE, KV_LO_TYPE, KV_DIRECT, KV_IO, KV_GPU, KV_HOST, KV_UNIFIED,
-                                     KV_POLICY, KV_DEPTH, KV_CPU };
+                                     KV_POLICY, KV_DEPTH, KV_CPU, KV_CPU_PATH };
 
 constexpr int IO_THREADS_DEFAULT = 4; // several reads in flight: NVMe and O_DIRECT want a queue
 constexpr int IO_THREADS_MAX     = 64;
@@ -325,6 +326,9 @@ std::shared_ptr<llama_hobbit_cache> attach_impl(const llama_model & model, llama
     if (cache->host.resident()) {
         cache->host.make_tensors(cache->store, cache->pool, cache->n_expert); // for the CPU path
     }
+    int64_t cpu_path = -1;
+    override_int(ml, KV_CPU_PATH, cpu_path);
+    cache->cpu_path_mode = cpu_path < 0 ? -1 : (cpu_path > 0 ? 1 : 0);
     cache->start_loader((int) io_threads);
     initial_policy(*cache, ml);
 

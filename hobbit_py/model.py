@@ -186,6 +186,7 @@ class Model(llama_cpp.Llama):
             "cpu_ms": cache["cpu_ms"],
             "copy_gbps": cache["copy_gbps"],
             "cpu_gbps": cache["cpu_gbps"],
+            "between_ms": cache["between_ms"],
             "peak_rss_bytes": peak_rss_bytes(),
         }
 

@@ -36,7 +36,7 @@ concurrent() {  # $1: build dir, $2: compute threads, $3: budget bytes
 }
 
 export ASAN_OPTIONS=detect_leaks=1:abort_on_error=1
-for t in test-hobbit-slots test-hobbit-policy test-hobbit-mmid; do
+for t in test-hobbit-slots test-hobbit-policy test-hobbit-mmid test-hobbit-cpu-expert; do
     echo "== build-asan: $t"; "build-asan/bin/$t" | tail -1
 done
 complete_with_budget build-asan 300000

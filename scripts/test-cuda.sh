@@ -9,7 +9,8 @@
 #      and long prompts), its counters add up and its slots stay within the budget;
 #   5. a failed read of an expert on its way to VRAM fails one generation with a clean error,
 #      and the others are right (LD_PRELOAD fault injector, tests/faultinject.c);
-#   6. the planner computes misses on the CPU (and not when told not to), and the unified-memory
+#   6. the planner computes misses on the CPU (and not when told not to; every miss on the CPU
+#      at hi generates what the non-HOBBIT run does), and the unified-memory
 #      path (forced: hobbit.unified=1) matches the non-HOBBIT run at a full budget.
 #
 #   scripts/test-cuda.sh            (env: HOBBIT_LLAMA_DIR, BUILD, MODEL, CUDA_ARCH, JOBS; SKIP_BUILD=1
@@ -102,6 +103,12 @@ cpu_routes() { sed -n 's/.* + cpu \([0-9]*\)\/\([0-9]*\),.*/\1 \2/p' "$build.$1.
     && echo "ok: $cpu_routes_ngl99 routes computed on the CPU at -ngl 99, 25%" || fail "no route computed on the CPU at 25%"
 check nocpu-ngl99-25 99 25% 1 hobbit.cpu_compute=0 || true
 [ "$(cpu_routes nocpu-ngl99-25)" == "0" ] && echo "ok: none with hobbit.cpu_compute=0" || fail "CPU routes with cpu_compute=0"
+# the CPU path's experts (hobbit-cpu-expert.h) are the GPU's: every miss computed on the CPU at
+# hi (cpu_compute 2, hi only) generates what the non-HOBBIT run does
+check cpuall-ngl99-25 99 25% 1 hobbit.lo_type=none hobbit.prefetch_depth=0 hobbit.cpu_compute=2 || true
+[ "$(cpu_routes cpuall-ngl99-25)" -gt 0 ] 2>/dev/null && [ "$(gens stock-ngl99)" == "$(gens cpuall-ngl99-25)" ] \
+    && echo "ok: $(cpu_routes cpuall-ngl99-25) routes on the CPU, equal to the non-HOBBIT run" \
+    || fail "every miss on the CPU at hi differs from the non-HOBBIT run (or none went there)"
 check unified-ngl99-25 99 25% 2 hobbit.unified=1 || true
 grep -q "error:" "$build.unified-ngl99-25.out" && fail "a generation failed (unified memory, 25%)"
 

@@ -15,7 +15,8 @@ import subprocess
 from hobbit_py._lib import REPO_ROOT
 from tests.conftest import require
 
-SANITIZED = ("llama-completion", "test-hobbit-slots", "test-hobbit-policy", "test-hobbit-mmid", "test-hobbit-mt")
+SANITIZED = ("llama-completion", "test-hobbit-slots", "test-hobbit-policy", "test-hobbit-mmid", "test-hobbit-mt",
+             "test-hobbit-cpu-expert")
 
 
 def test_the_cache_is_clean_under_asan_and_tsan() -> None:

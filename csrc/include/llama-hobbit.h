@@ -11,7 +11,7 @@ extern "C" {
 #endif
 
 // Bumped whenever a function or struct of this header changes.
-#define LLAMA_HOBBIT_API_VERSION 8
+#define LLAMA_HOBBIT_API_VERSION 9
 
 // Version of this header the library was built with (LLAMA_HOBBIT_API_VERSION).
 LLAMA_API int32_t llama_hobbit_api_version(void);
@@ -38,7 +38,10 @@ LLAMA_API const char * llama_hobbit_source_id(void);
 //                              loads read the file into them, nothing is copied
 //   hobbit.policy       (str)  initial eviction: lru, lfu, fld, least-stale, hobbit (default)
 //   hobbit.prefetch_depth (int) initial prefetch depth: -1 auto (default), 0 off, 1..3
-//   hobbit.cpu_compute  (int)  initial cpu_compute of the policy: 1 (default), 0
+//   hobbit.cpu_compute  (int)  initial cpu_compute of the policy: 1 (default), 0, 2
+//   hobbit.cpu_path     (int)  GPU tier: a decode graph's CPU path, where the CPU computes
+//                              misses: -1 (default) when a host tier is kept and the slots do not
+//                              hold every hi expert, 0 never, 1 always (to measure what it costs)
 // Any other hobbit.* key is refused. The routed experts are then not resident: they are read
 // from the file into the cache's slot pools on demand, under the policy below, which can be
 // changed at any time. Several contexts may share one HOBBIT model, also from several threads.
@@ -75,7 +78,8 @@ struct llama_hobbit_policy {
     int32_t prefetch_width;    // predicted experts beyond the router's top-k also prefetched (at lo)
     int32_t cpu_compute;       // GPU tier with a host tier: 1 (default) a decode's misses may be computed
                                // on the CPU from host RAM while others are copied (the planner picks
-                               // from measured rates); 0: every miss is copied
+                               // from measured rates); 0: every miss is copied; 2: every miss of
+                               // a decode is computed on the CPU (a diagnostic: the CPU path alone)
 };
 
 struct llama_hobbit_stats {
@@ -122,6 +126,9 @@ struct llama_hobbit_stats {
     double   cpu_ms;           // time the CPU spent on them (summed over waves)
     double   copy_gbps;        // the planner's running estimates: copy rate over the bus (GB/s) ...
     double   cpu_gbps;         // ... and the CPU's rate on the hi level (GB/s of weights), 0: not measured
+    double   between_ms;       // time from a layer's experts being served to the next MoE layer's routing, within
+                               // a ubatch: the graph's other work (on the GPU tier with the hand-overs between
+                               // GPU and CPU); with load_stall_ms and cpu_ms it splits a ubatch's MoE span
 };
 
 // true if the model was loaded in HOBBIT mode

@@ -16,6 +16,11 @@
 //       generated (teacher forcing), and top-1 agreement and KL divergence of each step's
 //       distribution are taken against B-resident's. Prints a markdown table (medians of RUNS
 //       runs after one warm-up run).
+//       HOBBIT_BENCH_ROWS="a;b": only the rows whose names contain one of these (and B-resident,
+//       the reference; "-": no other). HOBBIT_BENCH_EXTRA="name|key=value,...|threads;...": rows of the mixed
+//       model added at the end, with the budget (unless they give one), the hobbit.* kv overrides
+//       given, and policy.* fields (hi_threshold, skip_threshold, upgrade_threshold,
+//       prefetch_width, prefetch_depth, cpu_compute) set after the load.
 
 #include "llama.h"
 #include "llama-hobbit.h"
@@ -256,6 +261,26 @@ struct row_result {
     bool ok = true;
 };
 
+// the fields of s (nullptr: none) between separators, empty ones left out
+std::vector<std::string> split(const char * s, char sep) {
+    std::vector<std::string> out;
+    std::string cur;
+    for (; s && *s; ++s) {
+        if (*s == sep) {
+            if (!cur.empty()) {
+                out.push_back(cur);
+            }
+            cur.clear();
+        } else {
+            cur += *s;
+        }
+    }
+    if (!cur.empty()) {
+        out.push_back(cur);
+    }
+    return out;
+}
+
 double median(std::vector<double> v) {
     if (v.empty()) {
         return 0.0;
@@ -291,8 +316,27 @@ struct reference {
 // one configuration: a warm-up run and `runs` timed runs, each a fresh context that prefills the
 // prompt then decodes the reference tokens; with `make_ref`, the first run's greedy tokens and
 // distributions become the reference instead
+// policy.FIELD=value: a field of the model's llama_hobbit_policy; false for an unknown field
+bool set_policy_field(llama_hobbit_policy & p, const std::string & arg) {
+    const size_t eq = arg.find('=');
+    if (eq == std::string::npos) {
+        return false;
+    }
+    const std::string key = arg.substr(7, eq - 7);
+    const double v = atof(arg.c_str() + eq + 1);
+    if      (key == "hi_threshold")      { p.hi_threshold      = (float) v; }
+    else if (key == "skip_threshold")    { p.skip_threshold    = (float) v; }
+    else if (key == "upgrade_threshold") { p.upgrade_threshold = (float) v; }
+    else if (key == "prefetch_width")    { p.prefetch_width    = (int32_t) v; }
+    else if (key == "prefetch_depth")    { p.prefetch_depth    = (int32_t) v; }
+    else if (key == "cpu_compute")       { p.cpu_compute       = (int32_t) v; }
+    else { return false; }
+    return true;
+}
+
 row_result run_row(const char * path, int ngl, kv_list & kv, std::vector<llama_model_tensor_buft_override> & ot,
-                   reference & ref, bool make_ref, int n_gen, int runs, int n_threads) {
+                   const std::vector<std::string> & policy, reference & ref, bool make_ref, int n_gen, int runs,
+                   int n_threads) {
     row_result res;
     llama_model_params mp = llama_model_default_params();
     mp.n_gpu_layers = ngl;
@@ -306,6 +350,19 @@ row_result run_row(const char * path, int ngl, kv_list & kv, std::vector<llama_m
         res.ok = false;
         res.note = std::string("load failed: ") + llama_hobbit_last_error();
         return res;
+    }
+    if (!policy.empty()) {
+        llama_hobbit_policy p = llama_hobbit_get_policy(model);
+        bool ok = llama_hobbit_active(model);
+        for (const auto & f : policy) {
+            ok = ok && set_policy_field(p, f);
+        }
+        if (!ok || llama_hobbit_set_policy(model, p) != 0) {
+            res.ok = false;
+            res.note = "bad policy override";
+            llama_model_free(model);
+            return res;
+        }
     }
     const int n_vocab = llama_vocab_n_tokens(llama_model_get_vocab(model));
     double top1 = 0.0, kl = 0.0;
@@ -359,13 +416,16 @@ row_result run_row(const char * path, int ngl, kv_list & kv, std::vector<llama_m
     }
     if (llama_hobbit_active(model)) {
         const llama_hobbit_stats s = llama_hobbit_get_stats(model);
-        char buf[480];
+        char buf[640];
         const double per = 1.0/std::max(1, n_gen);
         const double routes = std::max<double>(1.0, double(s.routes_total));
-        snprintf(buf, sizeof(buf), "decode: %s %.3f, CPU %.3f, %.1f MiB %s and %.2f ms stalled per token, "
+        snprintf(buf, sizeof(buf), "decode: %s %.3f, CPU %.3f, skipped %.3f, %.1f MiB %s and %.2f ms stalled per token, "
+                 "%.2f ms between layers and %.2f on CPU experts per token, "
                  "%.1f GB/s a stream, planner's copy %.1f / CPU %.1f GB/s, %llu prefetches (%llu used); slots %.0f MiB%s",
                  s.tier ? "VRAM hits" : "hits", double(s.hits_hi + s.hits_lo)/routes, double(s.cpu_hi + s.cpu_lo)/routes,
+                 double(s.skipped)/routes,
                  s.bytes_loaded/1048576.0*per, s.unified ? "read" : (s.tier ? "copied" : "read"), s.load_stall_ms*per,
+                 s.between_ms*per, s.cpu_ms*per,
                  s.read_ms > 0 ? s.bytes_loaded/(s.read_ms*1e6) : 0.0, s.copy_gbps, s.cpu_gbps,
                  (unsigned long long) s.prefetch_issued, (unsigned long long) s.prefetch_used,
                  s.cache_capacity_bytes/1048576.0, s.unified ? " (pinned host memory)" : "");
@@ -435,9 +495,9 @@ int cmd_bench(int argc, char ** argv) {
     fflush(stdout);
 
     struct row {
-        const char * name;
+        std::string name;
         const char * path;
-        std::vector<std::string> kv;
+        std::vector<std::string> kv; // hobbit.* kv overrides, and policy.* fields set after the load
         std::vector<llama_model_tensor_buft_override> ot;
         int threads = 0; // 0: THREADS
     };
@@ -460,10 +520,39 @@ int cmd_bench(int argc, char ** argv) {
         { "HOBBIT-gpu, every expert fits (diagnostic), -t 4", mixed,
           { "hobbit.budget_bytes=" + std::to_string(4*eb.total) }, {}, 4 },
     };
+    // HOBBIT_BENCH_ROWS: B-resident (the reference) and the rows named
+    if (const char * sel = getenv("HOBBIT_BENCH_ROWS")) {
+        const std::vector<std::string> want = split(sel, ';');
+        std::vector<row> kept = { rows[0] };
+        for (size_t i = 1; i < rows.size(); ++i) {
+            for (const std::string & w : want) {
+                if (rows[i].name.find(w) != std::string::npos) {
+                    kept.push_back(rows[i]);
+                    break;
+                }
+            }
+        }
+        rows = kept;
+    }
+    // HOBBIT_BENCH_EXTRA: rows of the mixed model at the budget, "name|kv,kv|threads;..."
+    for (const std::string & spec : split(getenv("HOBBIT_BENCH_EXTRA"), ';')) {
+        const std::vector<std::string> f = split(spec.c_str(), '|');
+        row x = { f[0], mixed, {}, {}, f.size() > 2 ? atoi(f[2].c_str()) : 0 };
+        bool own_budget = false;
+        for (const std::string & k : f.size() > 1 ? split(f[1].c_str(), ',') : std::vector<std::string>()) {
+            x.kv.push_back(k);
+            own_budget = own_budget || k.rfind("hobbit.budget_bytes=", 0) == 0;
+        }
+        if (!own_budget) {
+            x.kv.insert(x.kv.begin(), b);
+        }
+        rows.push_back(x);
+    }
     printf("| configuration | decode tok/s | x B-cpu-moe | x B-n-cpu-moe | x B-lru-gpu | prefill tok/s | "
            "top-1 vs all-hi | KL vs all-hi | notes |\n");
     printf("|---|---|---|---|---|---|---|---|---|\n");
-    double ref_decode[3] = {}; // B-cpu-moe, B-n-cpu-moe, B-lru-gpu: rows 1..3
+    const char * ref_names[3] = { "B-cpu-moe", "B-n-cpu-moe", "B-lru-gpu (" };
+    double ref_decode[3] = {}; // the first row of each of those names
     auto ratio = [](double d, double ref) {
         char b[32];
         snprintf(b, sizeof(b), "%.2fx", d/ref);
@@ -471,19 +560,26 @@ int cmd_bench(int argc, char ** argv) {
     };
     for (size_t i = 0; i < rows.size(); ++i) {
         kv_list kv;
+        std::vector<std::string> policy;
         for (const auto & s : rows[i].kv) {
-            kv.add(s);
+            if (s.rfind("policy.", 0) == 0) {
+                policy.push_back(s);
+            } else {
+                kv.add(s);
+            }
         }
-        row_result r = run_row(rows[i].path, 99, kv, rows[i].ot, ref, i == 0, n_gen, runs,
+        row_result r = run_row(rows[i].path, 99, kv, rows[i].ot, policy, ref, i == 0, n_gen, runs,
                                rows[i].threads ? rows[i].threads : threads);
         const double d = median(r.decode_tps);
-        if (i >= 1 && i <= 3) {
-            ref_decode[i - 1] = d;
+        for (int k = 0; k < 3; ++k) {
+            if (ref_decode[k] == 0.0 && rows[i].name.rfind(ref_names[k], 0) == 0) {
+                ref_decode[k] = d;
+            }
         }
-        printf("| %s | %.1f | %s | %s | %s | %.1f | %.4f | %.5f | %s%s |\n", rows[i].name, d,
+        printf("| %s | %.1f | %s | %s | %s | %.1f | %.4f | %.5f | %s%s |\n", rows[i].name.c_str(), d,
                ratio(d, ref_decode[0]).c_str(), ratio(d, ref_decode[1]).c_str(), ratio(d, ref_decode[2]).c_str(),
                median(r.prefill_tps), r.top1, r.kl, r.ok ? "" : "FAILED ", r.note.c_str());
-        printf("<!-- %s runs: decode", rows[i].name);
+        printf("<!-- %s runs: decode", rows[i].name.c_str());
         for (double v : r.decode_tps) {
             printf(" %.1f", v);
         }

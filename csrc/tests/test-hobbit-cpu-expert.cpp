@@ -1,0 +1,193 @@
+// HOBBIT: a routed expert computed on the CPU from its quantized weights (hobbit-cpu-expert.h).
+//
+// The sum of an expert's slices must match two independent computations: ggml's own CPU graph
+// (mul_mat, GLU, mul_mat on the same quantized expert: the same dot products, so almost exactly;
+// GELU within its fp16 table's error)
+// and a double-precision reference on the dequantized weights (within quantization error).
+// Shapes the CPU backend cannot slice are refused with 0 slices.
+
+#include "hobbit-cpu-expert.h"
+
+#include "ggml.h"
+#include "ggml-alloc.h"
+#include "ggml-backend.h"
+#include "ggml-cpu.h"
+
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <random>
+#include <vector>
+
+namespace {
+
+struct expert_set {
+    ggml_context * ctx = nullptr;
+    ggml_backend_buffer_t buf = nullptr;
+    ggml_tensor * gate = nullptr, * up = nullptr, * down = nullptr;
+    std::vector<float> gate_d, up_d, down_d; // dequantized, [expert][row][col]
+};
+
+void fill(ggml_tensor * t, std::vector<float> & deq, std::mt19937 & rng) {
+    std::uniform_real_distribution<float> uni(-1.0f, 1.0f);
+    const int64_t n = ggml_nelements(t);
+    std::vector<float> f(n);
+    for (auto & v : f) {
+        v = uni(rng);
+    }
+    std::vector<uint8_t> q(ggml_nbytes(t));
+    if (t->type == GGML_TYPE_F32) {
+        memcpy(q.data(), f.data(), q.size());
+    } else {
+        ggml_quantize_chunk(t->type, f.data(), q.data(), 0, n/t->ne[0], t->ne[0], nullptr);
+    }
+    ggml_backend_tensor_set(t, q.data(), 0, q.size());
+    deq.resize(n);
+    if (t->type == GGML_TYPE_F32) {
+        deq = f;
+    } else {
+        ggml_get_type_traits(t->type)->to_float(q.data(), deq.data(), n);
+    }
+}
+
+// ggml's CPU graph on expert e: down . act(gate . x) * (up . x)
+std::vector<float> ggml_expert(const expert_set & w, int e, bool gelu, const std::vector<float> & x,
+                               ggml_backend_t backend) {
+    ggml_init_params params = { ggml_tensor_overhead()*16 + ggml_graph_overhead(), nullptr, true };
+    ggml_context * ctx = ggml_init(params);
+    auto slice = [&](ggml_tensor * t) {
+        return ggml_view_2d(ctx, t, t->ne[0], t->ne[1], t->nb[1], e*t->nb[2]);
+    };
+    ggml_tensor * xt   = ggml_new_tensor_1d(ctx, GGML_TYPE_F32, (int64_t) x.size());
+    ggml_tensor * g    = ggml_mul_mat(ctx, slice(w.gate), xt);
+    ggml_tensor * u    = ggml_mul_mat(ctx, slice(w.up), xt);
+    ggml_tensor * act  = gelu ? ggml_geglu_split(ctx, g, u) : ggml_swiglu_split(ctx, g, u);
+    ggml_tensor * out  = ggml_mul_mat(ctx, slice(w.down), act);
+    ggml_backend_buffer_t buf = ggml_backend_alloc_ctx_tensors(ctx, backend);
+    ggml_backend_tensor_set(xt, x.data(), 0, ggml_nbytes(xt));
+    ggml_cgraph * gf = ggml_new_graph(ctx);
+    ggml_build_forward_expand(gf, out);
+    ggml_backend_graph_compute(backend, gf);
+    std::vector<float> res(ggml_nelements(out));
+    ggml_backend_tensor_get(out, res.data(), 0, ggml_nbytes(out));
+    ggml_backend_buffer_free(buf);
+    ggml_free(ctx);
+    return res;
+}
+
+// the same in double precision on the dequantized weights
+std::vector<double> reference(const expert_set & w, int e, bool gelu, const std::vector<float> & x) {
+    const int64_t n_embd = w.gate->ne[0], n_ff = w.gate->ne[1];
+    std::vector<double> act(n_ff), out(n_embd, 0.0);
+    for (int64_t j = 0; j < n_ff; ++j) {
+        double g = 0.0, u = 0.0;
+        for (int64_t i = 0; i < n_embd; ++i) {
+            g += double(w.gate_d[(e*n_ff + j)*n_embd + i])*x[i];
+            u += double(w.up_d[(e*n_ff + j)*n_embd + i])*x[i];
+        }
+        const double a = gelu ? 0.5*g*(1.0 + std::tanh(0.7978845608028654*g*(1.0 + 0.044715*g*g))) : g/(1.0 + std::exp(-g));
+        act[j] = a*u;
+    }
+    for (int64_t i = 0; i < n_embd; ++i) {
+        for (int64_t j = 0; j < n_ff; ++j) {
+            out[i] += double(w.down_d[(e*n_embd + i)*n_ff + j])*act[j];
+        }
+    }
+    return out;
+}
+
+double nmse(const std::vector<float> & a, const std::vector<double> & ref) {
+    double err2 = 0.0, ref2 = 0.0;
+    for (size_t i = 0; i < a.size(); ++i) {
+        err2 += (a[i] - ref[i])*(a[i] - ref[i]);
+        ref2 += ref[i]*ref[i];
+    }
+    return ref2 > 0.0 ? err2/ref2 : INFINITY;
+}
+
+bool run_case(ggml_type type_up, ggml_type type_down, int64_t n_embd, int64_t n_ff, bool gelu, ggml_backend_t backend,
+              std::mt19937 & rng) {
+    const int n_expert = 3;
+    expert_set w;
+    ggml_init_params params = { ggml_tensor_overhead()*4, nullptr, true };
+    w.ctx  = ggml_init(params);
+    w.gate = ggml_new_tensor_3d(w.ctx, type_up, n_embd, n_ff, n_expert);
+    w.up   = ggml_new_tensor_3d(w.ctx, type_up, n_embd, n_ff, n_expert);
+    w.down = ggml_new_tensor_3d(w.ctx, type_down, n_ff, n_embd, n_expert);
+    w.buf  = ggml_backend_alloc_ctx_tensors(w.ctx, backend);
+    fill(w.gate, w.gate_d, rng);
+    fill(w.up, w.up_d, rng);
+    fill(w.down, w.down_d, rng);
+
+    std::uniform_real_distribution<float> uni(-1.0f, 1.0f);
+    std::vector<float> x(n_embd);
+    for (auto & v : x) {
+        v = uni(rng)*0.2f;
+    }
+    const llama_hobbit_cpu_weights cw = { w.gate, w.up, w.down };
+    const int n_slices = llama_hobbit_cpu_expert_slices(cw);
+    bool ok = n_slices >= 1 && n_slices <= LLAMA_HOBBIT_CPU_SLICES;
+    double worst_ggml = 0.0, worst_ref = 0.0;
+    std::vector<char> scratch;
+    for (int e = 0; e < n_expert && ok; ++e) {
+        std::vector<float> sum(n_embd, 0.0f), partial(n_embd);
+        for (int s = 0; s < n_slices; ++s) {
+            std::fill(partial.begin(), partial.end(), NAN);
+            llama_hobbit_cpu_expert_slice(cw, e, gelu, x.data(), s, n_slices, partial.data(), scratch);
+            for (int64_t i = 0; i < n_embd; ++i) {
+                sum[i] += partial[i];
+            }
+        }
+        const std::vector<float> g = ggml_expert(w, e, gelu, x, backend);
+        const std::vector<double> gd(g.begin(), g.end());
+        worst_ggml = std::max(worst_ggml, nmse(sum, gd));
+        worst_ref  = std::max(worst_ref, nmse(sum, reference(w, e, gelu, x)));
+    }
+    // ggml's GELU reads a table of fp16 values; this kernel computes it exactly
+    const double ggml_tol = gelu ? 1e-4 : 1e-6;
+    ok = ok && std::isfinite(worst_ggml) && worst_ggml < ggml_tol && std::isfinite(worst_ref) && worst_ref < 5e-3;
+    printf("  cpu expert: up=%-5s down=%-5s n_ff=%-5lld %s slices=%-2d nmse vs ggml %.2e, vs f64 %.2e %s\n",
+           ggml_type_name(type_up), ggml_type_name(type_down), (long long) n_ff, gelu ? "gelu" : "silu", n_slices,
+           worst_ggml, worst_ref, ok ? "OK" : "FAIL");
+    ggml_backend_buffer_free(w.buf);
+    ggml_free(w.ctx);
+    return ok;
+}
+
+// shapes that cannot be cut into whole blocks: no slices
+bool refuses_bad_shapes() {
+    ggml_init_params params = { ggml_tensor_overhead()*8, nullptr, true };
+    ggml_context * ctx = ggml_init(params);
+    ggml_tensor * gate = ggml_new_tensor_3d(ctx, GGML_TYPE_Q8_0, 256, 96, 2);
+    ggml_tensor * up   = ggml_new_tensor_3d(ctx, GGML_TYPE_Q8_0, 256, 96, 2);
+    ggml_tensor * down_k = ggml_new_tensor_3d(ctx, GGML_TYPE_Q8_0, 96, 256, 2);   // 3 units of 32
+    ggml_tensor * down_q4k = ggml_new_tensor_3d(ctx, GGML_TYPE_Q4_K, 96, 256, 2); // not a whole block of 256
+    ggml_tensor * down_bad = ggml_new_tensor_3d(ctx, GGML_TYPE_Q8_0, 96, 128, 2); // 128 rows, not n_embd
+    ggml_tensor * up_f16 = ggml_new_tensor_3d(ctx, GGML_TYPE_F16, 256, 96, 2);
+    const bool ok = llama_hobbit_cpu_expert_slices({ gate, up, down_k }) == 3 &&
+                    llama_hobbit_cpu_expert_slices({ gate, up, down_q4k }) == 0 &&
+                    llama_hobbit_cpu_expert_slices({ gate, up, down_bad }) == 0 &&
+                    llama_hobbit_cpu_expert_slices({ gate, up_f16, down_k }) == 0 &&  // gate and up differ
+                    llama_hobbit_cpu_expert_slices({ gate, nullptr, down_k }) == 0;
+    printf("  cpu expert: bad shapes refused %s\n", ok ? "OK" : "FAIL");
+    ggml_free(ctx);
+    return ok;
+}
+
+} // namespace
+
+int main() {
+    ggml_backend_t backend = ggml_backend_cpu_init();
+    ggml_backend_cpu_set_n_threads(backend, 2);
+    std::mt19937 rng(7);
+    bool ok = refuses_bad_shapes();
+    ok = run_case(GGML_TYPE_Q8_0, GGML_TYPE_Q8_0, 256, 2048, false, backend, rng) && ok;
+    ok = run_case(GGML_TYPE_Q4_K, GGML_TYPE_Q4_K, 256, 2048, false, backend, rng) && ok;
+    ok = run_case(GGML_TYPE_Q4_0, GGML_TYPE_Q8_0, 256, 512, true, backend, rng) && ok;
+    ok = run_case(GGML_TYPE_F16, GGML_TYPE_F16, 64, 96, false, backend, rng) && ok;
+    ok = run_case(GGML_TYPE_Q8_0, GGML_TYPE_Q8_0, 256, 96, false, backend, rng) && ok; // fewer units than slices
+    ok = run_case(GGML_TYPE_Q8_0, GGML_TYPE_Q4_K, 256, 256, true, backend, rng) && ok; // one slice
+    ggml_backend_free(backend);
+    printf("%s\n", ok ? "all passed" : "FAILED");
+    return ok ? 0 : 1;
+}
