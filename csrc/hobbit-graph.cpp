@@ -13,7 +13,9 @@
 //     ids, cur ──► hobbit_cpu_experts (all CPU threads, from the host tier; hobbit-cpu-expert.h) ──► cpu out
 //     selected, weights, ids, cpu out ──► hobbit_wait (waits for the copies) ──► ids [.., hi|lo] ──► GPU paths
 //
-// so the CPU computes the misses the planner gave it while the others are copied into VRAM.
+// so the CPU computes the misses the planner gave it while the others are copied into VRAM. On
+// the GPU tier the CPU ops' float inputs (weights, the layer's input, the next layers' logits)
+// are concatenated on the GPU and reach the host in one copy (bundle_for_host).
 
 // mul_mat_id skips negative ids and leaves their rows zero, so a route costs nothing in a path
 // that does not serve it, and a skipped route costs nothing at all. A wave's route op depends
@@ -173,23 +175,31 @@ static void llama_hobbit_wait_op(ggml_tensor * dst, int ith, int nth, void * use
     op->hctx->wave_served(op->il, op->wave);
 }
 
-// predict the next MoE layers' experts from this layer's router input: their routers' logits,
-// and the op that turns them into prefetches; nullptr at the last MoE layer
-static ggml_tensor * build_prefetch(llama_hobbit_context * hctx, ggml_context * ctx, int il, ggml_tensor * cur,
-                                    int gating) {
-    const llama_hobbit_cache & cache = *hctx->cache;
-    const std::vector<int> targets = cache.next_moe_layers(il, LLAMA_HOBBIT_PREFETCH_MAX);
+// the next MoE layers' router logits from this layer's router input (their routers applied to
+// it), for the prefetch op; none at the last MoE layer
+static std::vector<ggml_tensor *> next_logits(const llama_hobbit_cache & cache, ggml_context * ctx,
+                                              const std::vector<int> & targets, ggml_tensor * cur) {
+    std::vector<ggml_tensor *> out;
+    ggml_tensor * x = ggml_reshape_2d(ctx, cur, cur->ne[0], cur->ne[2]);
+    for (int t : targets) {
+        ggml_tensor * logits = ggml_mul_mat(ctx, cache.gate_inp[t], x);
+        if (cache.gate_inp_b[t]) {
+            logits = ggml_add(ctx, logits, cache.gate_inp_b[t]);
+        }
+        out.push_back(logits);
+    }
+    return out;
+}
+
+// the op that turns the next layers' logits into prefetches; nullptr when there are none
+static ggml_tensor * build_prefetch(llama_hobbit_context * hctx, ggml_context * ctx, int il, int gating,
+                                    const std::vector<int> & targets, const std::vector<ggml_tensor *> & logits) {
     if (targets.empty()) {
         return nullptr;
     }
-    ggml_tensor * x = ggml_reshape_2d(ctx, cur, cur->ne[0], cur->ne[2]);
     ggml_tensor * args[LLAMA_HOBBIT_PREFETCH_MAX];
     for (size_t i = 0; i < targets.size(); ++i) {
-        ggml_tensor * logits = ggml_mul_mat(ctx, cache.gate_inp[targets[i]], x);
-        if (cache.gate_inp_b[targets[i]]) {
-            logits = ggml_add(ctx, logits, cache.gate_inp_b[targets[i]]);
-        }
-        args[i] = logits;
+        args[i] = logits[i];
     }
     llama_hobbit_op * op = hctx->op(il, -1, 0);
     op->gating  = gating;
@@ -198,6 +208,43 @@ static ggml_tensor * build_prefetch(llama_hobbit_context * hctx, ggml_context * 
             llama_hobbit_prefetch_op, 1, op);
     ggml_format_name(pf, "hobbit_prefetch-%d", il);
     return pf;
+}
+
+// the float inputs of the CPU ops: the routing weights [1, n_used, n_tokens], the layer's input
+// [n_embd, 1, n_tokens] (for the CPU path) and the next layers' logits [n_expert, n_tokens]
+struct host_floats {
+    ggml_tensor * weights;
+    ggml_tensor * cur;
+    std::vector<ggml_tensor *> logits;
+};
+
+// On the GPU tier they are computed on the GPU and each would be copied to the host on its own,
+// with a wait for the GPU each time: there they go as one tensor, one copy per layer, and the
+// CPU ops read views of it.
+static host_floats bundle_for_host(ggml_context * ctx, const host_floats & in, bool with_cur) {
+    const int64_t n_used = in.weights->ne[1], n_tokens = in.weights->ne[2];
+    ggml_tensor * w = ggml_is_contiguous(in.weights) ? in.weights : ggml_cont(ctx, in.weights);
+    ggml_tensor * all = ggml_reshape_2d(ctx, w, n_used, n_tokens);
+    if (with_cur) {
+        all = ggml_concat(ctx, all, ggml_reshape_2d(ctx, in.cur, in.cur->ne[0], n_tokens), 0);
+    }
+    for (ggml_tensor * l : in.logits) {
+        all = ggml_concat(ctx, all, l, 0);
+    }
+    ggml_format_name(all, "hobbit_host_floats");
+    host_floats out = in;
+    size_t off = 0;
+    out.weights = ggml_view_3d(ctx, all, 1, n_used, n_tokens, sizeof(float), all->nb[1], 0);
+    off += n_used;
+    if (with_cur) {
+        out.cur = ggml_view_3d(ctx, all, in.cur->ne[0], 1, n_tokens, all->nb[1], all->nb[1], off*sizeof(float));
+        off += in.cur->ne[0];
+    }
+    for (size_t i = 0; i < in.logits.size(); ++i) {
+        out.logits[i] = ggml_view_2d(ctx, all, in.logits[i]->ne[0], n_tokens, all->nb[1], off*sizeof(float));
+        off += in.logits[i]->ne[0];
+    }
+    return out;
 }
 
 ggml_tensor * llama_hobbit_build_moe_ffn(
@@ -230,7 +277,12 @@ ggml_tensor * llama_hobbit_build_moe_ffn(
         return llama_hobbit_mul_mat_id(ctx, as[LLAMA_HOBBIT_DOWN], act, ids_p);
     };
 
-    ggml_tensor * prefetch = build_prefetch(hctx, ctx, il, cur, gating);
+    const std::vector<int> targets = cache.next_moe_layers(il, LLAMA_HOBBIT_PREFETCH_MAX);
+    host_floats host = { weights, cur, next_logits(cache, ctx, targets, cur) };
+    if (cache.gpu) {
+        host = bundle_for_host(ctx, host, cache.cpu_path(n_tokens, n_waves));
+    }
+    ggml_tensor * prefetch = build_prefetch(hctx, ctx, il, gating, targets, host.logits);
     ggml_tensor * experts  = nullptr;
     for (int wave = 0; wave < n_waves; ++wave) {
         llama_hobbit_op * op = hctx->op(il, wave, n_waves);
@@ -238,7 +290,7 @@ ggml_tensor * llama_hobbit_build_moe_ffn(
 
         // after the prefetch op (first wave) or the previous wave's matmuls
         ggml_tensor * after   = wave == 0 ? prefetch : experts;
-        ggml_tensor * args[3] = { selected, weights, after };
+        ggml_tensor * args[3] = { selected, host.weights, after };
         ggml_tensor * ids = ggml_custom_4d(ctx, GGML_TYPE_I32, n_used, n_tokens, op->cpu_path ? 2*n_paths : n_paths, 1,
                 args, after ? 3 : 2, llama_hobbit_route_op, 1, op);
         ggml_format_name(ids, "hobbit_route-%d.%d", il, wave);
@@ -247,12 +299,12 @@ ggml_tensor * llama_hobbit_build_moe_ffn(
             // the misses given to the CPU, from the host tier, while the copies fly
             op->n_embd = n_embd;
             op->gelu   = gelu;
-            ggml_tensor * cpu_args[2] = { ids, cur };
+            ggml_tensor * cpu_args[2] = { ids, host.cur };
             ggml_tensor * cpu = ggml_custom_4d(ctx, GGML_TYPE_F32, n_embd, n_used, n_tokens, 1, cpu_args, 2,
                     llama_hobbit_cpu_experts_op, GGML_N_TASKS_MAX, op);
             ggml_format_name(cpu, "hobbit_cpu_experts-%d.%d", il, wave);
             experts = experts ? ggml_add(ctx, experts, cpu) : cpu;
-            ggml_tensor * wait_args[4] = { selected, weights, ids, cpu };
+            ggml_tensor * wait_args[4] = { selected, host.weights, ids, cpu };
             ids = ggml_custom_4d(ctx, GGML_TYPE_I32, n_used, n_tokens, n_paths, 1, wait_args, 4,
                     llama_hobbit_wait_op, 1, op);
             ggml_format_name(ids, "hobbit_wait-%d.%d", il, wave);
