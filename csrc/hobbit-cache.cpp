@@ -238,6 +238,93 @@ llama_hobbit_load_ptr llama_hobbit_cache::make_load(int idx, int depth) {
 
 void llama_hobbit_cache::on_loaded(const llama_hobbit_load_ptr & job) {
     std::lock_guard<std::mutex> lock(mtx);
+    on_loaded_locked(job);
+}
+
+bool llama_hobbit_cache::submit_copy(const llama_hobbit_load_ptr & job) {
+    if (!copier.active() || !host.resident() || !job->device[0]) {
+        return false;
+    }
+    ggml_tensor * t[LLAMA_HOBBIT_N_PROJ];
+    const char * src[LLAMA_HOBBIT_N_PROJ];
+    size_t off[LLAMA_HOBBIT_N_PROJ], n[LLAMA_HOBBIT_N_PROJ];
+    for (int p = 0; p < LLAMA_HOBBIT_N_PROJ; ++p) {
+        t[p]   = job->device[p];
+        src[p] = host.part(store, job->il, job->expert, job->lvl, p);
+        off[p] = size_t(job->dst[p] - (char *) t[p]->data);
+        n[p]   = store.expert_bytes[job->lvl][p];
+        if (!src[p]) {
+            return false;
+        }
+    }
+    job->submitted_at = std::chrono::steady_clock::now();
+    job->copy_event   = copier.submit(t, src, off, n, LLAMA_HOBBIT_N_PROJ);
+    job->direct       = job->copy_event != nullptr;
+    if (job->direct) {
+        loader.demand_started(); // prefetches wait for the bus to be idle
+    }
+    return job->direct;
+}
+
+void llama_hobbit_cache::complete_copy(std::unique_lock<std::mutex> & lk, const llama_hobbit_load_ptr & job) {
+    ggml_backend_event_t ev = job->copy_event;
+    job->copy_event = nullptr; // this context waits for it; no one else does
+    lk.unlock();
+    const double blocked = copier.wait(ev);
+    const auto   now     = std::chrono::steady_clock::now();
+    lk.lock();
+    job->read_ms = std::chrono::duration<double, std::milli>(now - job->submitted_at).count();
+    job->timed   = blocked > 0.02; // it was still running: it ended now
+    loader.demand_finished();
+    on_loaded_locked(job);
+}
+
+void llama_hobbit_cache::drain_copies(std::unique_lock<std::mutex> & lk, llama_hobbit_context & hctx) {
+    for (const auto & l : std::vector<llama_hobbit_load_ptr>(hctx.loads)) {
+        if (l->copy_event) {
+            complete_copy(lk, l);
+        }
+    }
+}
+
+void llama_hobbit_cache::calibrate_copies() {
+    if (!copier.active() || !host.resident() || slots.n_slots(LLAMA_HOBBIT_HI) < 1) {
+        return;
+    }
+    int il = 0;
+    while (il < n_layer && !serves[il]) {
+        ++il;
+    }
+    if (il == n_layer) {
+        return;
+    }
+    ggml_tensor * t[LLAMA_HOBBIT_N_PROJ];
+    const char * src[LLAMA_HOBBIT_N_PROJ];
+    size_t off[LLAMA_HOBBIT_N_PROJ] = {}, n[LLAMA_HOBBIT_N_PROJ];
+    size_t bytes = 0;
+    for (int p = 0; p < LLAMA_HOBBIT_N_PROJ; ++p) {
+        t[p]   = pool[LLAMA_HOBBIT_HI][p]; // slot 0: no entry holds it yet
+        src[p] = host.part(store, il, 0, LLAMA_HOBBIT_HI, p);
+        n[p]   = store.expert_bytes[LLAMA_HOBBIT_HI][p];
+        bytes += n[p];
+        if (!src[p]) {
+            return;
+        }
+    }
+    for (int i = 0; i < 2; ++i) { // the first one warms up the stream
+        const auto t0 = std::chrono::steady_clock::now();
+        ggml_backend_event_t ev = copier.submit(t, src, off, n, LLAMA_HOBBIT_N_PROJ);
+        if (!ev) {
+            return;
+        }
+        copier.wait(ev);
+        if (i == 1) {
+            cost.note_copy(bytes, std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
+        }
+    }
+}
+
+void llama_hobbit_cache::on_loaded_locked(const llama_hobbit_load_ptr & job) {
     in_flight.erase(job->idx);
     stats.read_ms += job->read_ms;
     job->done_at = std::chrono::steady_clock::now();
@@ -302,7 +389,8 @@ void llama_hobbit_cache::release_locked(llama_hobbit_context & hctx) {
 }
 
 void llama_hobbit_cache::release(llama_hobbit_context & hctx) {
-    std::lock_guard<std::mutex> lock(mtx);
+    std::unique_lock<std::mutex> lock(mtx);
+    drain_copies(lock, hctx);
     release_locked(hctx);
 }
 
@@ -386,7 +474,9 @@ void llama_hobbit_cache::plan_cpu(llama_hobbit_context & hctx, const llama_hobbi
 void llama_hobbit_cache::serve_wave_locked(std::unique_lock<std::mutex> & lk, llama_hobbit_context & hctx, int il,
                                            int wave, int n_waves, const llama_hobbit_routes & routes, ggml_tensor * ids,
                                            bool cpu) {
-    // the slots of the previous wave or layer are no longer read: the graph has moved on
+    // the slots of the previous wave or layer are no longer read: the graph has moved on (and
+    // copies a graph that stopped early left are waited for)
+    drain_copies(lk, hctx);
     release_locked(hctx);
     if (hctx.failed) {
         return; // the ubatch already failed: its output is discarded
@@ -397,6 +487,7 @@ void llama_hobbit_cache::serve_wave_locked(std::unique_lock<std::mutex> & lk, ll
     if (wave == 0) {
         if (il <= hctx.il_prev) {
             pass++; // a new walk through the layers
+            time_pass(hctx, routes.n_tokens);
         }
         hctx.il_prev = il;
         tick++;
@@ -452,7 +543,9 @@ void llama_hobbit_cache::serve_wave_locked(std::unique_lock<std::mutex> & lk, ll
             stats.cache_bytes += store.entry_bytes(d.lvl);
             stats.cache_peak_bytes = std::max(stats.cache_peak_bytes, stats.cache_bytes);
             hctx.loads.push_back(make_load(d.idx, 0));
-            loader.submit(hctx.loads.back());
+            if (!submit_copy(hctx.loads.back())) {
+                loader.submit(hctx.loads.back());
+            }
         } else if (d.action == LLAMA_HOBBIT_WAIT) {
             auto it = in_flight.find(d.idx);
             if (it != in_flight.end()) {
@@ -485,6 +578,7 @@ void llama_hobbit_cache::finish_wave_locked(std::unique_lock<std::mutex> & lk, l
     const int n_waves = job.n_waves;
 
     // wait for this wave's reads and for copies others are reading
+    drain_copies(lk, hctx);
     cv.wait(lk, [&]() {
         for (const auto & l : hctx.loads) {
             if (!l->done) {
@@ -500,14 +594,16 @@ void llama_hobbit_cache::finish_wave_locked(std::unique_lock<std::mutex> & lk, l
     });
     size_t copied = 0;
     auto last_done = hctx.submitted_at;
+    bool timed = true; // the copies' end is known (a copier's copy that ended before its wait is not)
     for (const auto & l : hctx.loads) {
         if (!l->ok) {
             hctx.fail(l->err);
         }
         copied   += l->bytes;
         last_done = std::max(last_done, l->done_at);
+        timed     = timed && (!l->direct || l->timed);
     }
-    if (gpu && !unified && copied > 0) {
+    if (gpu && !unified && copied > 0 && timed) {
         cost.note_copy(copied, std::chrono::duration<double, std::milli>(last_done - hctx.submitted_at).count());
     }
     for (const auto & l : hctx.waits) {
@@ -606,9 +702,27 @@ void llama_hobbit_cache::note_prediction(llama_hobbit_context & hctx, int il, co
     std::fill(hctx.predicted.begin() + size_t(il)*n_expert, hctx.predicted.begin() + size_t(il + 1)*n_expert, 0);
 }
 
+void llama_hobbit_cache::time_pass(llama_hobbit_context & hctx, int64_t n_tokens) {
+    if (!gpu || policy.prefetch_depth != LLAMA_HOBBIT_PREFETCH_AUTO) {
+        return;
+    }
+    // a decode pass follows another: the time between their starts is one token's
+    const auto now    = std::chrono::steady_clock::now();
+    const bool decode = n_tokens <= CPU_PATH_MAX_TOKENS;
+    if (decode && hctx.pass_decode) {
+        depth_trial.on_pass(std::chrono::duration<double, std::milli>(now - hctx.pass_at).count());
+    }
+    hctx.pass_at     = now;
+    hctx.pass_decode = decode;
+}
+
 void llama_hobbit_cache::adapt_depth(llama_hobbit_context & hctx) {
     if (policy.prefetch_depth != LLAMA_HOBBIT_PREFETCH_AUTO) {
         hctx.depth = std::clamp(policy.prefetch_depth, 0, LLAMA_HOBBIT_PREFETCH_MAX);
+        return;
+    }
+    if (gpu) {
+        hctx.depth = std::min(depth_trial.depth, LLAMA_HOBBIT_PREFETCH_MAX); // measured (time_pass)
         return;
     }
     const double reads_per_route = double(n_expert_used + std::max(0, policy.prefetch_width))/n_expert_used;

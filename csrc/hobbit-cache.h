@@ -14,6 +14,7 @@
 // the layers from the current one to the deepest predicted.
 #pragma once
 
+#include "hobbit-copier.h"
 #include "hobbit-cpu-expert.h"
 #include "hobbit-host.h"
 #include "hobbit-loader.h"
@@ -67,6 +68,8 @@ struct llama_hobbit_cache {
     bool gpu = false;
     llama_hobbit_host host;
     ggml_backend_buffer_type_t staging_buft = nullptr; // pinned host memory, for copies to VRAM
+    // GPU tier with a host tier: demand copies queued by the graph's thread (inactive: the loader's)
+    llama_hobbit_copier copier;
     // GPU tier on unified memory: the pools are pinned host memory the GPU reads (no copies)
     bool unified = false;
     ggml_backend_buffer_type_t device_buft = nullptr;  // the GPU's buffer type, for the pools
@@ -89,6 +92,10 @@ struct llama_hobbit_cache {
 
     // start the I/O threads (throws: load time only)
     void start_loader(int n_threads);
+
+    // GPU tier with an active copier: time a copy of one expert into a free slot, twice, so that
+    // the planner starts from the bus's measured rate (load time, before any context)
+    void calibrate_copies();
 
     // smallest budget init_pools accepts: one expert at hi (in units of the lo size)
     uint64_t min_budget() const;
@@ -163,10 +170,17 @@ private:
     void note_evicted(const std::vector<int> & evicted);
     void note_prediction(llama_hobbit_context & hctx, int il, const llama_hobbit_routes & routes);
     void adapt_depth(llama_hobbit_context & hctx);
+    void time_pass(llama_hobbit_context & hctx, int64_t n_tokens); // GPU tier: a pass started
     bool take_back_prefetch(int idx); // a queued prefetch of entry idx is dropped: true if it was
     void expire_prefetches(int il);   // a layer was served: its unused prefetches were wrong guesses
     llama_hobbit_load_ptr make_load(int idx, int depth);
     void on_loaded(const llama_hobbit_load_ptr & job); // an I/O thread finished a read
+    void on_loaded_locked(const llama_hobbit_load_ptr & job);
+    // the copier's demand copies: queue one (false: not possible, the loader takes it), wait for
+    // one (dropping the lock meanwhile), and wait for those a context left (an aborted graph)
+    bool submit_copy(const llama_hobbit_load_ptr & job);
+    void complete_copy(std::unique_lock<std::mutex> & lk, const llama_hobbit_load_ptr & job);
+    void drain_copies(std::unique_lock<std::mutex> & lk, llama_hobbit_context & hctx);
     llama_hobbit_clock clock_at(int il) const;
     llama_hobbit_policy effective_policy() const; // the policy as a wave applies it (under the lock)
 
@@ -183,6 +197,8 @@ private:
     std::unique_ptr<llama_hobbit_evictor> evictor;
     llama_hobbit_stats                    stats  = {};
     llama_hobbit_cost_model               cost;   // GPU tier: measured copy and CPU rates, for the planner
+    llama_hobbit_depth_trial              depth_trial; // GPU tier, auto depth: pass times per depth (all contexts)
+    static_assert(LLAMA_HOBBIT_PREFETCH_MAX <= llama_hobbit_depth_trial::MAX_DEPTH, "depth trial too small");
 
     bool                                  tracing = false;
     uint64_t                              trace_capacity = 0;

@@ -8,6 +8,7 @@
 
 #include "hobbit-cache.h"
 #include "hobbit-policy.h"
+#include "hobbit-prefetch.h"
 #include "hobbit-store.h"
 #include "llama-hobbit.h"
 
@@ -66,6 +67,8 @@ struct llama_hobbit_context {
     double between_ms = 0.0;         // compute between MoE layers not yet added to the cache's stats
     double stall_ms   = -1.0;        // running average of the wait in a layer's first wave (-1: none yet)
     int    il_prev    = INT_MAX;     // the layer served before (one not after it starts a new pass)
+    std::chrono::steady_clock::time_point pass_at{}; // when the last pass started
+    bool   pass_decode = false;      // ... and whether it was a decode
     std::chrono::steady_clock::time_point served_at{};  // when the last wave was served
     int served_il = INT_MAX;  // the layer served last (INT_MAX: none yet)
     std::chrono::steady_clock::time_point started_at{}; // when the current wave started

@@ -108,6 +108,19 @@ bool llama_hobbit_loader::take_back(const llama_hobbit_load_ptr & job) {
     return found;
 }
 
+void llama_hobbit_loader::demand_started() {
+    std::lock_guard<std::mutex> lock(mtx);
+    demand_running++;
+}
+
+void llama_hobbit_loader::demand_finished() {
+    {
+        std::lock_guard<std::mutex> lock(mtx);
+        demand_running--;
+    }
+    cv.notify_all();
+}
+
 size_t llama_hobbit_loader::bytes_pending() const {
     std::lock_guard<std::mutex> lock(mtx);
     return pending;

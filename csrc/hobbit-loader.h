@@ -46,6 +46,14 @@ struct llama_hobbit_load {
     std::string err;            // the first failure
     double      read_ms = 0.0;  // summed over the projections
 
+    // GPU tier, a copy the graph's thread submitted (hobbit-copier.h) instead of the loader: the
+    // event to wait for (nullptr once waited), when it was queued, and whether its end was seen
+    // (the wait blocked), which makes its time a measurement of the bus
+    ggml_backend_event_t copy_event = nullptr;
+    bool        direct  = false;
+    bool        timed   = false;
+    std::chrono::steady_clock::time_point submitted_at{};
+
     // set by the completion callback under the cache's lock
     bool        done    = false;
     std::chrono::steady_clock::time_point done_at{};
@@ -81,6 +89,10 @@ public:
 
     // take back a read not started yet: true if it was still queued (it will not run)
     bool take_back(const llama_hobbit_load_ptr & job);
+
+    // a demand copy queued elsewhere (hobbit-copier.h) started / ended: prefetches wait meanwhile
+    void demand_started();
+    void demand_finished();
 
     // bytes queued or being read, and the most there ever were
     size_t bytes_pending() const;

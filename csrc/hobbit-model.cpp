@@ -28,10 +28,11 @@ constexpr const char * KV_POLICY  = "hobbit.policy";       // str: initial evict
 constexpr const char * KV_DEPTH   = "hobbit.prefetch_depth"; // int: initial prefetch depth (-1 auto, 0 off, 1..3)
 constexpr const char * KV_CPU     = "hobbit.cpu_compute";  // int: initial cpu_compute (GPU tier: 1 planner, 0 copy every miss)
 constexpr const char * KV_CPU_PATH = "hobbit.cpu_path";    // int: GPU tier: a decode graph's CPU path: -1 (default) auto, 0 never, 1 always
+constexpr const char * KV_GRAPH_COPIES = "hobbit.graph_copies"; // int: GPU tier: 1 (default) the graph's thread queues demand copies, 0 the I/O threads
 constexpr const char * KV_TYPES   = "hobbit.expert_types"; // file key: requested types of the expert levels
 
 const char * const KNOWN_KEYS[] = { KV_BUDGET, KV_HI_TYPE, KV_LO_TYPE, KV_DIRECT, KV_IO, KV_GPU, KV_HOST, KV_UNIFIED,
-                                     KV_POLICY, KV_DEPTH, KV_CPU, KV_CPU_PATH };
+                                     KV_POLICY, KV_DEPTH, KV_CPU, KV_CPU_PATH, KV_GRAPH_COPIES };
 
 constexpr int IO_THREADS_DEFAULT = 4; // several reads in flight: NVMe and O_DIRECT want a queue
 constexpr int IO_THREADS_MAX     = 64;
@@ -319,6 +320,12 @@ std::shared_ptr<llama_hobbit_cache> attach_impl(const llama_model & model, llama
             if (host_tier) {
                 cache->host.load(cache->store, cache->serves, cache->n_expert, n_lvl, cache->staging_buft);
             }
+            int64_t graph_copies = 1;
+            override_int(ml, KV_GRAPH_COPIES, graph_copies);
+            if (graph_copies && cache->host.resident() && !cache->copier.init(gpu_dev)) {
+                LLAMA_LOG_WARN("%s: hobbit: no copy stream on %s, the I/O threads copy the misses\n", __func__,
+                        ggml_backend_dev_name(gpu_dev));
+            }
             pool_buft = cache->device_buft;
         }
     }
@@ -330,6 +337,7 @@ std::shared_ptr<llama_hobbit_cache> attach_impl(const llama_model & model, llama
     override_int(ml, KV_CPU_PATH, cpu_path);
     cache->cpu_path_mode = cpu_path < 0 ? -1 : (cpu_path > 0 ? 1 : 0);
     cache->start_loader((int) io_threads);
+    cache->calibrate_copies();
     initial_policy(*cache, ml);
 
     const llama_hobbit_stats s = cache->get_stats();

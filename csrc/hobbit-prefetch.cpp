@@ -83,3 +83,60 @@ int llama_hobbit_auto_depth(const double * acc, int max_depth, double wait_ms, d
     }
     return best;
 }
+
+int llama_hobbit_depth_trial::best() const {
+    int b = -1;
+    for (int d = 0; d <= max_depth; ++d) {
+        if (avg[d] >= 0.0 && (b < 0 || avg[d] < avg[b])) {
+            b = d;
+        }
+    }
+    return b < 0 ? 0 : b;
+}
+
+int llama_hobbit_depth_trial::on_pass(double ms) {
+    const int settled = trying ? SETTLE + TRY - left : SETTLE; // timed passes come after SETTLE
+    // a pass far slower than the fastest depth's is a pause between generations, not a decode
+    const int b = best();
+    const bool outlier = avg[b] > 0.0 && ms > 4.0*avg[b];
+    if (settled >= SETTLE && !outlier) {
+        sum += ms;
+        n++;
+    }
+    if (--left > 0) {
+        return depth;
+    }
+    if (n > 0) {
+        const double m = sum/n;
+        avg[depth] = avg[depth] < 0.0 ? m : 0.5*avg[depth] + 0.5*m;
+    }
+    sum = 0.0;
+    n   = 0;
+    // the first round tries every depth in turn; later rounds alternate the fastest depth with
+    // a trial of one of the others
+    bool untimed = false;
+    for (int d = 0; d <= max_depth; ++d) {
+        untimed = untimed || avg[d] < 0.0;
+    }
+    if (untimed || !trying) {
+        int d = next_try;
+        for (int k = 0; k <= max_depth && (d == best() && !untimed); ++k) {
+            d = (d + 1) % (max_depth + 1);
+        }
+        if (untimed) {
+            d = 0;
+            while (d <= max_depth && avg[d] >= 0.0) {
+                ++d;
+            }
+        }
+        next_try = (d + 1) % (max_depth + 1);
+        depth    = d;
+        trying   = true;
+        left     = SETTLE + TRY;
+    } else {
+        depth  = best();
+        trying = false;
+        left   = EXPLOIT;
+    }
+    return depth;
+}

@@ -35,3 +35,31 @@ void llama_hobbit_predict(const char * logits, size_t nb1, int n_expert, int64_t
 // a negative time means not measured yet (then 0).
 int llama_hobbit_auto_depth(const double * acc, int max_depth, double wait_ms, double compute_ms,
                             double reads_per_route);
+
+// The prefetch depth by measurement (the GPU tier's auto depth). There the planner computes
+// misses on the CPU while copies fly, and a wrong prefetch takes the bus from the copies a
+// layer waits for: what a depth saves cannot be read off the stalls as above. So each depth is
+// tried for a few decode passes (tokens), the time of a pass at each is kept as a running
+// average, and the fastest is used, with one of the others tried again every EXPLOIT passes.
+struct llama_hobbit_depth_trial {
+    static constexpr int SETTLE  = 1;  // passes after a switch that are not timed (the cache adjusts)
+    static constexpr int TRY     = 4;  // timed passes of a trial
+    static constexpr int EXPLOIT = 48; // passes at the fastest depth between two trials
+
+    static constexpr int MAX_DEPTH = 3;
+
+    int    max_depth = MAX_DEPTH;
+    int    depth     = 0;  // in use for the next pass
+    double avg[MAX_DEPTH + 1] = { -1.0, -1.0, -1.0, -1.0 }; // ms per pass at each depth (-1: not timed yet)
+
+    // a decode pass at `depth` took ms; returns the depth for the next pass
+    int on_pass(double ms);
+
+private:
+    int    left     = SETTLE + TRY; // passes left in this phase
+    bool   trying   = true;         // a trial (else the fastest depth runs)
+    int    next_try = 1;            // the depth the next trial takes
+    double sum      = 0.0;
+    int    n        = 0;
+    int    best() const;
+};

@@ -42,6 +42,8 @@ LLAMA_API const char * llama_hobbit_source_id(void);
 //   hobbit.cpu_path     (int)  GPU tier: a decode graph's CPU path, where the CPU computes
 //                              misses: -1 (default) when a host tier is kept and the slots do not
 //                              hold every hi expert, 0 never, 1 always (to measure what it costs)
+//   hobbit.graph_copies (int)  GPU tier with a host tier: 1 (default) the graph's thread queues a
+//                              decode's copies on a stream of their own, 0 the I/O threads copy
 // Any other hobbit.* key is refused. The routed experts are then not resident: they are read
 // from the file into the cache's slot pools on demand, under the policy below, which can be
 // changed at any time. Several contexts may share one HOBBIT model, also from several threads.
@@ -59,7 +61,8 @@ enum llama_hobbit_eviction {
     LLAMA_HOBBIT_EVICT_BLEND = 4, // HOBBIT: weighted recency + frequency + hi needs + layer distance
 };
 
-#define LLAMA_HOBBIT_PREFETCH_AUTO (-1) // prefetch_depth: adapt between 1 and LLAMA_HOBBIT_PREFETCH_MAX
+#define LLAMA_HOBBIT_PREFETCH_AUTO (-1) // prefetch_depth: adapt between 0 and LLAMA_HOBBIT_PREFETCH_MAX (the
+                                        // CPU tier from measured stalls, the GPU tier by timing each depth)
 #define LLAMA_HOBBIT_PREFETCH_MAX  3
 
 // Thresholds act on a route's share of its token's total gating weight (weight / sum of the

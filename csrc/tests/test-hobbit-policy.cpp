@@ -406,8 +406,36 @@ static void test_planner_balances_copies_and_cpu() {
     CHECK(llama_hobbit_plan_cpu(slow, {}, 0).empty());
 }
 
+// the GPU tier's auto depth by measurement: it settles on the depth whose passes are fastest,
+// keeps trying the others now and then, and follows when another becomes the fastest
+static void test_depth_trial_follows_measured_pass_times() {
+    llama_hobbit_depth_trial trial;
+    const double first[4]  = { 3.0, 3.5, 2.5, 4.0 };
+    const double second[4] = { 2.0, 3.5, 2.5, 4.0 };
+    int at[4] = {};
+    for (int i = 0; i < 500; ++i) {
+        at[trial.on_pass(first[trial.depth])]++;
+    }
+    CHECK(at[2] > 400);
+    CHECK(at[0] > 0 && at[1] > 0 && at[3] > 0); // the others are still tried
+    CHECK(trial.avg[2] > 2.4 && trial.avg[2] < 2.6);
+    int later[4] = {};
+    for (int i = 0; i < 500; ++i) {
+        later[trial.on_pass(second[trial.depth])]++;
+    }
+    CHECK(later[0] > 350);
+    // a pause between generations (a pass ten times as long) is not taken for a slow depth
+    llama_hobbit_depth_trial paused;
+    for (int i = 0; i < 200; ++i) {
+        const double t = i % 50 == 49 ? 30.0 : first[paused.depth];
+        paused.on_pass(t);
+    }
+    CHECK(paused.avg[2] > 2.4 && paused.avg[2] < 2.6);
+}
+
 int main() {
     test_planner_balances_copies_and_cpu();
+    test_depth_trial_follows_measured_pass_times();
     test_auto_depth_follows_loads_against_compute();
     test_shares_are_independent_of_scaling();
     test_hits_then_misses_and_upgrade();
