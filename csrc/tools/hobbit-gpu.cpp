@@ -383,21 +383,17 @@ row_result run_row(const char * path, int ngl, kv_list & kv, std::vector<llama_m
         if (llama_hobbit_active(model)) {
             llama_hobbit_reset_stats(model); // the notes describe the last run's decode
         }
+        // the logits of each step are kept and scored after the timing: the scoring (a softmax
+        // over the vocabulary) is not the decode's time
         const float * logits = llama_get_logits_ith(ctx, -1);
         const int n = make_ref ? n_gen : (int) ref.tokens.size();
+        std::vector<std::vector<float>> seen;
         for (int i = 0; i < n; ++i) {
+            if (r == 0 || !make_ref) {
+                seen.emplace_back(logits, logits + n_vocab);
+            }
             if (make_ref && r == 0) {
-                ref.log_probs.push_back(log_probs(logits, n_vocab));
                 ref.tokens.push_back(argmax(logits, n_vocab));
-            } else if (r > 0 && !make_ref) {
-                const std::vector<double> lp = log_probs(logits, n_vocab);
-                double k = 0.0;
-                for (int v = 0; v < n_vocab; ++v) {
-                    k += std::exp(ref.log_probs[i][v])*(ref.log_probs[i][v] - lp[v]);
-                }
-                kl   += k;
-                top1 += argmax(logits, n_vocab) == argmax_of(ref.log_probs[i]) ? 1.0 : 0.0;
-                counted++;
             }
             llama_token next = ref.tokens[i];
             if (llama_decode(ctx, llama_batch_get_one(&next, 1)) != 0) {
@@ -408,6 +404,20 @@ row_result run_row(const char * path, int ngl, kv_list & kv, std::vector<llama_m
             logits = llama_get_logits_ith(ctx, -1);
         }
         const int64_t t2 = ggml_time_us();
+        for (size_t i = 0; i < seen.size(); ++i) {
+            if (make_ref && r == 0) {
+                ref.log_probs.push_back(log_probs(seen[i].data(), n_vocab));
+            } else if (r > 0 && !make_ref) {
+                const std::vector<double> lp = log_probs(seen[i].data(), n_vocab);
+                double k = 0.0;
+                for (int v = 0; v < n_vocab; ++v) {
+                    k += std::exp(ref.log_probs[i][v])*(ref.log_probs[i][v] - lp[v]);
+                }
+                kl   += k;
+                top1 += argmax(seen[i].data(), n_vocab) == argmax_of(ref.log_probs[i]) ? 1.0 : 0.0;
+                counted++;
+            }
+        }
         if (r > 0 && res.ok) {
             res.prefill_tps.push_back(prompt.size()/((t1 - t0)/1e6));
             res.decode_tps.push_back(n/((t2 - t1)/1e6));
@@ -515,6 +525,8 @@ int cmd_bench(int argc, char ** argv) {
         { "HOBBIT-gpu, planner, no prefetch, -t 8", mixed, { b, "hobbit.prefetch_depth=0" }, {}, 8 },
         { "HOBBIT-gpu, planner, no prefetch, -t 16", mixed, { b, "hobbit.prefetch_depth=0" }, {}, 16 },
         { "HOBBIT-gpu, planner, auto prefetch, -t 8", mixed, { b }, {}, 8 },
+        { "HOBBIT-gpu, planner, auto prefetch, copies by the I/O threads, -t 8", mixed, { b, "hobbit.graph_copies=0" },
+          {}, 8 },
         { "HOBBIT-gpu, unified memory forced (diagnostic: the GPU reads pinned host slots), -t 8", mixed,
           { b, "hobbit.unified=1", "hobbit.prefetch_depth=0" }, {}, 8 },
         { "HOBBIT-gpu, every expert fits (diagnostic), -t 4", mixed,
@@ -522,7 +534,7 @@ int cmd_bench(int argc, char ** argv) {
     };
     // HOBBIT_BENCH_ROWS: B-resident (the reference) and the rows named
     if (const char * sel = getenv("HOBBIT_BENCH_ROWS")) {
-        const std::vector<std::string> want = split(sel, ';');
+        const std::vector<std::string> want = strcmp(sel, "-") == 0 ? std::vector<std::string>() : split(sel, ';');
         std::vector<row> kept = { rows[0] };
         for (size_t i = 1; i < rows.size(); ++i) {
             for (const std::string & w : want) {
