@@ -450,8 +450,12 @@ void llama_hobbit_cache::plan_cpu(llama_hobbit_context & hctx, const llama_hobbi
     if (misses.empty()) {
         return;
     }
-    const std::vector<bool> to_cpu = pol.cpu_compute == 2 ? std::vector<bool>(misses.size(), true)
-                                   : llama_hobbit_plan_cpu(cost, misses, loader.bytes_ahead_of_demand());
+    std::vector<bool> to_cpu = pol.cpu_compute == 2 ? std::vector<bool>(misses.size(), true)
+                             : llama_hobbit_plan_cpu(cost, misses, loader.bytes_ahead_of_demand());
+    for (size_t i = 0; i < misses.size(); ++i) {
+        // a type or shape the CPU path's kernel cannot slice is always copied
+        to_cpu[i] = to_cpu[i] && llama_hobbit_cpu_expert_slices(cpu_weights(job.il, misses[i].lvl)) > 0;
+    }
     std::vector<int> rest;
     for (size_t i = 0; i < misses.size(); ++i) {
         if (to_cpu[i]) {

@@ -154,6 +154,10 @@ static void llama_hobbit_cpu_experts_op(ggml_tensor * dst, int ith, int nth, voi
     for (size_t i = 0; i < routes.size(); ++i) {
         const llama_hobbit_cpu_route & c = routes[i];
         const int n_slices = llama_hobbit_cpu_expert_slices(hctx.cache->cpu_weights(op->il, c.lvl));
+        if (n_slices == 0) { // the planner never gives such a level to the CPU
+            hctx.fail("hobbit: the CPU cannot compute these experts' type");
+            return;
+        }
         float * out = (float *) ((char *) dst->data + c.route*dst->nb[1] + c.token*dst->nb[2]);
         for (int s = 0; s < n_slices; ++s) {
             const float * p = hctx.cpu_partials.data() + (i*LLAMA_HOBBIT_CPU_SLICES + s)*size_t(n_embd);
