@@ -82,7 +82,8 @@ PolicyOpt = Annotated[str, typer.Option(
 PrefetchOpt = Annotated[str, typer.Option(
     "--prefetch-depth",
     help="Predict the next layers' experts with their routers and read them ahead: auto "
-         "(adapts from prediction accuracy and load vs compute time), 0 (off), or 1-3 layers.")]
+         "(adapts from prediction accuracy and load vs compute time; with -ngl, by timing each "
+         "depth), 0 (off), or 1-3 layers.")]
 PrefetchWidthOpt = Annotated[int, typer.Option(
     "--prefetch-width", min=0,
     help="Predicted candidates beyond the router's top-k also prefetched (at lo).")]

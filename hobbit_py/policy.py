@@ -50,8 +50,9 @@ class Policy:
       highest and lowest).
     - direct_io: read experts with O_DIRECT, bypassing the page cache (default: measured
       1.8x faster decode than buffered reads under a memory cap, see BENCHMARKS.md).
-    - prefetch_depth: "auto" (adapts between 1 and 3 layers ahead), 0 (off) or 1..3: predict
-      the next layers' experts with their routers and read them while this layer computes.
+    - prefetch_depth: "auto" (adapts between 0 and 3 layers ahead: on the CPU tier from the
+      measured stalls, on the GPU tier by timing each depth), 0 (off) or 1..3: predict the
+      next layers' experts with their routers and read them while this layer computes.
     - prefetch_width: predicted candidates beyond the router's top-k also prefetched (at lo).
     - w_recency, w_frequency, w_hi_need, w_distance: weights of the "hobbit" eviction blend.
     - io_threads: I/O threads reading experts (several reads in flight).

@@ -86,11 +86,13 @@ def test_uniform_lo_precision_diverges(mixed: Path) -> None:
 def test_eval_cli_json(mixed: Path, tmp_path: Path) -> None:
     text = tmp_path / "t.txt"
     text.write_text(TEXT)
+    # prefetch off: with it, which copies are in when a layer is served depends on timing, and
+    # the two runs could differ by a route's precision
     proc = run_hobbit("eval", str(mixed), "--text", str(text), "--ctx-size", "64", "-t", "2",
-                      "--expert-budget", "40%", "--json")
+                      "--expert-budget", "40%", "--prefetch-depth", "0", "--json")
     assert proc.returncode == 0, proc.stderr
     printed = json.loads(proc.stdout)
-    expected = evaluate(mixed, Policy(expert_budget="40%"), TEXT, n_ctx=64, threads=2)
+    expected = evaluate(mixed, Policy(expert_budget="40%", prefetch_depth=0), TEXT, n_ctx=64, threads=2)
     for key in ("tokens_scored", "perplexity", "reference_perplexity", "kl_mean", "top1_agreement"):
         assert printed[key] == pytest.approx(getattr(expected, key), rel=1e-9), key
     assert printed["policy"] == "hobbit"
