@@ -241,24 +241,29 @@ void llama_hobbit_cache::on_loaded(const llama_hobbit_load_ptr & job) {
     on_loaded_locked(job);
 }
 
-bool llama_hobbit_cache::submit_copy(const llama_hobbit_load_ptr & job) {
-    if (!copier.active() || !host.resident() || !job->device[0]) {
-        return false;
-    }
-    ggml_tensor * t[LLAMA_HOBBIT_N_PROJ];
-    const char * src[LLAMA_HOBBIT_N_PROJ];
-    size_t off[LLAMA_HOBBIT_N_PROJ], n[LLAMA_HOBBIT_N_PROJ];
+bool llama_hobbit_cache::host_copy(int il, int e, int lvl, int slot, llama_hobbit_copy & c) const {
+    c.bytes = 0;
     for (int p = 0; p < LLAMA_HOBBIT_N_PROJ; ++p) {
-        t[p]   = job->device[p];
-        src[p] = host.part(store, job->il, job->expert, job->lvl, p);
-        off[p] = size_t(job->dst[p] - (char *) t[p]->data);
-        n[p]   = store.expert_bytes[job->lvl][p];
-        if (!src[p]) {
+        c.dst[p] = pool[lvl][p];
+        c.off[p] = size_t(slot)*pool[lvl][p]->nb[2];
+        c.src[p] = host.part(store, il, e, lvl, p);
+        c.n[p]   = store.expert_bytes[lvl][p];
+        c.bytes += c.n[p];
+        if (!c.src[p]) {
             return false;
         }
     }
+    return true;
+}
+
+bool llama_hobbit_cache::submit_copy(const llama_hobbit_load_ptr & job) {
+    llama_hobbit_copy c;
+    if (!copier.active() || !job->device[0] ||
+            !host_copy(job->il, job->expert, job->lvl, slots.entry(job->idx).slot, c)) {
+        return false;
+    }
     job->submitted_at = std::chrono::steady_clock::now();
-    job->copy_event   = copier.submit(t, src, off, n, LLAMA_HOBBIT_N_PROJ);
+    job->copy_event   = copier.submit(c);
     job->direct       = job->copy_event != nullptr;
     if (job->direct) {
         loader.demand_started(); // prefetches wait for the bus to be idle
@@ -288,38 +293,24 @@ void llama_hobbit_cache::drain_copies(std::unique_lock<std::mutex> & lk, llama_h
 }
 
 void llama_hobbit_cache::calibrate_copies() {
-    if (!copier.active() || !host.resident() || slots.n_slots(LLAMA_HOBBIT_HI) < 1) {
-        return;
-    }
     int il = 0;
     while (il < n_layer && !serves[il]) {
         ++il;
     }
-    if (il == n_layer) {
+    llama_hobbit_copy c;
+    // slot 0 of the hi pool: no entry holds it yet
+    if (!copier.active() || il == n_layer || slots.n_slots(LLAMA_HOBBIT_HI) < 1 || !host_copy(il, 0, LLAMA_HOBBIT_HI, 0, c)) {
         return;
-    }
-    ggml_tensor * t[LLAMA_HOBBIT_N_PROJ];
-    const char * src[LLAMA_HOBBIT_N_PROJ];
-    size_t off[LLAMA_HOBBIT_N_PROJ] = {}, n[LLAMA_HOBBIT_N_PROJ];
-    size_t bytes = 0;
-    for (int p = 0; p < LLAMA_HOBBIT_N_PROJ; ++p) {
-        t[p]   = pool[LLAMA_HOBBIT_HI][p]; // slot 0: no entry holds it yet
-        src[p] = host.part(store, il, 0, LLAMA_HOBBIT_HI, p);
-        n[p]   = store.expert_bytes[LLAMA_HOBBIT_HI][p];
-        bytes += n[p];
-        if (!src[p]) {
-            return;
-        }
     }
     for (int i = 0; i < 2; ++i) { // the first one warms up the stream
         const auto t0 = std::chrono::steady_clock::now();
-        ggml_backend_event_t ev = copier.submit(t, src, off, n, LLAMA_HOBBIT_N_PROJ);
+        ggml_backend_event_t ev = copier.submit(c);
         if (!ev) {
             return;
         }
         copier.wait(ev);
         if (i == 1) {
-            cost.note_copy(bytes, std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
+            cost.note_copy(c.bytes, std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
         }
     }
 }
@@ -733,8 +724,6 @@ void llama_hobbit_cache::adapt_depth(llama_hobbit_context & hctx) {
     hctx.depth = llama_hobbit_auto_depth(hctx.accuracy, LLAMA_HOBBIT_PREFETCH_MAX, hctx.stall_ms, hctx.compute_ms,
                                          reads_per_route);
 }
-
-
 
 void llama_hobbit_cache::prefetch(llama_hobbit_context & hctx, int il, int gating,
                                   const std::vector<llama_hobbit_router_logits> & logits) {

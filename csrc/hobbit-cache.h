@@ -179,6 +179,9 @@ private:
     // the copier's demand copies: queue one (false: not possible, the loader takes it), wait for
     // one (dropping the lock meanwhile), and wait for those a context left (an aborted graph)
     bool submit_copy(const llama_hobbit_load_ptr & job);
+    // the copy of expert e of layer il at level lvl from the host tier into slot `slot` of its
+    // pool (false: the host tier does not hold it)
+    bool host_copy(int il, int e, int lvl, int slot, llama_hobbit_copy & c) const;
     void complete_copy(std::unique_lock<std::mutex> & lk, const llama_hobbit_load_ptr & job);
     void drain_copies(std::unique_lock<std::mutex> & lk, llama_hobbit_context & hctx);
     llama_hobbit_clock clock_at(int il) const;

@@ -31,8 +31,7 @@ bool llama_hobbit_copier::init(ggml_backend_dev_t d) {
     return true;
 }
 
-ggml_backend_event_t llama_hobbit_copier::submit(ggml_tensor * const * t, const char * const * src, const size_t * off,
-                                                 const size_t * n, int parts) {
+ggml_backend_event_t llama_hobbit_copier::submit(const llama_hobbit_copy & c) {
     std::lock_guard<std::mutex> lock(mtx);
     if (free_events.empty()) {
         ggml_backend_event_t ev = ggml_backend_event_new(dev);
@@ -44,8 +43,8 @@ ggml_backend_event_t llama_hobbit_copier::submit(ggml_tensor * const * t, const 
     }
     ggml_backend_event_t ev = free_events.back();
     free_events.pop_back();
-    for (int i = 0; i < parts; ++i) {
-        ggml_backend_tensor_set_async(backend, t[i], src[i], off[i], n[i]);
+    for (int p = 0; p < LLAMA_HOBBIT_N_PROJ; ++p) {
+        ggml_backend_tensor_set_async(backend, c.dst[p], c.src[p], c.off[p], c.n[p]);
     }
     ggml_backend_event_record(ev, backend);
     return ev;

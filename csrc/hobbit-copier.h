@@ -14,7 +14,18 @@
 #include <mutex>
 #include <vector>
 
+#include "hobbit-store.h"
+
 struct ggml_tensor;
+
+// one expert's copy: each projection's bytes from host memory into a tensor at an offset
+struct llama_hobbit_copy {
+    ggml_tensor * dst[LLAMA_HOBBIT_N_PROJ];
+    size_t        off[LLAMA_HOBBIT_N_PROJ];
+    const char *  src[LLAMA_HOBBIT_N_PROJ];
+    size_t        n[LLAMA_HOBBIT_N_PROJ];
+    size_t        bytes; // of the three
+};
 
 class llama_hobbit_copier {
 public:
@@ -27,10 +38,9 @@ public:
     bool init(ggml_backend_dev_t dev);
     bool active() const { return backend != nullptr; }
 
-    // queue n[i] bytes from host memory src[i] into t[i] at offset off[i], for i < parts, and
-    // return the event recorded after them (nullptr: none could be had, nothing was queued)
-    ggml_backend_event_t submit(ggml_tensor * const * t, const char * const * src, const size_t * off, const size_t * n,
-                                int parts);
+    // queue the copy of each projection and return the event recorded after them (nullptr:
+    // none could be had, nothing was queued)
+    ggml_backend_event_t submit(const llama_hobbit_copy & c);
 
     // wait for an event submit returned; it goes back to the pool. Returns the ms it blocked.
     double wait(ggml_backend_event_t ev);

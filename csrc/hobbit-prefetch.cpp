@@ -114,20 +114,14 @@ int llama_hobbit_depth_trial::on_pass(double ms) {
     n   = 0;
     // the first round tries every depth in turn; later rounds alternate the fastest depth with
     // a trial of one of the others
-    bool untimed = false;
-    for (int d = 0; d <= max_depth; ++d) {
-        untimed = untimed || avg[d] < 0.0;
+    int untimed = 0;
+    while (untimed <= max_depth && avg[untimed] >= 0.0) {
+        ++untimed;
     }
-    if (untimed || !trying) {
-        int d = next_try;
-        for (int k = 0; k <= max_depth && (d == best() && !untimed); ++k) {
-            d = (d + 1) % (max_depth + 1);
-        }
-        if (untimed) {
-            d = 0;
-            while (d <= max_depth && avg[d] >= 0.0) {
-                ++d;
-            }
+    if (untimed <= max_depth || !trying) {
+        int d = untimed;
+        if (d > max_depth) {
+            d = next_try == best() ? (next_try + 1) % (max_depth + 1) : next_try;
         }
         next_try = (d + 1) % (max_depth + 1);
         depth    = d;
