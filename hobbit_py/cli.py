@@ -20,6 +20,7 @@ import typer
 from hobbit_py._lib import HobbitError
 from hobbit_py.errors import EXIT_ERROR, EXIT_INTERRUPTED, one_line, print_error
 from hobbit_py.policy import Policy
+from hobbit_py.threads import default_threads
 
 if TYPE_CHECKING:
     from hobbit_py.model import Model
@@ -115,7 +116,7 @@ DirectOpt = Annotated[bool, typer.Option(
     "--direct-io/--buffered-io",
     help="Read experts with O_DIRECT (bypassing the page cache) or through it.")]
 ThreadsOpt = Annotated[int | None, typer.Option(
-    "--threads", "-t", min=1, help="CPU threads (default: all cores).", show_default=False)]
+    "--threads", "-t", min=1, help="CPU threads (default: one per physical core, as llama.cpp).", show_default=False)]
 CtxOpt = Annotated[int | None, typer.Option(
     "--ctx-size", "-c", min=0,
     help="Context length in tokens (default: the model's, at most 4096; 0: the model's).",
@@ -174,7 +175,7 @@ def load_model(path: Path, policy: Policy, *, threads: int | None, n_ctx: int | 
     """Load `path` as the CLI does, saying on stderr what `--expert-budget auto` chose."""
     from hobbit_py.model import Model  # noqa: PLC0415  (keeps --help fast)
 
-    n_threads = threads or max(os.cpu_count() or 1, 1)
+    n_threads = threads or default_threads()
     model = Model(path, policy=policy, n_ctx=n_ctx, n_threads=n_threads, n_threads_batch=n_threads,
                   n_gpu_layers=n_gpu_layers, seed=seed, **kwargs)
     if model.budget_decision is not None:
@@ -396,7 +397,7 @@ def serve(
     pol = make_policy(expert_budget, policy, hi_threshold, skip_threshold, upgrade_threshold,
                       direct_io, hi_type, lo_type, prefetch_depth=prefetch_depth, prefetch_width=prefetch_width,
                       io_threads=io_threads, evict_weights=evict_weights, cpu_compute=cpu_compute)
-    n = threads or max(os.cpu_count() or 1, 1)
+    n = threads or default_threads()
     config = ServerConfig(model=path, policy=pol, alias=alias or path.name, host=host, port=port,
                           api_key=api_key, model_kwargs={
                               "n_ctx": n_ctx, "n_threads": n, "n_threads_batch": n,

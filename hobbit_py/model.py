@@ -6,6 +6,8 @@ cache's knobs, `Policy`) and `hobbit_stats()`. Differences from `llama_cpp.Llama
 
 - `n_ctx` defaults to min(the model's training context, 4096), not 512 (too small for chat)
   nor 0 (the full training context: gigabytes of KV cache that defeat the memory budget);
+- `n_threads` and `n_threads_batch` default to one per physical core (llama.cpp's rule,
+  `threads.py`), not half the logical CPUs: the CPU computes experts, bound by memory;
 - `verbose=False` silences llama.cpp without redirecting file descriptors (quiet.py), so
   models may be created from several threads at once;
 - a failed decode raises `HobbitError` with the engine's reason (`engine_fault`);
@@ -27,6 +29,7 @@ from hobbit_py.autobudget import BudgetDecision, FreeMemory, auto_budget, auto_b
 from hobbit_py.generation import Generation, GenerationStats, peak_rss_bytes, split_utf8, timed_tokens
 from hobbit_py.gguf_check import ModelSummary, inspect_model
 from hobbit_py.policy import Policy
+from hobbit_py.threads import default_threads
 
 llama_cpp = load_llama_cpp()
 quiet.install(llama_cpp)
@@ -88,6 +91,9 @@ class Model(llama_cpp.Llama):
             # memory pressure, and a file changed under us cannot fault the process (the
             # experts are read by HOBBIT, never mapped in)
             kwargs.setdefault("use_mmap", False)
+        for key in ("n_threads", "n_threads_batch"):
+            if kwargs.get(key) is None:
+                kwargs[key] = default_threads()
         quiet.forward_logs(verbose)
         try:
             super().__init__(model_path=str(path), n_ctx=n_ctx, verbose=verbose,
