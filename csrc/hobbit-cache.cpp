@@ -241,49 +241,26 @@ void llama_hobbit_cache::on_loaded(const llama_hobbit_load_ptr & job) {
     on_loaded_locked(job);
 }
 
-bool llama_hobbit_cache::host_copy(int il, int e, int lvl, int slot, llama_hobbit_copy & c, int64_t skip_rows) const {
+bool llama_hobbit_cache::host_copy(int il, int e, int lvl, int slot, llama_hobbit_copy & c) const {
     c.bytes = 0;
     for (int p = 0; p < LLAMA_HOBBIT_N_PROJ; ++p) {
-        // up and gate are [n_embd, n_ff] per expert: rows [0, skip_rows) are left out
-        const size_t skip = p == LLAMA_HOBBIT_DOWN ? 0 : size_t(skip_rows)*pool[lvl][p]->nb[1];
         c.dst[p] = pool[lvl][p];
-        c.off[p] = size_t(slot)*pool[lvl][p]->nb[2] + skip;
+        c.off[p] = size_t(slot)*pool[lvl][p]->nb[2];
         c.src[p] = host.part(store, il, e, lvl, p);
-        c.n[p]   = store.expert_bytes[lvl][p] - skip;
+        c.n[p]   = store.expert_bytes[lvl][p];
         c.bytes += c.n[p];
         if (!c.src[p]) {
             return false;
         }
-        c.src[p] += skip;
     }
     return true;
 }
 
-int64_t llama_hobbit_cache::split_rows(int il, int lvl, float frac) const {
-    const llama_hobbit_cpu_weights w = cpu_weights(il, lvl);
-    if (frac <= 0.0f || llama_hobbit_cpu_expert_slices(w) == 0) {
-        return 0;
-    }
-    // whole units of the CPU's slices, and neither none nor all of the rows
-    const int64_t n_ff = w.up->ne[1], unit = llama_hobbit_cpu_expert_unit(w);
-    const int64_t rows = std::llround(double(frac)*double(n_ff/unit))*unit;
-    return rows > 0 && rows < n_ff ? rows : 0;
-}
-
 bool llama_hobbit_cache::submit_copy(const llama_hobbit_load_ptr & job) {
     llama_hobbit_copy c;
-    const int slot = slots.entry(job->idx).slot;
-    if (!copier.active() || !job->device[0] || !host_copy(job->il, job->expert, job->lvl, slot, c, job->cpu_rows)) {
+    if (!copier.active() || !job->device[0] ||
+            !host_copy(job->il, job->expert, job->lvl, slots.entry(job->idx).slot, c)) {
         return false;
-    }
-    if (job->cpu_rows > 0) {
-        // the CPU's rows of up and gate are zero in the slot, so the GPU's path adds nothing
-        // for them (whatever an earlier expert left there); done before the copy is queued
-        for (int p : { LLAMA_HOBBIT_UP, LLAMA_HOBBIT_GATE }) {
-            ggml_tensor * t = pool[job->lvl][p];
-            ggml_backend_tensor_memset(t, 0, size_t(slot)*t->nb[2], size_t(job->cpu_rows)*t->nb[1]);
-        }
-        job->bytes = c.bytes;
     }
     job->submitted_at = std::chrono::steady_clock::now();
     job->copy_event   = copier.submit(c);
@@ -343,9 +320,7 @@ void llama_hobbit_cache::on_loaded_locked(const llama_hobbit_load_ptr & job) {
     stats.read_ms += job->read_ms;
     job->done_at = std::chrono::steady_clock::now();
     if (job->ok) {
-        // a split miss's copy is only part of the expert: no one may use it as a copy of it, and
-        // the wave's end frees it (release_locked)
-        slots.entry(job->idx).state = job->cpu_rows > 0 ? LLAMA_HOBBIT_LOADING : LLAMA_HOBBIT_READY;
+        slots.entry(job->idx).state = LLAMA_HOBBIT_READY;
         stats.bytes_loaded += job->bytes;
         stats.bytes_prefetched += job->prefetch() ? job->bytes : 0;
         if (gpu && !unified) {
@@ -401,13 +376,6 @@ void llama_hobbit_cache::release_locked(llama_hobbit_context & hctx) {
         slots.unpin(idx);
     }
     hctx.pins.clear();
-    for (const auto & l : hctx.partial) {
-        if (l->ok) { // (a failed one was freed when it failed)
-            stats.cache_bytes -= store.entry_bytes(l->lvl);
-            slots.release(l->idx);
-        }
-    }
-    hctx.partial.clear();
     cv.notify_all();
 }
 
@@ -463,39 +431,21 @@ void llama_hobbit_cache::plan_cpu(llama_hobbit_context & hctx, const llama_hobbi
     // the misses of the layer, most important first, at the level the policy wants for each
     llama_hobbit_job & job = hctx.job;
     std::vector<llama_hobbit_miss> misses;
-    // a miss may be split between the copier and the CPU when the copier takes demand copies
-    // and no other context shares the cache (a split copy is not a cached expert, and no other
-    // context may wait for it)
-    const bool split = cpu_split_mode != 0 && copier.active() && n_contexts.load() == 1;
     for (int e : job.pending) {
         if (slots.cached_any(job.il, e)) {
             continue; // a hit (or on its way): served from its slot
         }
         const int lvl = has_lo && job.need[e] < pol.hi_threshold ? LLAMA_HOBBIT_LO : LLAMA_HOBBIT_HI;
-        const bool sliced = llama_hobbit_cpu_expert_slices(cpu_weights(job.il, lvl)) > 0;
-        misses.push_back({ e, lvl, store.entry_bytes(lvl), sliced && split ?
-                           store.expert_bytes[lvl][LLAMA_HOBBIT_UP] + store.expert_bytes[lvl][LLAMA_HOBBIT_GATE] : 0 });
+        misses.push_back({ e, lvl, store.entry_bytes(lvl) });
     }
     if (misses.empty()) {
         return;
     }
-    const size_t backlog = loader.bytes_ahead_of_demand();
     std::vector<bool> to_cpu = pol.cpu_compute == 2 ? std::vector<bool>(misses.size(), true)
-                             : llama_hobbit_plan_cpu(cost, misses, backlog);
+                             : llama_hobbit_plan_cpu(cost, misses, loader.bytes_ahead_of_demand());
     for (size_t i = 0; i < misses.size(); ++i) {
         // a type or shape the CPU path's kernel cannot slice is always copied
         to_cpu[i] = to_cpu[i] && llama_hobbit_cpu_expert_slices(cpu_weights(job.il, misses[i].lvl)) > 0;
-    }
-    if (pol.cpu_compute == 1 && cpu_split_mode == 2) {
-        for (size_t i = 0; i < misses.size(); ++i) { // (a test's) every copied miss split in half
-            job.split[misses[i].expert] = !to_cpu[i] && misses[i].ug_bytes > 0 ? 0.5f : 0.0f;
-        }
-    } else if (pol.cpu_compute == 1) {
-        const llama_hobbit_split s = llama_hobbit_plan_split(cost, misses, to_cpu, backlog);
-        if (s.miss >= 0) {
-            to_cpu[s.miss] = false; // copied, but for the rows the CPU computes (serve_wave_locked)
-            job.split[misses[s.miss].expert] = (float) s.frac;
-        }
     }
     std::vector<int> rest;
     for (size_t i = 0; i < misses.size(); ++i) {
@@ -544,7 +494,6 @@ void llama_hobbit_cache::serve_wave_locked(std::unique_lock<std::mutex> & lk, ll
         note_prediction(hctx, il, routes);
     }
     hctx.cpu_bytes[0] = hctx.cpu_bytes[1] = 0;
-    hctx.cpu_rows.assign(n_expert, 0);
     if (cpu && pol.cpu_compute && wave == 0 && n_waves == 1) {
         plan_cpu(hctx, pol);
     }
@@ -589,21 +538,8 @@ void llama_hobbit_cache::serve_wave_locked(std::unique_lock<std::mutex> & lk, ll
             stats.cache_bytes += store.entry_bytes(d.lvl);
             stats.cache_peak_bytes = std::max(stats.cache_peak_bytes, stats.cache_bytes);
             hctx.loads.push_back(make_load(d.idx, 0));
-            const llama_hobbit_load_ptr & l = hctx.loads.back();
-            l->cpu_rows = split_rows(il, d.lvl, job.split[d.expert]);
-            if (submit_copy(l)) {
-                if (l->cpu_rows > 0) {
-                    // the CPU computes its first rows (planes paths + lvl, below), the GPU the rest
-                    hctx.partial.push_back(l);
-                    hctx.cpu_rows[d.expert] = l->cpu_rows;
-                    const size_t cpu_part = store.entry_bytes(d.lvl)*size_t(l->cpu_rows)/size_t(pool[d.lvl][LLAMA_HOBBIT_UP]->ne[1]);
-                    hctx.cpu_bytes[d.lvl] += cpu_part;
-                    stats.cpu_bytes       += cpu_part;
-                    stats.cpu_split++;
-                }
-            } else {
-                l->cpu_rows = 0; // the loader copies it whole
-                loader.submit(l);
+            if (!submit_copy(hctx.loads.back())) {
+                loader.submit(hctx.loads.back());
             }
         } else if (d.action == LLAMA_HOBBIT_WAIT) {
             auto it = in_flight.find(d.idx);
@@ -621,7 +557,7 @@ void llama_hobbit_cache::serve_wave_locked(std::unique_lock<std::mutex> & lk, ll
         for (int64_t t = 0; t < routes.n_tokens; ++t) {
             for (int64_t r = 0; r < routes.n_used; ++r) {
                 const int e = routes.expert(r, t);
-                if (job.cpu[e] || hctx.cpu_rows[e] > 0) {
+                if (job.cpu[e]) {
                     id_at(ids, int(paths + job.level[e]), r, t) = e;
                 }
             }

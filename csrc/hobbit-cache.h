@@ -28,7 +28,6 @@
 #include "ggml.h"
 #include "ggml-backend.h"
 
-#include <atomic>
 #include <condition_variable>
 #include <cstdint>
 #include <deque>
@@ -117,9 +116,6 @@ struct llama_hobbit_cache {
                n_waves == 1 && n_tokens <= CPU_PATH_MAX_TOKENS;
     }
     int cpu_path_mode = -1; // hobbit.cpu_path: -1 auto, 0 never, 1 always
-    int cpu_split_mode = 1; // hobbit.cpu_split: 1 the planner may split a miss between the bus and the CPU, 0 never,
-                            // 2 every copied miss in half (a test of the split's arithmetic)
-    std::atomic<int> n_contexts{0}; // contexts on this cache
     bool all_hi_fit = false; // the slots hold every routed expert at hi at once (then every miss loads at hi)
 
     // the host tier's projections of layer il at level lvl, for the CPU path (null when not held)
@@ -185,12 +181,8 @@ private:
     bool submit_copy(const llama_hobbit_load_ptr & job);
     // the copy of expert e of layer il at level lvl from the host tier into slot `slot` of its
     // pool (false: the host tier does not hold it)
-    // (skip_rows: up and gate rows [0, skip_rows) left out, a split miss's)
-    bool host_copy(int il, int e, int lvl, int slot, llama_hobbit_copy & c, int64_t skip_rows = 0) const;
+    bool host_copy(int il, int e, int lvl, int slot, llama_hobbit_copy & c) const;
     void complete_copy(std::unique_lock<std::mutex> & lk, const llama_hobbit_load_ptr & job);
-    // the FFN rows [0, n) the CPU computes of a miss of layer il at level lvl that the planner
-    // split at `frac` (whole slice units; 0: not split)
-    int64_t split_rows(int il, int lvl, float frac) const;
     void drain_copies(std::unique_lock<std::mutex> & lk, llama_hobbit_context & hctx);
     llama_hobbit_clock clock_at(int il) const;
     llama_hobbit_policy effective_policy() const; // the policy as a wave applies it (under the lock)

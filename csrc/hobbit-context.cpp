@@ -5,7 +5,6 @@
 llama_hobbit_context::llama_hobbit_context(std::shared_ptr<llama_hobbit_cache> cache_) : cache(std::move(cache_)) {
     predicted.assign(size_t(cache->n_layer)*cache->n_expert, 0);
     pred_made.assign(cache->n_layer, 0);
-    cache->n_contexts++;
 }
 
 void llama_hobbit_context::wave_started(int il, int wave) {
@@ -31,7 +30,6 @@ void llama_hobbit_context::wave_served(int il, int wave) {
 
 llama_hobbit_context::~llama_hobbit_context() {
     cache->release(*this);
-    cache->n_contexts--;
 }
 
 llama_hobbit_op * llama_hobbit_context::op(int il, int wave, int n_waves) {

@@ -51,8 +51,6 @@ struct llama_hobbit_context {
     std::chrono::steady_clock::time_point submitted_at{}; // when the wave's loads were submitted
     std::chrono::steady_clock::time_point routed_at{};    // when its route op returned (CPU path)
     size_t cpu_bytes[LLAMA_HOBBIT_N_LVL] = {};            // expert bytes the wave gave to the CPU
-    std::vector<int64_t> cpu_rows; // [n_expert] the FFN rows [0, n) the CPU computes of a split miss, 0: all
-    std::vector<llama_hobbit_load_ptr> partial; // split misses' copies: their slots are freed with the wave's pins
     std::vector<float> cpu_partials;  // the CPU experts op's slices, [route][slice][n_embd] (sized by the route op)
     std::atomic<int>   cpu_arrived{0}; // threads of that op done with their slices
     std::atomic<bool>  cpu_error{false}; // one of them failed (out of memory)

@@ -26,11 +26,10 @@ struct llama_hobbit_cpu_weights {
 
 // a route of a decode computed on the CPU: token, route of the token, level, expert
 struct llama_hobbit_cpu_route {
-    int     token;
-    int     route;
-    int     lvl;
-    int     expert;
-    int64_t rows = 0; // FFN rows [0, rows) only (a miss split with a copy), 0: all
+    int token;
+    int route;
+    int lvl;
+    int expert;
 };
 
 // the most slices an expert is cut into
@@ -40,12 +39,7 @@ constexpr int LLAMA_HOBBIT_CPU_SLICES = 16;
 // cannot compute these types or shapes
 int llama_hobbit_cpu_expert_slices(const llama_hobbit_cpu_weights & w);
 
-// the FFN rows a slice spans a whole number of (of down's blocks and its activations' blocks)
-int64_t llama_hobbit_cpu_expert_unit(const llama_hobbit_cpu_weights & w);
-
 // slice s of n_slices of expert e on input x (n_embd floats): adds nothing, writes partial
-// (n_embd floats). The slices cut FFN rows [0, n_rows) (0: all; else a whole number of units,
-// the rest of the expert being computed elsewhere). scratch is the calling thread's; it grows
-// as needed (may throw bad_alloc).
+// (n_embd floats). scratch is the calling thread's; it grows as needed (may throw bad_alloc).
 void llama_hobbit_cpu_expert_slice(const llama_hobbit_cpu_weights & w, int e, bool gelu, const float * x, int s,
-                                   int n_slices, float * partial, std::vector<char> & scratch, int64_t n_rows = 0);
+                                   int n_slices, float * partial, std::vector<char> & scratch);

@@ -65,10 +65,8 @@ static llama_hobbit_routes routes_of(const ggml_tensor * dst) {
     return routes;
 }
 
-// the routes a CPU path computes: in the planes n_paths + lvl of the route op's ids (a split
-// miss's: only its first FFN rows, hctx.cpu_rows)
-static std::vector<llama_hobbit_cpu_route> cpu_routes(const llama_hobbit_context & hctx, const ggml_tensor * ids,
-                                                      int n_paths) {
+// the routes a CPU path computes: in the planes n_paths + lvl of the route op's ids
+static std::vector<llama_hobbit_cpu_route> cpu_routes(const ggml_tensor * ids, int n_paths) {
     std::vector<llama_hobbit_cpu_route> out;
     for (int lvl = 0; lvl < n_paths; ++lvl) {
         for (int64_t t = 0; t < ids->ne[1]; ++t) {
@@ -76,7 +74,7 @@ static std::vector<llama_hobbit_cpu_route> cpu_routes(const llama_hobbit_context
                 const int32_t e = *(const int32_t *) ((const char *) ids->data + r*ids->nb[0] + t*ids->nb[1] +
                                                       (n_paths + lvl)*ids->nb[2]);
                 if (e >= 0) {
-                    out.push_back({ (int) t, (int) r, lvl, e, e < (int) hctx.cpu_rows.size() ? hctx.cpu_rows[e] : 0 });
+                    out.push_back({ (int) t, (int) r, lvl, e });
                 }
             }
         }
@@ -102,17 +100,11 @@ static void llama_hobbit_route_op(ggml_tensor * dst, int ith, int nth, void * us
     hctx.cpu_error.store(false);
     hctx.cpu_arrived.store(0);
     try {
-        hctx.cpu_partials.resize(cpu_routes(hctx, dst, n_paths).size()*LLAMA_HOBBIT_CPU_SLICES*size_t(op->n_embd));
+        hctx.cpu_partials.resize(cpu_routes(dst, n_paths).size()*LLAMA_HOBBIT_CPU_SLICES*size_t(op->n_embd));
     } catch (const std::exception & e) {
         hctx.fail(std::string("hobbit: computing experts on the CPU: ") + e.what());
     }
     hctx.routed_at = std::chrono::steady_clock::now(); // the CPU's experts are computed next
-}
-
-// the slices a CPU route is cut into: fewer for a split miss's few rows
-static int route_slices(const llama_hobbit_cpu_weights & w, const llama_hobbit_cpu_route & c) {
-    const int n = llama_hobbit_cpu_expert_slices(w);
-    return c.rows > 0 && n > 0 ? (int) std::min<int64_t>(n, c.rows/llama_hobbit_cpu_expert_unit(w)) : n;
 }
 
 // the misses the planner gave to the CPU: every thread computes slices of them; the last one to
@@ -125,7 +117,7 @@ static void llama_hobbit_cpu_experts_op(ggml_tensor * dst, int ith, int nth, voi
     const int n_paths = int(ids->ne[2]/2);
     const int64_t n_embd = dst->ne[0];
     const std::vector<llama_hobbit_cpu_route> routes = hctx.failed ? std::vector<llama_hobbit_cpu_route>()
-                                                                  : cpu_routes(hctx, ids, n_paths);
+                                                                  : cpu_routes(ids, n_paths);
     const bool room = hctx.cpu_partials.size() >= routes.size()*LLAMA_HOBBIT_CPU_SLICES*size_t(n_embd);
     if (room && !routes.empty()) {
         thread_local std::vector<char> scratch;
@@ -134,12 +126,12 @@ static void llama_hobbit_cpu_experts_op(ggml_tensor * dst, int ith, int nth, voi
             for (size_t u = ith; u < routes.size()*LLAMA_HOBBIT_CPU_SLICES; u += nth) {
                 const llama_hobbit_cpu_route & c = routes[u/LLAMA_HOBBIT_CPU_SLICES];
                 const llama_hobbit_cpu_weights w = hctx.cache->cpu_weights(op->il, c.lvl);
-                const int n_slices = route_slices(w, c);
+                const int n_slices = llama_hobbit_cpu_expert_slices(w);
                 const int s = int(u % LLAMA_HOBBIT_CPU_SLICES);
                 if (s < n_slices) {
                     const float * x = (const float *) ((const char *) cur->data + c.token*cur->nb[2]);
                     llama_hobbit_cpu_expert_slice(w, c.expert, op->gelu, x, s, n_slices,
-                                                  hctx.cpu_partials.data() + u*size_t(n_embd), scratch, c.rows);
+                                                  hctx.cpu_partials.data() + u*size_t(n_embd), scratch);
                 }
             }
         } catch (const std::exception &) {
@@ -161,7 +153,7 @@ static void llama_hobbit_cpu_experts_op(ggml_tensor * dst, int ith, int nth, voi
     }
     for (size_t i = 0; i < routes.size(); ++i) {
         const llama_hobbit_cpu_route & c = routes[i];
-        const int n_slices = route_slices(hctx.cache->cpu_weights(op->il, c.lvl), c);
+        const int n_slices = llama_hobbit_cpu_expert_slices(hctx.cache->cpu_weights(op->il, c.lvl));
         if (n_slices == 0) { // the planner never gives such a level to the CPU
             hctx.fail("hobbit: the CPU cannot compute these experts' type");
             return;

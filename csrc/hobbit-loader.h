@@ -38,8 +38,6 @@ struct llama_hobbit_load {
     ggml_tensor * device[LLAMA_HOBBIT_N_PROJ] = {};
     size_t bytes  = 0;
     int    depth  = 0; // 0: a demand load; j > 0: a prefetch made j layers ahead
-    int64_t cpu_rows = 0; // a split miss (GPU tier): up and gate rows [0, cpu_rows) are the CPU's,
-                          // not copied but zeroed; the copy is not a cached expert
 
     // the loader's: its projections are read in parallel, each by whichever I/O thread is free
     int         parts_started = 0;

@@ -1,7 +1,5 @@
 #include "hobbit-planner.h"
 
-#include <algorithm>
-
 namespace {
 
 constexpr double EMA = 0.2; // weight of a new measurement in the running averages
@@ -66,44 +64,4 @@ std::vector<bool> llama_hobbit_plan_cpu(llama_hobbit_cost_model & model, const s
         model.without_cpu = 0;
     }
     return to_cpu;
-}
-
-llama_hobbit_split llama_hobbit_plan_split(const llama_hobbit_cost_model & model,
-                                           const std::vector<llama_hobbit_miss> & misses,
-                                           const std::vector<bool> & to_cpu, size_t backlog_bytes, double min_gain) {
-    const double r_copy = model.copy_bytes_per_ms();
-    double t_copy = double(backlog_bytes)/r_copy;
-    double t_cpu  = 0.0;
-    int last_copy = -1, last_cpu = -1;
-    for (size_t i = 0; i < misses.size(); ++i) {
-        if (to_cpu[i]) {
-            t_cpu += double(misses[i].bytes)/model.cpu_bytes_per_ms(misses[i].lvl);
-            last_cpu = int(i);
-        } else {
-            t_copy += double(misses[i].bytes)/r_copy;
-            last_copy = int(i);
-        }
-    }
-    const double t_layer = std::max(t_copy, t_cpu);
-    const int    i       = t_copy >= t_cpu ? last_copy : last_cpu;
-    llama_hobbit_split out;
-    if (i < 0 || misses[i].ug_bytes == 0 || t_layer <= 0.0) {
-        return out;
-    }
-    const llama_hobbit_miss & m = misses[i];
-    const double r_cpu = model.cpu_bytes_per_ms(m.lvl);
-    // the two sides without this miss, then with it split at f:
-    //   bus: t_copy0 + (bytes - f*ug_bytes)/r_copy      CPU: t_cpu0 + f*bytes/r_cpu
-    const double t_copy0 = t_copy - (to_cpu[i] ? 0.0 : double(m.bytes)/r_copy);
-    const double t_cpu0  = t_cpu  - (to_cpu[i] ? double(m.bytes)/r_cpu : 0.0);
-    const double f = (t_copy0 + double(m.bytes)/r_copy - t_cpu0)/(double(m.ug_bytes)/r_copy + double(m.bytes)/r_cpu);
-    if (!(f > 0.0 && f < 1.0)) {
-        return out;
-    }
-    const double t_split = std::max(t_copy0 + (double(m.bytes) - f*double(m.ug_bytes))/r_copy, t_cpu0 + f*double(m.bytes)/r_cpu);
-    if (t_split < (1.0 - min_gain)*t_layer) {
-        out.miss = i;
-        out.frac = f;
-    }
-    return out;
 }

@@ -44,29 +44,9 @@ struct llama_hobbit_miss {
     int    expert;
     int    lvl;
     size_t bytes;
-    size_t ug_bytes = 0; // of those, its up and gate projections' (0: it cannot be split)
 };
 
 // for misses in order of importance, whether each is computed on the CPU (true) or copied
 // (false); `backlog_bytes`: copies already queued ahead of them (prefetches being read)
 std::vector<bool> llama_hobbit_plan_cpu(llama_hobbit_cost_model & model, const std::vector<llama_hobbit_miss> & misses,
                                         size_t backlog_bytes);
-
-// A layer's misses are few (top-k of a token), so whole misses rarely share the bus and the CPU
-// evenly: with one miss one of them idles. A miss can be split by its FFN rows: the CPU
-// computes rows [0, f*n_ff) from the host tier while the bus copies the rest of its up and
-// gate rows and all of its down projection into a slot (whose other up and gate rows are
-// zeroed, so they add nothing), and the GPU's result and the CPU's are summed. Such a copy is
-// not a cached expert: its slot is freed once the layer is computed.
-struct llama_hobbit_split {
-    int    miss = -1;  // index into the misses, -1: none
-    double frac = 0.0; // the share of its FFN rows the CPU computes, in (0, 1)
-};
-
-// given the whole-miss plan `to_cpu`, the miss of the side that finishes last that is worth
-// splitting, and by how much, so that both sides finish together; none when that would save
-// less than min_gain of the layer's time
-llama_hobbit_split llama_hobbit_plan_split(const llama_hobbit_cost_model & model,
-                                           const std::vector<llama_hobbit_miss> & misses,
-                                           const std::vector<bool> & to_cpu, size_t backlog_bytes,
-                                           double min_gain = 0.05);

@@ -29,7 +29,6 @@ void llama_hobbit_job::init(int il_, int n_waves_, int n_expert, const llama_hob
     loaded.assign(n_expert, 0);
     prefetched.assign(n_expert, 0);
     cpu.assign(n_expert, 0);
-    split.assign(n_expert, 0.0f);
     pending.clear();
     optional.clear();
     for (int64_t t = 0; t < routes.n_tokens; ++t) {

@@ -69,8 +69,6 @@ struct llama_hobbit_job {
     std::vector<int8_t> loaded;   // [n_expert] its first route counts a load
     std::vector<int8_t> prefetched; // [n_expert] served by a prefetched copy (its depth), else 0
     std::vector<int8_t> cpu;        // [n_expert] computed on the CPU from the host tier (GPU tier), not cached
-    std::vector<float>  split;      // [n_expert] a miss split by the planner: the share of its FFN rows the
-                                    // CPU computes while the rest is copied (GPU tier), 0: not split
 
     // start a layer evaluation from its routes
     void init(int il, int n_waves, int n_expert, const llama_hobbit_routes & routes, float skip_threshold);

@@ -7,7 +7,7 @@ from functools import lru_cache
 
 from hobbit_py._lib import HobbitError, load_llama_cpp
 
-API_VERSION = 10  # LLAMA_HOBBIT_API_VERSION these bindings are written for
+API_VERSION = 9  # LLAMA_HOBBIT_API_VERSION these bindings are written for
 PREFETCH_MAX = 3  # LLAMA_HOBBIT_PREFETCH_MAX
 PREFETCH_AUTO = -1
 
@@ -82,7 +82,6 @@ class StatsStruct(ctypes.Structure):
         ("copy_gbps", ctypes.c_double),
         ("cpu_gbps", ctypes.c_double),
         ("between_ms", ctypes.c_double),
-        ("cpu_split", ctypes.c_uint64),
     ]
 
 

@@ -109,15 +109,6 @@ check cpuall-ngl99-25 99 25% 1 hobbit.lo_type=none hobbit.prefetch_depth=0 hobbi
 [ "$(cpu_routes cpuall-ngl99-25)" -gt 0 ] 2>/dev/null && [ "$(gens stock-ngl99)" == "$(gens cpuall-ngl99-25)" ] \
     && echo "ok: $(cpu_routes cpuall-ngl99-25) routes on the CPU, equal to the non-HOBBIT run" \
     || fail "every miss on the CPU at hi differs from the non-HOBBIT run (or none went there)"
-# a miss split between the bus and the CPU (hobbit.cpu_split=2: every copied miss in half, the
-# CPU computing its first FFN rows, the GPU the rest from a copy whose other rows are zero)
-# generates what the non-HOBBIT run does
-splits() { sed -n 's/.*failed loads, \([0-9]*\) loads split.*/\1/p' "$build.$1.out"; }
-check split-ngl99-25 99 25% 1 hobbit.lo_type=none hobbit.prefetch_depth=0 hobbit.cpu_split=2 || true
-[ "$(splits split-ngl99-25)" -gt 0 ] 2>/dev/null && [ "$(gens stock-ngl99)" == "$(gens split-ngl99-25)" ] \
-    && echo "ok: $(splits split-ngl99-25) loads split with the CPU, equal to the non-HOBBIT run" \
-    || fail "misses split with the CPU differ from the non-HOBBIT run (or none was split)"
-echo "the planner's own splits at -ngl 99, 25%: $(splits mixed-ngl99-25)"
 check unified-ngl99-25 99 25% 2 hobbit.unified=1 || true
 grep -q "error:" "$build.unified-ngl99-25.out" && fail "a generation failed (unified memory, 25%)"
 

@@ -11,7 +11,7 @@ extern "C" {
 #endif
 
 // Bumped whenever a function or struct of this header changes.
-#define LLAMA_HOBBIT_API_VERSION 10
+#define LLAMA_HOBBIT_API_VERSION 9
 
 // Version of this header the library was built with (LLAMA_HOBBIT_API_VERSION).
 LLAMA_API int32_t llama_hobbit_api_version(void);
@@ -132,8 +132,6 @@ struct llama_hobbit_stats {
     double   between_ms;       // time from a layer's experts being served to the next MoE layer's routing, within
                                // a ubatch: the graph's other work (on the GPU tier with the hand-overs between
                                // GPU and CPU); with load_stall_ms and cpu_ms it splits a ubatch's MoE span
-    uint64_t cpu_split;        // GPU tier: loads split with the CPU (counted as loads; the CPU computed the first
-                               // of their FFN rows, its bytes in cpu_bytes, while the rest was copied)
 };
 
 // true if the model was loaded in HOBBIT mode

@@ -7,7 +7,6 @@
 #include "hobbit-prefetch.h"
 #include "hobbit-test.h"
 
-#include <cmath>
 #include <random>
 #include <vector>
 
@@ -407,56 +406,6 @@ static void test_planner_balances_copies_and_cpu() {
     CHECK(llama_hobbit_plan_cpu(slow, {}, 0).empty());
 }
 
-// one miss split between the bus and the CPU so that both finish together
-static void test_planner_splits_a_lone_miss() {
-    const size_t hi = 24u << 20, ug = 16u << 20; // up and gate are two thirds of the expert
-    llama_hobbit_cost_model m;
-    m.copy_rate   = 50e6;
-    m.cpu_rate[0] = 50e6;
-    {
-        // one miss, copied (a tie): the CPU idles. Split at f: the bus copies 24 - 16f MiB, the
-        // CPU computes 24f MiB at the same rate: 24 - 16f = 24f, f = 0.6, and the layer takes
-        // 14.4 MiB's time instead of 24's
-        const std::vector<llama_hobbit_miss> misses = { { 2, 0, hi, ug } };
-        const std::vector<bool> c = llama_hobbit_plan_cpu(m, misses, 0);
-        CHECK(!c[0]);
-        const llama_hobbit_split s = llama_hobbit_plan_split(m, misses, c, 0);
-        CHECK_EQ(s.miss, 0);
-        CHECK(std::fabs(s.frac - 0.6) < 1e-9);
-        // not splittable: none
-        const llama_hobbit_split n = llama_hobbit_plan_split(m, { { 2, 0, hi, 0 } }, c, 0);
-        CHECK_EQ(n.miss, -1);
-    }
-    {
-        // two equal misses, one on each side: already balanced, nothing to gain
-        const std::vector<llama_hobbit_miss> misses = { { 0, 0, hi, ug }, { 1, 0, hi, ug } };
-        const std::vector<bool> c = llama_hobbit_plan_cpu(m, misses, 0);
-        CHECK(!c[0] && c[1]);
-        CHECK_EQ(llama_hobbit_plan_split(m, misses, c, 0).miss, -1);
-    }
-    {
-        // three: the bus has two (48 MiB), the CPU one (24): the bus's last is split, the CPU
-        // taking f of it: 48 - 16f = 24 + 24f, f = 0.6
-        const std::vector<llama_hobbit_miss> misses = { { 0, 0, hi, ug }, { 1, 0, hi, ug }, { 2, 0, hi, ug } };
-        const std::vector<bool> c = { false, true, false };
-        const llama_hobbit_split s = llama_hobbit_plan_split(m, misses, c, 0);
-        CHECK_EQ(s.miss, 2);
-        CHECK(std::fabs(s.frac - 0.6) < 1e-9);
-    }
-    {
-        // the CPU finishing last (a backlog had sent the miss there): its miss is split, the bus
-        // copying what the CPU leaves once the backlog (12 MiB) is through: 12 + 24 - 16f = 24f, f = 0.9
-        const std::vector<llama_hobbit_miss> misses = { { 4, 0, hi, ug } };
-        const llama_hobbit_split s = llama_hobbit_plan_split(m, misses, { true }, 12u << 20);
-        CHECK_EQ(s.miss, 0);
-        CHECK(std::fabs(s.frac - 0.9) < 1e-9);
-        // a backlog so long that the CPU should take all of it: no split
-        CHECK_EQ(llama_hobbit_plan_split(m, misses, { true }, 64u << 20).miss, -1);
-    }
-    // no misses: none
-    CHECK_EQ(llama_hobbit_plan_split(m, {}, {}, 0).miss, -1);
-}
-
 // the GPU tier's auto depth by measurement: it settles on the depth whose passes are fastest,
 // keeps trying the others now and then, and follows when another becomes the fastest
 static void test_depth_trial_follows_measured_pass_times() {
@@ -486,7 +435,6 @@ static void test_depth_trial_follows_measured_pass_times() {
 
 int main() {
     test_planner_balances_copies_and_cpu();
-    test_planner_splits_a_lone_miss();
     test_depth_trial_follows_measured_pass_times();
     test_auto_depth_follows_loads_against_compute();
     test_shares_are_independent_of_scaling();

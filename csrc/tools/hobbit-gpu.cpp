@@ -225,15 +225,14 @@ int cmd_check(int argc, char ** argv) {
         const int want_tier = ngl > 0 ? 1 : 0;
         printf("stats: tier %d%s, routes %llu = hits %llu/%llu + loads %llu/%llu + skipped %llu + cpu %llu/%llu, "
                "%.1f MiB moved, host tier %.1f MiB, %.1f MiB read from the file, slots %.1f MiB (peak %.1f) "
-               "of a %.1f MiB budget, %llu prefetches (%llu used), %llu failed loads, %llu loads split with the CPU\n",
+               "of a %.1f MiB budget, %llu prefetches (%llu used), %llu failed loads\n",
                s.tier, s.unified ? " (unified memory)" : "", (unsigned long long) s.routes_total,
                (unsigned long long) s.hits_hi, (unsigned long long) s.hits_lo, (unsigned long long) s.loads_hi,
                (unsigned long long) s.loads_lo, (unsigned long long) s.skipped, (unsigned long long) s.cpu_hi,
                (unsigned long long) s.cpu_lo, s.bytes_loaded/1048576.0, s.host_tier_bytes/1048576.0,
                s.bytes_read/1048576.0, s.cache_capacity_bytes/1048576.0, s.cache_peak_bytes/1048576.0,
                s.budget_bytes/1048576.0, (unsigned long long) s.prefetch_issued,
-               (unsigned long long) s.prefetch_used, (unsigned long long) s.failed_loads,
-               (unsigned long long) s.cpu_split);
+               (unsigned long long) s.prefetch_used, (unsigned long long) s.failed_loads);
         // the routes of a wave whose load failed are seen but not served
         const bool adds_up = routes == s.routes_total || (s.failed_loads > 0 && routes < s.routes_total);
         if (!adds_up || s.routes_total == 0) {
@@ -427,19 +426,18 @@ row_result run_row(const char * path, int ngl, kv_list & kv, std::vector<llama_m
     }
     if (llama_hobbit_active(model)) {
         const llama_hobbit_stats s = llama_hobbit_get_stats(model);
-        char buf[768];
+        char buf[640];
         const double per = 1.0/std::max(1, n_gen);
         const double routes = std::max<double>(1.0, double(s.routes_total));
         snprintf(buf, sizeof(buf), "decode: %s %.3f, CPU %.3f, skipped %.3f, %.1f MiB %s and %.2f ms stalled per token, "
                  "%.2f ms between layers and %.2f on CPU experts per token, "
-                 "%.1f GB/s a stream, planner's copy %.1f / CPU %.1f GB/s, %llu prefetches (%llu used), %.2f splits per token; "
-                 "slots %.0f MiB%s",
+                 "%.1f GB/s a stream, planner's copy %.1f / CPU %.1f GB/s, %llu prefetches (%llu used); slots %.0f MiB%s",
                  s.tier ? "VRAM hits" : "hits", double(s.hits_hi + s.hits_lo)/routes, double(s.cpu_hi + s.cpu_lo)/routes,
                  double(s.skipped)/routes,
                  s.bytes_loaded/1048576.0*per, s.unified ? "read" : (s.tier ? "copied" : "read"), s.load_stall_ms*per,
                  s.between_ms*per, s.cpu_ms*per,
                  s.read_ms > 0 ? s.bytes_loaded/(s.read_ms*1e6) : 0.0, s.copy_gbps, s.cpu_gbps,
-                 (unsigned long long) s.prefetch_issued, (unsigned long long) s.prefetch_used, s.cpu_split*per,
+                 (unsigned long long) s.prefetch_issued, (unsigned long long) s.prefetch_used,
                  s.cache_capacity_bytes/1048576.0, s.unified ? " (pinned host memory)" : "");
         res.note = buf;
     }
