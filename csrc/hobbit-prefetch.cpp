@@ -95,6 +95,7 @@ int llama_hobbit_depth_trial::best() const {
 }
 
 int llama_hobbit_depth_trial::on_pass(double ms) {
+    passes++;
     const int settled = trying ? SETTLE + TRY - left : SETTLE; // timed passes come after SETTLE
     // a pass far slower than the fastest depth's is a pause between generations, not a decode
     const int b = best();
@@ -112,25 +113,36 @@ int llama_hobbit_depth_trial::on_pass(double ms) {
     }
     sum = 0.0;
     n   = 0;
-    // the first round tries every depth in turn; later rounds alternate the fastest depth with
-    // a trial of one of the others
-    int untimed = 0;
-    while (untimed <= max_depth && avg[untimed] >= 0.0) {
-        ++untimed;
-    }
-    if (untimed <= max_depth || !trying) {
-        int d = untimed;
-        if (d > max_depth) {
-            d = next_try == best() ? (next_try + 1) % (max_depth + 1) : next_try;
+    const int fastest = best();
+    if (trying) {
+        if (depth == fastest) {
+            std::fill(std::begin(backoff), std::end(backoff), 1); // a new fastest: every depth may be tried soon
+            if (climbing && depth < max_depth) {
+                start(depth + 1, true); // the first round goes one deeper
+                return depth;
+            }
+        } else {
+            due[depth]     = passes + int64_t(backoff[depth])*EXPLOIT;
+            backoff[depth] = std::min(2*backoff[depth], MAX_BACKOFF);
         }
-        next_try = (d + 1) % (max_depth + 1);
-        depth    = d;
-        trying   = true;
-        left     = SETTLE + TRY;
-    } else {
-        depth  = best();
-        trying = false;
-        left   = EXPLOIT;
+        climbing = false;
+        start(fastest, false);
+        return depth;
     }
+    // the fastest depth ran its period: the depth that has waited longest for a trial, if its
+    // wait is over
+    int d = -1;
+    for (int k = 0; k <= max_depth; ++k) {
+        if (k != fastest && due[k] <= passes && (d < 0 || due[k] < due[d])) {
+            d = k;
+        }
+    }
+    start(d >= 0 ? d : fastest, d >= 0);
     return depth;
+}
+
+void llama_hobbit_depth_trial::start(int d, bool trial) {
+    depth  = d;
+    trying = trial;
+    left   = trial ? SETTLE + TRY : EXPLOIT;
 }

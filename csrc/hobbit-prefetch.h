@@ -38,13 +38,17 @@ int llama_hobbit_auto_depth(const double * acc, int max_depth, double wait_ms, d
 
 // The prefetch depth by measurement (the GPU tier's auto depth). There the planner computes
 // misses on the CPU while copies fly, and a wrong prefetch takes the bus from the copies a
-// layer waits for: what a depth saves cannot be read off the stalls as above. So each depth is
-// tried for a few decode passes (tokens), the time of a pass at each is kept as a running
-// average, and the fastest is used, with one of the others tried again every EXPLOIT passes.
+// layer waits for: what a depth saves cannot be read off the stalls as above. So depths are
+// tried for a few decode passes (tokens) each, the time of a pass at each is kept as a running
+// average, and the fastest is used. A trial of a slower depth costs time, so they are few: the
+// first round goes deeper only while each depth is faster than the one before, and a depth
+// that lost a trial waits twice as long for its next one (EXPLOIT passes, then 2x, 4x, ... up
+// to MAX_BACKOFF x), all waits starting again when another depth becomes the fastest.
 struct llama_hobbit_depth_trial {
-    static constexpr int SETTLE  = 1;  // passes after a switch that are not timed (the cache adjusts)
-    static constexpr int TRY     = 4;  // timed passes of a trial
-    static constexpr int EXPLOIT = 48; // passes at the fastest depth between two trials
+    static constexpr int SETTLE      = 1;  // passes after a switch that are not timed (the cache adjusts)
+    static constexpr int TRY         = 4;  // timed passes of a trial
+    static constexpr int EXPLOIT     = 48; // passes at the fastest depth between two trials
+    static constexpr int MAX_BACKOFF = 8;  // the longest wait of a depth that keeps losing, in EXPLOIT periods
 
     static constexpr int MAX_DEPTH = 3;
 
@@ -56,10 +60,14 @@ struct llama_hobbit_depth_trial {
     int on_pass(double ms);
 
 private:
-    int    left     = SETTLE + TRY; // passes left in this phase
-    bool   trying   = true;         // a trial (else the fastest depth runs)
-    int    next_try = 1;            // the depth the next trial takes
-    double sum      = 0.0;
-    int    n        = 0;
-    int    best() const;
+    int     left     = SETTLE + TRY; // passes left in this phase
+    bool    trying   = true;         // a trial (else the fastest depth runs)
+    bool    climbing = true;         // the first round: one depth deeper after each that was the fastest
+    int64_t passes   = 0;
+    int64_t due[MAX_DEPTH + 1]     = {};          // the pass from which each depth may be tried again
+    int     backoff[MAX_DEPTH + 1] = { 1, 1, 1, 1 }; // its wait after a lost trial, in EXPLOIT periods
+    double  sum      = 0.0;
+    int     n        = 0;
+    int     best() const;
+    void    start(int d, bool trial);
 };

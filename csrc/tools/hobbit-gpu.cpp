@@ -525,6 +525,9 @@ int cmd_bench(int argc, char ** argv) {
         { "HOBBIT-gpu, planner, no prefetch, -t 8", mixed, { b, "hobbit.prefetch_depth=0" }, {}, 8 },
         { "HOBBIT-gpu, planner, no prefetch, -t 16", mixed, { b, "hobbit.prefetch_depth=0" }, {}, 16 },
         { "HOBBIT-gpu, planner, auto prefetch, -t 8", mixed, { b }, {}, 8 },
+        // the default of hobbit_py and the CLI: a thread per physical core (THREADS here)
+        { "HOBBIT-gpu, planner, auto prefetch, -t " + std::to_string(threads) + " (the default threads)", mixed, { b }, {},
+          threads },
         { "HOBBIT-gpu, planner, auto prefetch, copies by the I/O threads, -t 8", mixed, { b, "hobbit.graph_copies=0" },
           {}, 8 },
         { "HOBBIT-gpu, unified memory forced (diagnostic: the GPU reads pinned host slots), -t 8", mixed,
