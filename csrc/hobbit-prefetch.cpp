@@ -124,6 +124,13 @@ int llama_hobbit_depth_trial::on_pass(double ms) {
         } else {
             due[depth]     = passes + int64_t(backoff[depth])*EXPLOIT;
             backoff[depth] = std::min(2*backoff[depth], MAX_BACKOFF);
+            // deeper prefetch costs more bus time still: deeper depths not timed yet wait the
+            // longest before their first trial
+            for (int k = depth + 1; k <= max_depth; ++k) {
+                if (avg[k] < 0.0 && due[k] == 0) {
+                    due[k] = passes + int64_t(MAX_BACKOFF)*EXPLOIT;
+                }
+            }
         }
         climbing = false;
         start(fastest, false);
