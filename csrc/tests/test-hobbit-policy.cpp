@@ -448,8 +448,6 @@ static void test_depth_trial_follows_measured_pass_times() {
         }
         costly.on_pass(slower[d]);
     }
-    fprintf(stderr, "  depth trial, prefetch only costs: passes per depth %d %d %d %d, first at depth >= 2: %d\n",
-            trials[0], trials[1], trials[2], trials[3], first_deep);
     CHECK(first_deep >= llama_hobbit_depth_trial::MAX_BACKOFF*llama_hobbit_depth_trial::EXPLOIT); // depth 1 lost first
     CHECK(trials[1] + trials[2] + trials[3] < 2000/16); // 5% of the passes (a trial every EXPLOIT: 10%)
     CHECK(trials[2] > 0 && trials[3] > 0); // still measured now and then
