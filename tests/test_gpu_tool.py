@@ -3,6 +3,7 @@ scripts/bench-gpu.sh), on the CPU tier that CI has: it must tell a right run fro
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 from pathlib import Path
@@ -56,3 +57,18 @@ def test_counters_and_tier_are_checked(mixed: Path) -> None:
 def test_a_bad_setting_fails_the_load(mixed: Path) -> None:
     rc, gens, _ = check(mixed, "0", "25%", "1", "hobbit.policy=fifo")
     assert rc == 1 and gens == {}
+
+
+def test_bench_rows_run_at_the_threads_they_name(mixed: Path) -> None:
+    # HOBBIT_BENCH_EXTRA's fields stand by their place: "name||2" is a row at 2 threads with no
+    # overrides, not a row at THREADS (1 here) with an override named "2"
+    env = {"HOBBIT_BENCH_ROWS": "-", "HOBBIT_BENCH_EXTRA": "at three|hobbit.prefetch_depth=0|3;at two||2;at THREADS"}
+    assert TOOL.is_file(), "make build builds hobbit-gpu"
+    proc = subprocess.run([str(TOOL), "bench", str(mixed), str(mixed), "0.5", "4", "1", "1"], capture_output=True,
+                          text=True, timeout=120, env={**os.environ, **env})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    threads = dict(re.findall(r"<!-- (.+?) runs at -t (\d+):", proc.stdout))
+    assert threads == {"B-resident (-ngl 99)": "1", "at three": "3", "at two": "2", "at THREADS": "1"}
+    rows = [ln.split("|")[1].strip() for ln in proc.stdout.splitlines() if ln.startswith("| at ")]
+    assert rows == ["at three", "at two", "at THREADS"]
+    assert "FAILED" not in proc.stdout

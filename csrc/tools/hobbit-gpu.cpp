@@ -261,13 +261,14 @@ struct row_result {
     bool ok = true;
 };
 
-// the fields of s (nullptr: none) between separators, empty ones left out
-std::vector<std::string> split(const char * s, char sep) {
+// the fields of s (nullptr: none) between separators, empty ones left out unless keep_empty
+// (fields that stand by their place, as in "name||threads")
+std::vector<std::string> split(const char * s, char sep, bool keep_empty = false) {
     std::vector<std::string> out;
     std::string cur;
     for (; s && *s; ++s) {
         if (*s == sep) {
-            if (!cur.empty()) {
+            if (keep_empty || !cur.empty()) {
                 out.push_back(cur);
             }
             cur.clear();
@@ -275,7 +276,7 @@ std::vector<std::string> split(const char * s, char sep) {
             cur += *s;
         }
     }
-    if (!cur.empty()) {
+    if (keep_empty || !cur.empty()) {
         out.push_back(cur);
     }
     return out;
@@ -551,7 +552,7 @@ int cmd_bench(int argc, char ** argv) {
     }
     // HOBBIT_BENCH_EXTRA: rows of the mixed model at the budget, "name|kv,kv|threads;..."
     for (const std::string & spec : split(getenv("HOBBIT_BENCH_EXTRA"), ';')) {
-        const std::vector<std::string> f = split(spec.c_str(), '|');
+        const std::vector<std::string> f = split(spec.c_str(), '|', /*keep_empty =*/ true);
         row x = { f[0], mixed, {}, {}, f.size() > 2 ? atoi(f[2].c_str()) : 0 };
         bool own_budget = false;
         for (const std::string & k : f.size() > 1 ? split(f[1].c_str(), ',') : std::vector<std::string>()) {
@@ -583,8 +584,8 @@ int cmd_bench(int argc, char ** argv) {
                 kv.add(s);
             }
         }
-        row_result r = run_row(rows[i].path, 99, kv, rows[i].ot, policy, ref, i == 0, n_gen, runs,
-                               rows[i].threads ? rows[i].threads : threads);
+        const int row_threads = rows[i].threads ? rows[i].threads : threads;
+        row_result r = run_row(rows[i].path, 99, kv, rows[i].ot, policy, ref, i == 0, n_gen, runs, row_threads);
         const double d = median(r.decode_tps);
         for (int k = 0; k < 3; ++k) {
             if (ref_decode[k] == 0.0 && rows[i].name.rfind(ref_names[k], 0) == 0) {
@@ -594,7 +595,7 @@ int cmd_bench(int argc, char ** argv) {
         printf("| %s | %.1f | %s | %s | %s | %.1f | %.4f | %.5f | %s%s |\n", rows[i].name.c_str(), d,
                ratio(d, ref_decode[0]).c_str(), ratio(d, ref_decode[1]).c_str(), ratio(d, ref_decode[2]).c_str(),
                median(r.prefill_tps), r.top1, r.kl, r.ok ? "" : "FAILED ", r.note.c_str());
-        printf("<!-- %s runs: decode", rows[i].name.c_str());
+        printf("<!-- %s runs at -t %d: decode", rows[i].name.c_str(), row_threads);
         for (double v : r.decode_tps) {
             printf(" %.1f", v);
         }
