@@ -20,7 +20,6 @@ import typer
 from hobbit_py._lib import HobbitError
 from hobbit_py.errors import EXIT_ERROR, EXIT_INTERRUPTED, one_line, print_error
 from hobbit_py.policy import Policy
-from hobbit_py.threads import default_threads
 
 if TYPE_CHECKING:
     from hobbit_py.model import Model
@@ -175,8 +174,8 @@ def load_model(path: Path, policy: Policy, *, threads: int | None, n_ctx: int | 
     """Load `path` as the CLI does, saying on stderr what `--expert-budget auto` chose."""
     from hobbit_py.model import Model  # noqa: PLC0415  (keeps --help fast)
 
-    n_threads = threads or default_threads()
-    model = Model(path, policy=policy, n_ctx=n_ctx, n_threads=n_threads, n_threads_batch=n_threads,
+    # no -t: Model's default (a thread per physical core)
+    model = Model(path, policy=policy, n_ctx=n_ctx, n_threads=threads, n_threads_batch=threads,
                   n_gpu_layers=n_gpu_layers, seed=seed, **kwargs)
     if model.budget_decision is not None:
         typer.echo(f"hobbit: {model.budget_decision.reason}", err=True)
@@ -397,10 +396,9 @@ def serve(
     pol = make_policy(expert_budget, policy, hi_threshold, skip_threshold, upgrade_threshold,
                       direct_io, hi_type, lo_type, prefetch_depth=prefetch_depth, prefetch_width=prefetch_width,
                       io_threads=io_threads, evict_weights=evict_weights, cpu_compute=cpu_compute)
-    n = threads or default_threads()
     config = ServerConfig(model=path, policy=pol, alias=alias or path.name, host=host, port=port,
                           api_key=api_key, model_kwargs={
-                              "n_ctx": n_ctx, "n_threads": n, "n_threads_batch": n,
+                              "n_ctx": n_ctx, "n_threads": threads, "n_threads_batch": threads,
                               "n_gpu_layers": n_gpu_layers, "seed": seed})
     serve_forever(config, log=lambda msg: typer.echo(f"hobbit: {msg}", err=True))
 
