@@ -314,9 +314,6 @@ struct reference {
     std::vector<std::vector<double>> log_probs; // B-resident's distribution before each of them
 };
 
-// one configuration: a warm-up run and `runs` timed runs, each a fresh context that prefills the
-// prompt then decodes the reference tokens; with `make_ref`, the first run's greedy tokens and
-// distributions become the reference instead
 // policy.FIELD=value: a field of the model's llama_hobbit_policy; false for an unknown field
 bool set_policy_field(llama_hobbit_policy & p, const std::string & arg) {
     const size_t eq = arg.find('=');
@@ -335,6 +332,9 @@ bool set_policy_field(llama_hobbit_policy & p, const std::string & arg) {
     return true;
 }
 
+// one configuration: a warm-up run and `runs` timed runs, each a fresh context that prefills the
+// prompt then decodes the reference tokens; with `make_ref`, the first run's greedy tokens and
+// distributions become the reference instead
 row_result run_row(const char * path, int ngl, kv_list & kv, std::vector<llama_model_tensor_buft_override> & ot,
                    const std::vector<std::string> & policy, reference & ref, bool make_ref, int n_gen, int runs,
                    int n_threads) {
