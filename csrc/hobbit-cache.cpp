@@ -67,6 +67,12 @@ struct prefetch_guard : llama_hobbit_evictor {
 
 llama_hobbit_cache::~llama_hobbit_cache() {
     loader.stop(); // no read may land in memory freed below
+    for (const auto & job : copier_prefetches) { // nor a prefetch still on the copier's stream
+        if (job->copy_event) {
+            copier.wait(job->copy_event);
+            job->copy_event = nullptr;
+        }
+    }
     for (auto * b : buf) {
         if (b) {
             ggml_backend_buffer_free(b);
@@ -265,8 +271,9 @@ bool llama_hobbit_cache::submit_copy(const llama_hobbit_load_ptr & job) {
     job->submitted_at = std::chrono::steady_clock::now();
     job->copy_event   = copier.submit(c);
     job->direct       = job->copy_event != nullptr;
-    if (job->direct) {
-        loader.demand_started(); // prefetches wait for the bus to be idle
+    job->copy_seq     = job->direct ? ++copy_seq : 0;
+    if (job->direct && !job->prefetch()) {
+        loader.demand_started(); // the loader's prefetches wait for the bus to be idle
     }
     return job->direct;
 }
@@ -280,8 +287,50 @@ void llama_hobbit_cache::complete_copy(std::unique_lock<std::mutex> & lk, const 
     lk.lock();
     job->read_ms = std::chrono::duration<double, std::milli>(now - job->submitted_at).count();
     job->timed   = blocked > 0.02; // it was still running: it ended now
-    loader.demand_finished();
+    if (!job->prefetch()) {
+        loader.demand_finished();
+    }
+    copy_seq_done = std::max(copy_seq_done, job->copy_seq); // and so has every copy queued before it
     on_loaded_locked(job);
+}
+
+void llama_hobbit_cache::submit_prefetch_copies(llama_hobbit_context & hctx) {
+    // behind the wave's demand copies on the copier's stream: they use the bus while the CPU
+    // computes its misses and the GPU the next layer's attention
+    (void) hctx;
+    for (const auto & job : deferred_prefetches) {
+        if (submit_copy(job)) {
+            copier_prefetches.push_back(job);
+        } else {
+            loader.submit(job);
+        }
+    }
+    deferred_prefetches.clear();
+}
+
+void llama_hobbit_cache::complete_prefetch_copies(std::unique_lock<std::mutex> & lk, bool all) {
+    // those queued before a demand copy that is done are done too (one stream): waiting for
+    // them costs nothing; `all` waits for the others as well
+    for (size_t i = 0; i < copier_prefetches.size();) {
+        const llama_hobbit_load_ptr job = copier_prefetches[i];
+        if (!job->copy_event) { // another wave waited for it
+            copier_prefetches.erase(copier_prefetches.begin() + i);
+        } else if (all || job->copy_seq <= copy_seq_done) {
+            copier_prefetches.erase(copier_prefetches.begin() + i);
+            complete_copy(lk, job);
+            i = 0; // the lock was dropped meanwhile
+        } else {
+            ++i;
+        }
+    }
+}
+
+size_t llama_hobbit_cache::prefetch_copy_backlog() const {
+    size_t n = 0;
+    for (const auto & job : copier_prefetches) {
+        n += job->copy_event && job->copy_seq > copy_seq_done ? job->bytes : 0;
+    }
+    return n;
 }
 
 void llama_hobbit_cache::drain_copies(std::unique_lock<std::mutex> & lk, llama_hobbit_context & hctx) {
@@ -355,9 +404,18 @@ void llama_hobbit_cache::expire_prefetches(int il) {
     }
 }
 
-bool llama_hobbit_cache::take_back_prefetch(int idx) {
+bool llama_hobbit_cache::take_back_prefetch(std::unique_lock<std::mutex> & lk, int idx) {
     auto it = in_flight.find(idx);
-    if (it == in_flight.end() || !it->second->prefetch() || !loader.take_back(it->second)) {
+    if (it != in_flight.end() && it->second->prefetch() && it->second->copy_event) {
+        const llama_hobbit_load_ptr job = it->second; // queued on the copier: its room is free once it lands
+        complete_copy(lk, job);
+        return true;
+    }
+    auto queued = it == in_flight.end() ? deferred_prefetches.end()
+                                        : std::find(deferred_prefetches.begin(), deferred_prefetches.end(), it->second);
+    if (queued != deferred_prefetches.end()) {
+        deferred_prefetches.erase(queued); // not on the copier's stream yet: taken back as a queued read
+    } else if (it == in_flight.end() || !it->second->prefetch() || !loader.take_back(it->second)) {
         return false; // being read: wait for it
     }
     const llama_hobbit_load_ptr job = it->second;
@@ -383,6 +441,8 @@ void llama_hobbit_cache::release(llama_hobbit_context & hctx) {
     std::unique_lock<std::mutex> lock(mtx);
     drain_copies(lock, hctx);
     release_locked(hctx);
+    complete_prefetch_copies(lock, /*all =*/ false);
+    cv.notify_all();
 }
 
 template <typename F>
@@ -442,7 +502,7 @@ void llama_hobbit_cache::plan_cpu(llama_hobbit_context & hctx, const llama_hobbi
         return;
     }
     std::vector<bool> to_cpu = pol.cpu_compute == 2 ? std::vector<bool>(misses.size(), true)
-                             : llama_hobbit_plan_cpu(cost, misses, loader.bytes_ahead_of_demand());
+                             : llama_hobbit_plan_cpu(cost, misses, loader.bytes_ahead_of_demand() + prefetch_copy_backlog());
     for (size_t i = 0; i < misses.size(); ++i) {
         // a type or shape the CPU path's kernel cannot slice is always copied
         to_cpu[i] = to_cpu[i] && llama_hobbit_cpu_expert_slices(cpu_weights(job.il, misses[i].lvl)) > 0;
@@ -473,6 +533,7 @@ void llama_hobbit_cache::serve_wave_locked(std::unique_lock<std::mutex> & lk, ll
     // copies a graph that stopped early left are waited for)
     drain_copies(lk, hctx);
     release_locked(hctx);
+    complete_prefetch_copies(lk, false);
     if (hctx.failed) {
         return; // the ubatch already failed: its output is discarded
     }
@@ -515,7 +576,7 @@ void llama_hobbit_cache::serve_wave_locked(std::unique_lock<std::mutex> & lk, ll
             }
             // room held by a prefetch: one not started yet is taken back at once, one being
             // read is waited for; room pinned by other contexts is waited for
-            if (counts.busy < 0 || !take_back_prefetch(counts.busy)) {
+            if (counts.busy < 0 || !take_back_prefetch(lk, counts.busy)) {
                 return false;
             }
         }
@@ -549,6 +610,7 @@ void llama_hobbit_cache::serve_wave_locked(std::unique_lock<std::mutex> & lk, ll
             }
         }
     }
+    submit_prefetch_copies(hctx);
 
     if (cpu) {
         // the CPU path's expert ids (planes paths + lvl), and its routes in the books; the slots
@@ -572,8 +634,14 @@ void llama_hobbit_cache::finish_wave_locked(std::unique_lock<std::mutex> & lk, l
     llama_hobbit_job & job = hctx.job;
     const int n_waves = job.n_waves;
 
-    // wait for this wave's reads and for copies others are reading
+    // wait for this wave's reads and for copies others are reading (a prefetch on the copier's
+    // stream is waited for here, by whichever wave needs it first)
     drain_copies(lk, hctx);
+    for (const auto & l : std::vector<llama_hobbit_load_ptr>(hctx.waits)) {
+        if (l->copy_event) {
+            complete_copy(lk, l);
+        }
+    }
     cv.wait(lk, [&]() {
         for (const auto & l : hctx.loads) {
             if (!l->done) {
@@ -814,7 +882,12 @@ void llama_hobbit_cache::prefetch_locked(llama_hobbit_context & hctx, int il, in
             stats.cache_bytes += store.entry_bytes(slots.level_of(idx));
             stats.cache_peak_bytes = std::max(stats.cache_peak_bytes, stats.cache_bytes);
             stats.prefetch_issued++;
-            loader.submit(make_load(idx, p.depth));
+            llama_hobbit_load_ptr job = make_load(idx, p.depth);
+            if (copier.active() && job->device[0] && host.resident()) {
+                deferred_prefetches.push_back(job); // to the copier, behind the next wave's demand copies
+            } else {
+                loader.submit(job);
+            }
         }
     }
 }

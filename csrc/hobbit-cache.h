@@ -171,7 +171,14 @@ private:
     void note_prediction(llama_hobbit_context & hctx, int il, const llama_hobbit_routes & routes);
     void adapt_depth(llama_hobbit_context & hctx);
     void time_pass(llama_hobbit_context & hctx, int64_t n_tokens); // GPU tier: a pass started
-    bool take_back_prefetch(int idx); // a queued prefetch of entry idx is dropped: true if it was
+    // a queued prefetch of entry idx is dropped, or one on the copier's stream waited for: true if
+    // its room is no longer held
+    bool take_back_prefetch(std::unique_lock<std::mutex> & lk, int idx);
+    // GPU tier with the copier: a context's prefetches go on the copier's stream behind its wave's
+    // demand copies; those queued before a finished demand copy are landed (all: every one)
+    void   submit_prefetch_copies(llama_hobbit_context & hctx);
+    void   complete_prefetch_copies(std::unique_lock<std::mutex> & lk, bool all);
+    size_t prefetch_copy_backlog() const; // bytes of them that may still be on the bus
     void expire_prefetches(int il);   // a layer was served: its unused prefetches were wrong guesses
     llama_hobbit_load_ptr make_load(int idx, int depth);
     void on_loaded(const llama_hobbit_load_ptr & job); // an I/O thread finished a read
@@ -210,5 +217,9 @@ private:
     std::deque<llama_hobbit_route_event>  trace;
 
     std::unordered_map<int, llama_hobbit_load_ptr> in_flight; // entry -> its read, queued or running
+    std::vector<llama_hobbit_load_ptr> deferred_prefetches; // prefetches for the copier, queued after the next wave's demand copies
+    std::vector<llama_hobbit_load_ptr> copier_prefetches;   // prefetches queued on the copier, not landed yet
+    uint64_t copy_seq      = 0; // copies queued on the copier so far
+    uint64_t copy_seq_done = 0; // every copy up to this one has landed
     llama_hobbit_loader                            loader;    // stopped first of all (destructor)
 };

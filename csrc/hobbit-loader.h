@@ -51,6 +51,7 @@ struct llama_hobbit_load {
     // (the wait blocked), which makes its time a measurement of the bus
     ggml_backend_event_t copy_event = nullptr;
     bool        direct  = false;
+    uint64_t    copy_seq = 0;   // its place on the copier's stream
     bool        timed   = false;
     std::chrono::steady_clock::time_point submitted_at{};
 
