@@ -480,7 +480,8 @@ void llama_hobbit_cache::finish_wave(llama_hobbit_context & hctx, int il, int wa
             stats.cpu_ms += cpu_ms;
             // both levels ran one after the other in that time: share it by bytes
             for (int lvl = 0; lvl < LLAMA_HOBBIT_N_LVL; ++lvl) {
-                cost.note_cpu(lvl, hctx.cpu_bytes[lvl], cpu_ms*double(hctx.cpu_bytes[lvl])/double(cpu_total));
+                cost.note_cpu(lvl, hctx.cpu_bytes[lvl], cpu_ms*double(hctx.cpu_bytes[lvl])/double(cpu_total),
+                              hctx.cpu_probe);
             }
         }
         finish_wave_locked(lk, hctx, il, wave, routes, ids);
@@ -490,6 +491,7 @@ void llama_hobbit_cache::finish_wave(llama_hobbit_context & hctx, int il, int wa
 void llama_hobbit_cache::plan_cpu(llama_hobbit_context & hctx, const llama_hobbit_policy & pol) {
     // the misses of the layer, most important first, at the level the policy wants for each
     llama_hobbit_job & job = hctx.job;
+    hctx.cpu_probe = false;
     std::vector<llama_hobbit_miss> misses;
     for (int e : job.pending) {
         if (slots.cached_any(job.il, e)) {
@@ -503,6 +505,7 @@ void llama_hobbit_cache::plan_cpu(llama_hobbit_context & hctx, const llama_hobbi
     }
     std::vector<bool> to_cpu = pol.cpu_compute == 2 ? std::vector<bool>(misses.size(), true)
                              : llama_hobbit_plan_cpu(cost, misses, loader.bytes_ahead_of_demand() + prefetch_copy_backlog());
+    hctx.cpu_probe = pol.cpu_compute != 2 && cost.probed;
     for (size_t i = 0; i < misses.size(); ++i) {
         // a type or shape the CPU path's kernel cannot slice is always copied
         to_cpu[i] = to_cpu[i] && llama_hobbit_cpu_expert_slices(cpu_weights(job.il, misses[i].lvl)) > 0;

@@ -51,6 +51,7 @@ struct llama_hobbit_context {
     std::chrono::steady_clock::time_point submitted_at{}; // when the wave's loads were submitted
     std::chrono::steady_clock::time_point routed_at{};    // when its route op returned (CPU path)
     size_t cpu_bytes[LLAMA_HOBBIT_N_LVL] = {};            // expert bytes the wave gave to the CPU
+    bool   cpu_probe = false;                             // ... as a probe of its rate (hobbit-planner.h)
     std::vector<float> cpu_partials;  // the CPU experts op's slices, [route][slice][n_embd] (sized by the route op)
     std::atomic<int>   cpu_arrived{0}; // threads of that op done with their slices
     std::atomic<bool>  cpu_error{false}; // one of them failed (out of memory)

@@ -29,9 +29,13 @@ void llama_hobbit_cost_model::note_copy(size_t bytes, double ms) {
     }
 }
 
-void llama_hobbit_cost_model::note_cpu(int lvl, size_t bytes, double ms) {
-    if (bytes > 0 && ms > 0.0 && cpu_seen[lvl]++ > 0) {
-        cpu_rate[lvl] = blend(cpu_rate[lvl], double(bytes)/ms);
+void llama_hobbit_cost_model::note_cpu(int lvl, size_t bytes, double ms, bool probe) {
+    if (bytes == 0 || ms <= 0.0 || cpu_seen[lvl]++ == 0) {
+        return;
+    }
+    const double rate = double(bytes)/ms;
+    if (!probe || cpu_rate[lvl] <= 0.0 || rate > cpu_rate[lvl]) {
+        cpu_rate[lvl] = blend(cpu_rate[lvl], rate);
     }
 }
 
@@ -57,8 +61,10 @@ std::vector<bool> llama_hobbit_plan_cpu(llama_hobbit_cost_model & model, const s
     for (bool c : to_cpu) {
         any = any || c;
     }
+    model.probed = false;
     if (!any && ++model.without_cpu >= llama_hobbit_cost_model::PROBE_EVERY) {
         to_cpu.back() = true; // a probe of the CPU's rate
+        model.probed = true;
     }
     if (to_cpu.back() || any) {
         model.without_cpu = 0;

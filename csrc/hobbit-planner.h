@@ -29,14 +29,18 @@ struct llama_hobbit_cost_model {
     double cpu_rate[LLAMA_HOBBIT_N_LVL] = {};    // bytes of expert weights the CPU computes per ms, per level
     int    cpu_seen[LLAMA_HOBBIT_N_LVL] = {};    // CPU measurements taken (the first is a warm-up, not used)
     int    without_cpu = 0;                      // evaluations with misses since the CPU last had one
+    bool   probed = false;                       // the last plan gave the CPU a probe only
 
     double copy_bytes_per_ms() const { return copy_rate > 0.0 ? copy_rate : DEFAULT_RATE; }
     double cpu_bytes_per_ms(int lvl) const;
 
     // a wave's copies: `bytes` in `ms` from their submission to the last one done
     void note_copy(size_t bytes, double ms);
-    // a wave's CPU experts of level lvl: `bytes` of weights in `ms`
-    void note_cpu(int lvl, size_t bytes, double ms);
+    // a wave's CPU experts of level lvl: `bytes` of weights in `ms`. A probe's measurement can
+    // raise the rate, never lower it: after an idle stretch the CPU's threads start cold (asleep,
+    // their caches elsewhere), and a slow probe would keep the CPU idle and its threads cold.
+    // When the CPU is really slower, the work it is given measures that.
+    void note_cpu(int lvl, size_t bytes, double ms, bool probe = false);
 };
 
 // one miss to place: its bytes at the level the policy chose for it

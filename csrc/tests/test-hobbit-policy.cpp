@@ -7,6 +7,7 @@
 #include "hobbit-prefetch.h"
 #include "hobbit-test.h"
 
+#include <cmath>
 #include <random>
 #include <vector>
 
@@ -402,6 +403,21 @@ static void test_planner_balances_copies_and_cpu() {
         probes += c[1] ? 1 : 0;
     }
     CHECK_EQ(probes, 3);
+    CHECK(slow.probed); // the last plan was a probe
+    // a probe's measurement raises the rate, never lowers it (a cold start); work given to the
+    // CPU as such lowers it
+    llama_hobbit_cost_model p;
+    p.note_cpu(0, 1u << 20, 1.0); // warm-up
+    p.note_cpu(0, 8u << 20, 1.0);
+    CHECK_EQ((long long) p.cpu_rate[0], (long long) (8u << 20));
+    p.note_cpu(0, 1u << 20, 1.0, true); // a slow probe: ignored
+    CHECK_EQ((long long) p.cpu_rate[0], (long long) (8u << 20));
+    p.note_cpu(0, 18u << 20, 1.0, true); // a fast one: taken
+    CHECK(std::fabs(p.cpu_rate[0] - double(10u << 20)) < 1.0);
+    p.note_cpu(0, 0u, 1.0); // nothing measured
+    p.note_cpu(0, 5u << 20, 1.0); // slower work that was not a probe: taken
+    CHECK(std::fabs(p.cpu_rate[0] - double(9u << 20)) < 1.0);
+    CHECK(!llama_hobbit_plan_cpu(p, { { 0, 0, hi } }, 0).empty() && !p.probed);
     // no misses, no probe
     CHECK(llama_hobbit_plan_cpu(slow, {}, 0).empty());
 }
