@@ -35,8 +35,8 @@ ifeq ($(GPU),cuda)
 CMAKE_COMMON += -DGGML_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=$(or $(CUDA_ARCH),90) -DGGML_CUDA_FA=OFF
 endif
 TARGETS := llama ggml llama-completion llama-bench llama-perplexity llama-quantize test-backend-ops
-HOBBIT_TARGETS := test-hobbit-slots test-hobbit-policy test-hobbit-mmid test-hobbit-mt test-hobbit-cpu-expert hobbit-gpu
-SAN_TARGETS := llama ggml llama-completion test-hobbit-slots test-hobbit-policy test-hobbit-mmid test-hobbit-mt test-hobbit-cpu-expert
+HOBBIT_TARGETS := test-hobbit-slots test-hobbit-policy test-hobbit-mmid test-hobbit-mt test-hobbit-cpu-expert test-hobbit-workers hobbit-gpu
+SAN_TARGETS := llama ggml llama-completion test-hobbit-slots test-hobbit-policy test-hobbit-mmid test-hobbit-mt test-hobbit-cpu-expert test-hobbit-workers
 SAN_COMMON := -DHOBBIT_SOURCE_ID=llama-cpp-python-$(LLAMA_CPP_PYTHON_VERSION) -DCMAKE_BUILD_TYPE=RelWithDebInfo
 
 PATCHES_OUT ?= $(CURDIR)/patches

@@ -10,6 +10,7 @@
 #include "hobbit-policy.h"
 #include "hobbit-prefetch.h"
 #include "hobbit-store.h"
+#include "hobbit-workers.h"
 #include "llama-hobbit.h"
 
 #include <atomic>
@@ -52,9 +53,9 @@ struct llama_hobbit_context {
     std::chrono::steady_clock::time_point routed_at{};    // when its route op returned (CPU path)
     size_t cpu_bytes[LLAMA_HOBBIT_N_LVL] = {};            // expert bytes the wave gave to the CPU
     bool   cpu_probe = false;                             // ... as a probe of its rate (hobbit-planner.h)
-    std::vector<float> cpu_partials;  // the CPU experts op's slices, [route][slice][n_embd] (sized by the route op)
-    std::atomic<int>   cpu_arrived{0}; // threads of that op done with their slices
-    std::atomic<bool>  cpu_error{false}; // one of them failed (out of memory)
+    std::vector<float> cpu_partials;  // the CPU experts op's slices, [route][slice][n_embd]
+    llama_hobbit_workers cpu_workers; // the threads that compute them with the graph's thread
+    int n_threads = 1;                // the CPU threads of the ubatch being computed (llama_context's)
 
     bool        failed = false; // the ubatch being computed hit a fault
     std::string error;          // the first one

@@ -10,7 +10,7 @@
 // On the GPU tier with a host tier, a decode's graph also has a CPU path (hobbit-planner.h):
 //
 //     selected, weights ──► hobbit_route (submits the copies, does not wait) ──► ids [.., hi|lo|cpu hi|cpu lo]
-//     ids, cur ──► hobbit_cpu_experts (all CPU threads, from the host tier; hobbit-cpu-expert.h) ──► cpu out
+//     ids, cur ──► hobbit_cpu_experts (CPU threads, from the host tier; hobbit-cpu-expert.h, hobbit-workers.h) ──► cpu out
 //     selected, weights, ids, cpu out ──► hobbit_wait (waits for the copies) ──► ids [.., hi|lo] ──► GPU paths
 //
 // so the CPU computes the misses the planner gave it while the others are copied into VRAM. On
@@ -31,6 +31,7 @@
 
 #include "ggml.h"
 
+#include <atomic>
 #include <chrono>
 #include <cstring>
 #include <exception>
@@ -85,81 +86,91 @@ static std::vector<llama_hobbit_cpu_route> cpu_routes(const ggml_tensor * ids, i
 static void llama_hobbit_route_op(ggml_tensor * dst, int ith, int nth, void * userdata) {
     (void) nth;
     if (ith != 0) {
-        return; // the policy runs on one thread; the others wait at the node's barrier
+        return; // one task: the policy runs on the graph's thread
     }
     const auto * op = (const llama_hobbit_op *) userdata;
     llama_hobbit_context & hctx = *op->hctx;
+    if (op->cpu_path) {
+        hctx.cpu_workers.wake(); // while the policy plans: the CPU experts op may need them
+    }
     hctx.wave_started(op->il, op->wave);
     hctx.cache->serve_wave(hctx, op->il, op->wave, op->n_waves, routes_of(dst), dst, op->cpu_path);
     if (!op->cpu_path) {
         hctx.wave_served(op->il, op->wave);
         return;
     }
-    // the CPU experts op runs next: the room for its partial sums, taken here on one thread
-    const int n_paths = int(dst->ne[2]/2);
-    hctx.cpu_error.store(false);
-    hctx.cpu_arrived.store(0);
-    try {
-        hctx.cpu_partials.resize(cpu_routes(dst, n_paths).size()*LLAMA_HOBBIT_CPU_SLICES*size_t(op->n_embd));
-    } catch (const std::exception & e) {
-        hctx.fail(std::string("hobbit: computing experts on the CPU: ") + e.what());
-    }
     hctx.routed_at = std::chrono::steady_clock::now(); // the CPU's experts are computed next
 }
 
-// the misses the planner gave to the CPU: every thread computes slices of them; the last one to
-// finish sums the slices into dst [n_embd, n_used, n_tokens] (zero for the other routes)
+// the misses the planner gave to the CPU: the graph's thread and llama_hobbit_parallel's workers
+// (hobbit-workers.h) compute slices of them, then the graph's thread sums the slices into dst
+// [n_embd, n_used, n_tokens] (zero for the other routes). Like every HOBBIT op it is one task,
+// so a layer without CPU routes wakes no other thread.
 static void llama_hobbit_cpu_experts_op(ggml_tensor * dst, int ith, int nth, void * userdata) {
+    (void) nth;
+    if (ith != 0) {
+        return; // a one-task op: the workers are the context's own
+    }
     const auto * op = (const llama_hobbit_op *) userdata;
     llama_hobbit_context & hctx = *op->hctx;
     const ggml_tensor * ids = dst->src[0];
     const ggml_tensor * cur = dst->src[1];
     const int n_paths = int(ids->ne[2]/2);
     const int64_t n_embd = dst->ne[0];
-    const std::vector<llama_hobbit_cpu_route> routes = hctx.failed ? std::vector<llama_hobbit_cpu_route>()
-                                                                  : cpu_routes(ids, n_paths);
-    const bool room = hctx.cpu_partials.size() >= routes.size()*LLAMA_HOBBIT_CPU_SLICES*size_t(n_embd);
-    if (room && !routes.empty()) {
-        thread_local std::vector<char> scratch;
-        try {
-            // unit u: slice u % SLICES of route u / SLICES, while there are slices
-            for (size_t u = ith; u < routes.size()*LLAMA_HOBBIT_CPU_SLICES; u += nth) {
-                const llama_hobbit_cpu_route & c = routes[u/LLAMA_HOBBIT_CPU_SLICES];
-                const llama_hobbit_cpu_weights w = hctx.cache->cpu_weights(op->il, c.lvl);
-                const int n_slices = llama_hobbit_cpu_expert_slices(w);
-                const int s = int(u % LLAMA_HOBBIT_CPU_SLICES);
-                if (s < n_slices) {
-                    const float * x = (const float *) ((const char *) cur->data + c.token*cur->nb[2]);
-                    llama_hobbit_cpu_expert_slice(w, c.expert, op->gelu, x, s, n_slices,
-                                                  hctx.cpu_partials.data() + u*size_t(n_embd), scratch);
-                }
-            }
-        } catch (const std::exception &) {
-            hctx.cpu_error.store(true);
-        }
-    }
-    if (hctx.cpu_arrived.fetch_add(1, std::memory_order_acq_rel) + 1 != nth) {
-        return;
-    }
-    // the last thread: every slice is in
     for (int64_t t = 0; t < dst->ne[2]; ++t) {
         for (int64_t r = 0; r < dst->ne[1]; ++r) {
             memset((char *) dst->data + r*dst->nb[1] + t*dst->nb[2], 0, n_embd*sizeof(float));
         }
     }
-    if (hctx.cpu_error.load() || (!room && !routes.empty())) {
+    if (hctx.failed) {
+        return;
+    }
+    const std::vector<llama_hobbit_cpu_route> routes = cpu_routes(ids, n_paths);
+    if (routes.empty()) {
+        return;
+    }
+    std::vector<int> n_slices(routes.size());
+    for (size_t i = 0; i < routes.size(); ++i) {
+        n_slices[i] = llama_hobbit_cpu_expert_slices(hctx.cache->cpu_weights(op->il, routes[i].lvl));
+        if (n_slices[i] == 0) { // the planner never gives such a level to the CPU
+            hctx.fail("hobbit: the CPU cannot compute these experts' type");
+            return;
+        }
+    }
+    try {
+        hctx.cpu_partials.resize(routes.size()*LLAMA_HOBBIT_CPU_SLICES*size_t(n_embd));
+    } catch (const std::exception & e) {
+        hctx.fail(std::string("hobbit: computing experts on the CPU: ") + e.what());
+        return;
+    }
+    const size_t n_units = routes.size()*LLAMA_HOBBIT_CPU_SLICES;
+    std::atomic<bool> out_of_memory{false};
+    llama_hobbit_parallel(hctx.cpu_workers, hctx.n_threads, [&](int i, int n) {
+        thread_local std::vector<char> scratch;
+        try {
+            // unit u: slice u % SLICES of route u / SLICES, while there are slices
+            for (size_t u = i; u < n_units; u += n) {
+                const size_t k = u/LLAMA_HOBBIT_CPU_SLICES;
+                const int s = int(u % LLAMA_HOBBIT_CPU_SLICES);
+                if (s < n_slices[k]) {
+                    const llama_hobbit_cpu_route & c = routes[k];
+                    const float * x = (const float *) ((const char *) cur->data + c.token*cur->nb[2]);
+                    llama_hobbit_cpu_expert_slice(hctx.cache->cpu_weights(op->il, c.lvl), c.expert, op->gelu, x, s,
+                                                  n_slices[k], hctx.cpu_partials.data() + u*size_t(n_embd), scratch);
+                }
+            }
+        } catch (const std::exception &) {
+            out_of_memory.store(true);
+        }
+    });
+    if (out_of_memory.load()) {
         hctx.fail("hobbit: computing experts on the CPU: out of memory");
         return;
     }
     for (size_t i = 0; i < routes.size(); ++i) {
         const llama_hobbit_cpu_route & c = routes[i];
-        const int n_slices = llama_hobbit_cpu_expert_slices(hctx.cache->cpu_weights(op->il, c.lvl));
-        if (n_slices == 0) { // the planner never gives such a level to the CPU
-            hctx.fail("hobbit: the CPU cannot compute these experts' type");
-            return;
-        }
         float * out = (float *) ((char *) dst->data + c.route*dst->nb[1] + c.token*dst->nb[2]);
-        for (int s = 0; s < n_slices; ++s) {
+        for (int s = 0; s < n_slices[i]; ++s) {
             const float * p = hctx.cpu_partials.data() + (i*LLAMA_HOBBIT_CPU_SLICES + s)*size_t(n_embd);
             for (int64_t k = 0; k < n_embd; ++k) {
                 out[k] += p[k];
@@ -305,7 +316,7 @@ ggml_tensor * llama_hobbit_build_moe_ffn(
             op->gelu   = gelu;
             ggml_tensor * cpu_args[2] = { ids, host.cur };
             ggml_tensor * cpu = ggml_custom_4d(ctx, GGML_TYPE_F32, n_embd, n_used, n_tokens, 1, cpu_args, 2,
-                    llama_hobbit_cpu_experts_op, GGML_N_TASKS_MAX, op);
+                    llama_hobbit_cpu_experts_op, 1, op);
             ggml_format_name(cpu, "hobbit_cpu_experts-%d.%d", il, wave);
             experts = experts ? ggml_add(ctx, experts, cpu) : cpu;
             ggml_tensor * wait_args[4] = { selected, host.weights, ids, cpu };

@@ -403,10 +403,11 @@ std::shared_ptr<llama_hobbit_context> llama_hobbit_context_init(const llama_mode
     return std::make_shared<llama_hobbit_context>(model.hobbit);
 }
 
-void llama_hobbit_ubatch_begin(llama_hobbit_context * hctx) {
+void llama_hobbit_ubatch_begin(llama_hobbit_context * hctx, int n_threads) {
     if (!hctx) {
         return;
     }
+    hctx->n_threads = n_threads > 0 ? n_threads : 1;
     llama_hobbit_set_last_error("");
     hctx->failed = false;
     hctx->error.clear();

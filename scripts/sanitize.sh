@@ -36,7 +36,7 @@ concurrent() {  # $1: build dir, $2: compute threads, $3: budget bytes
 }
 
 export ASAN_OPTIONS=detect_leaks=1:abort_on_error=1
-for t in test-hobbit-slots test-hobbit-policy test-hobbit-mmid test-hobbit-cpu-expert; do
+for t in test-hobbit-slots test-hobbit-policy test-hobbit-mmid test-hobbit-cpu-expert test-hobbit-workers; do
     echo "== build-asan: $t"; "build-asan/bin/$t" | tail -1
 done
 complete_with_budget build-asan 300000
@@ -45,6 +45,7 @@ concurrent build-asan 2 300000
 concurrent build-asan 2 1000000
 
 export TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1
+echo "== build-tsan: test-hobbit-workers"; build-tsan/bin/test-hobbit-workers | tail -1
 concurrent build-tsan 1 300000
 concurrent build-tsan 1 1000000
 echo "sanitizers: all clean"

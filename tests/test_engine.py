@@ -20,7 +20,7 @@ def engine_program(name: str) -> Path:
 
 
 @pytest.mark.parametrize("name", ["test-hobbit-slots", "test-hobbit-policy", "test-hobbit-mmid",
-                                  "test-hobbit-cpu-expert"])
+                                  "test-hobbit-cpu-expert", "test-hobbit-workers"])
 def test_engine_unit_tests(name: str) -> None:
     proc = subprocess.run([str(engine_program(name))], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr

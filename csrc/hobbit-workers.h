@@ -1,0 +1,70 @@
+// HOBBIT workers: the threads that compute a decode's CPU experts on the GPU tier.
+//
+// ggml's CPU backend runs a graph split on a team of as many threads as its widest node asks
+// for. On the GPU tier each MoE layer of a decode has a CPU split (the prefetch, route, CPU
+// experts and wait ops): with the CPU experts op asking for every thread, each layer woke the
+// whole team and passed its barriers, also when no route went to the CPU. Every HOBBIT op now
+// asks for one thread, so the split runs on the thread that computes the graph, and the CPU
+// experts op runs its slices with llama_hobbit_parallel, only when it has some.
+//
+// With OpenMP (ggml's default), that is an OpenMP team of the graph's thread: the very threads
+// ggml's own parallel ops use. A second set of threads would compete with them for the cores,
+// since OpenMP's idle threads spin for a while after each parallel op (the token embeddings'
+// get_rows, the layers on the CPU). Without OpenMP, it is the context's pool below: threads
+// started on first use that spin for SPIN_MS after a job (the next layer's comes sooner in a
+// decode) and then sleep.
+#pragma once
+
+#include <atomic>
+#include <condition_variable>
+#include <cstdint>
+#include <functional>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+struct llama_hobbit_workers {
+    // how long an idle worker spins for the next job before it sleeps
+    static constexpr double SPIN_MS = 1.0;
+
+    llama_hobbit_workers() = default;
+    llama_hobbit_workers(const llama_hobbit_workers &) = delete;
+    llama_hobbit_workers & operator=(const llama_hobbit_workers &) = delete;
+    ~llama_hobbit_workers();
+
+    // runs fn(i, n) for every i in [0, n), i = 0 on the calling thread and the others on workers;
+    // returns n, which is smaller than asked when threads could not be started (1: the caller
+    // ran it alone). fn must not throw. One caller at a time.
+    int run(int n, const std::function<void(int, int)> & fn);
+
+    // workers asleep wake up and spin for SPIN_MS (a job is coming): their wake-up overlaps
+    // with the caller's work before run()
+    void wake();
+
+    // workers started so far
+    int n_workers() const { return (int) threads.size(); }
+
+    // tests: starting a worker beyond this many fails, as when the system has no threads left
+    int start_limit = 1 << 30;
+
+private:
+    void loop(int i, uint64_t seen);
+
+    std::vector<std::thread> threads;
+    std::mutex               mtx;
+    std::condition_variable  cv;
+    std::atomic<uint64_t>    gen{0};     // jobs published
+    std::atomic<int>         pending{0}; // workers not done with the latest job
+    std::atomic<bool>        stop{false};
+    std::atomic<int>         sleeping{0}; // workers waiting on cv
+    uint64_t                 alarms = 0;  // wake() calls (under mtx)
+    const std::function<void(int, int)> * job = nullptr; // the latest job (set before gen moves)
+    int n_job = 0;                                       // its thread count
+};
+
+// runs fn(i, m) for every i in [0, m) on m <= n threads, i = 0 on the caller: an OpenMP team
+// where llama.cpp is built with OpenMP, else pool.run(n, fn). Returns m. fn must not throw.
+int llama_hobbit_parallel(llama_hobbit_workers & pool, int n, const std::function<void(int, int)> & fn);
+
+// whether llama_hobbit_parallel uses OpenMP in this build
+bool llama_hobbit_parallel_openmp();

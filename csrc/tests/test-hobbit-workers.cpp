@@ -1,0 +1,129 @@
+// HOBBIT: the CPU experts' worker pool (hobbit-workers.h).
+//
+// Every index of a job runs exactly once, on as many distinct threads as the job asked for; the
+// caller is index 0; jobs follow one another with the workers spinning and after they slept;
+// a job may ask for more or fewer threads than the one before; workers that cannot be started
+// leave the job to those that could (the start failure is injected); and the pool is destroyed
+// both idle and right after a job. llama_hobbit_parallel does the same on an OpenMP team where
+// the build has OpenMP (it must then, as ggml's CPU backend does), else on the pool. Run under
+// ThreadSanitizer (a build without OpenMP) by scripts/sanitize.sh.
+
+#include "hobbit-workers.h"
+#include "hobbit-test.h"
+#include "llama.h"
+
+#include <atomic>
+#include <chrono>
+#include <cstring>
+#include <mutex>
+#include <set>
+#include <thread>
+#include <vector>
+
+namespace {
+
+// one job of n threads: which indices ran, how often, and on which threads
+struct job_record {
+    std::vector<std::atomic<int>> runs;
+    std::mutex mtx;
+    std::set<std::thread::id> threads;
+    std::atomic<int> bad_n{0};
+    std::thread::id index0;
+
+    explicit job_record(int n) : runs(n) {}
+};
+
+// runs a job of n threads on pool (or through llama_hobbit_parallel), checks it and returns the
+// thread count it used
+int check_job(llama_hobbit_workers & pool, int n, int expect_n, bool parallel = false) {
+    job_record rec(n);
+    const auto fn = [&](int i, int m) {
+        if (m != expect_n || i < 0 || i >= m) {
+            rec.bad_n.fetch_add(1);
+            return;
+        }
+        rec.runs[i].fetch_add(1);
+        std::lock_guard<std::mutex> lock(rec.mtx);
+        rec.threads.insert(std::this_thread::get_id());
+        if (i == 0) {
+            rec.index0 = std::this_thread::get_id();
+        }
+    };
+    const int used = parallel ? llama_hobbit_parallel(pool, n, fn) : pool.run(n, fn);
+    CHECK_EQ(used, expect_n);
+    CHECK_EQ(rec.bad_n.load(), 0);
+    for (int i = 0; i < n; ++i) {
+        CHECK_EQ(rec.runs[i].load(), i < expect_n ? 1 : 0);
+    }
+    CHECK_EQ((long long) rec.threads.size(), expect_n);
+    CHECK(rec.index0 == std::this_thread::get_id());
+    return used;
+}
+
+} // namespace
+
+int main() {
+    {
+        llama_hobbit_workers pool;
+        check_job(pool, 1, 1);
+        CHECK_EQ(pool.n_workers(), 0); // a one-thread job starts nobody
+        check_job(pool, 4, 4);
+        CHECK_EQ(pool.n_workers(), 3);
+        // back to back: the workers are still spinning
+        for (int k = 0; k < 300; ++k) {
+            check_job(pool, 4, 4);
+        }
+        // after they slept
+        for (int k = 0; k < 5; ++k) {
+            std::this_thread::sleep_for(std::chrono::milliseconds(int(3*llama_hobbit_workers::SPIN_MS) + 1));
+            check_job(pool, 4, 4);
+        }
+        // more threads, then fewer: the extra workers take no index
+        check_job(pool, 7, 7);
+        CHECK_EQ(pool.n_workers(), 6);
+        check_job(pool, 3, 3);
+        check_job(pool, 7, 7);
+        CHECK_EQ(pool.n_workers(), 6);
+    }
+    {
+        // the sum of a job's work does not depend on who did it
+        llama_hobbit_workers pool;
+        for (int k = 0; k < 200; ++k) {
+            std::vector<long long> part(5, 0);
+            pool.run(5, [&](int i, int n) {
+                for (int u = i; u < 1000; u += n) {
+                    part[i] += u;
+                }
+            });
+            long long sum = 0;
+            for (long long p : part) {
+                sum += p;
+            }
+            CHECK_EQ(sum, 999LL*1000/2);
+        }
+    } // destroyed right after a job, its workers spinning
+    {
+        // starting threads fails after two: the job runs on the caller and those two
+        llama_hobbit_workers pool;
+        pool.start_limit = 2;
+        check_job(pool, 6, 3);
+        CHECK_EQ(pool.n_workers(), 2);
+        pool.start_limit = 0;
+        llama_hobbit_workers none;
+        none.start_limit = 0;
+        check_job(none, 6, 1); // no worker at all: the caller alone
+    }
+    {
+        // llama_hobbit_parallel: an OpenMP team or the pool, the same contract
+        llama_hobbit_workers pool;
+        for (int k = 0; k < 50; ++k) {
+            check_job(pool, 6, 6, true);
+        }
+        check_job(pool, 1, 1, true);
+        CHECK_EQ(pool.n_workers(), llama_hobbit_parallel_openmp() ? 0 : 5);
+        // OpenMP exactly where ggml's CPU backend has it
+        CHECK_EQ(llama_hobbit_parallel_openmp(), strstr(llama_print_system_info(), "OPENMP = 1") != nullptr);
+        printf("llama_hobbit_parallel: %s\n", llama_hobbit_parallel_openmp() ? "OpenMP" : "the pool");
+    }
+    return hobbit_test_result("test-hobbit-workers");
+}
