@@ -72,3 +72,23 @@ def test_bench_rows_run_at_the_threads_they_name(mixed: Path) -> None:
     rows = [ln.split("|")[1].strip() for ln in proc.stdout.splitlines() if ln.startswith("| at ")]
     assert rows == ["at three", "at two", "at THREADS"]
     assert "FAILED" not in proc.stdout
+
+
+def test_bench_interleaves_its_rows_over_rounds(mixed: Path) -> None:
+    # HOBBIT_BENCH_INTERLEAVE=1 with RUNS 2: two rounds over the rows, one timed run of each row
+    # a round, and the table (one line per row, with both runs) only after the last round
+    env = {"HOBBIT_BENCH_ROWS": "-", "HOBBIT_BENCH_EXTRA": "lru|hobbit.policy=lru|1;hobbit", "HOBBIT_BENCH_INTERLEAVE": "1"}
+    proc = subprocess.run([str(TOOL), "bench", str(mixed), str(mixed), "0.5", "4", "2", "1"], capture_output=True,
+                          text=True, timeout=180, env={**os.environ, **env})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    runs = re.findall(r"<!-- (.+?) runs at -t 1, one a round: decode ([0-9. ]+), prefill ([0-9. ]+) -->", proc.stdout)
+    assert [name for name, _, _ in runs] == ["B-resident (-ngl 99)", "lru", "hobbit"]
+    assert all(len(d.split()) == 2 and len(p.split()) == 2 for _, d, p in runs)
+    rows = [ln.split("|") for ln in proc.stdout.splitlines() if ln.startswith("| ") and "---" not in ln]
+    assert [r[1].strip() for r in rows[1:]] == ["B-resident (-ngl 99)", "lru", "hobbit"]
+    # each row's figure is the median of its runs (of two: their mean), top-1 of a row against itself 1
+    for (name, d, _), r in zip(runs, rows[1:]):
+        values = [float(v) for v in d.split()]
+        assert abs(float(r[2]) - sum(values)/2) < 0.11, (name, r[2], values)
+    assert float(rows[1][7]) == 1.0
+    assert "FAILED" not in proc.stdout

@@ -21,6 +21,9 @@
 //       model added at the end, with the budget (unless they give one), the hobbit.* kv overrides
 //       given, and policy.* fields (hi_threshold, skip_threshold, upgrade_threshold,
 //       prefetch_width, prefetch_depth, cpu_compute) set after the load.
+//       HOBBIT_BENCH_INTERLEAVE=1: the RUNS timed runs of each row are taken in RUNS rounds over
+//       all the rows (each a fresh load, a warm-up and one run), so that drift of the machine's
+//       speed while the bench runs hits every row alike.
 
 #include "llama.h"
 #include "llama-hobbit.h"
@@ -574,18 +577,14 @@ int cmd_bench(int argc, char ** argv) {
         snprintf(b, sizeof(b), "%.2fx", d/ref);
         return ref > 0 ? std::string(b) : std::string();
     };
-    for (size_t i = 0; i < rows.size(); ++i) {
-        kv_list kv;
-        std::vector<std::string> policy;
-        for (const auto & s : rows[i].kv) {
-            if (s.rfind("policy.", 0) == 0) {
-                policy.push_back(s);
-            } else {
-                kv.add(s);
-            }
-        }
-        const int row_threads = rows[i].threads ? rows[i].threads : threads;
-        row_result r = run_row(rows[i].path, 99, kv, rows[i].ot, policy, ref, i == 0, n_gen, runs, row_threads);
+    // HOBBIT_BENCH_INTERLEAVE=1: RUNS rounds over all the rows, each round a fresh load, a
+    // warm-up and one timed run per row, so that a machine whose speed drifts while the bench
+    // runs drifts for every row alike; the table comes at the end
+    const char * il_env = getenv("HOBBIT_BENCH_INTERLEAVE");
+    const bool interleave = il_env && atoi(il_env) != 0 && runs > 1;
+    const int n_rounds = interleave ? runs : 1;
+    std::vector<row_result> results(rows.size());
+    auto print_row = [&](size_t i, const row_result & r, int row_threads) {
         const double d = median(r.decode_tps);
         for (int k = 0; k < 3; ++k) {
             if (ref_decode[k] == 0.0 && rows[i].name.rfind(ref_names[k], 0) == 0) {
@@ -595,7 +594,7 @@ int cmd_bench(int argc, char ** argv) {
         printf("| %s | %.1f | %s | %s | %s | %.1f | %.4f | %.5f | %s%s |\n", rows[i].name.c_str(), d,
                ratio(d, ref_decode[0]).c_str(), ratio(d, ref_decode[1]).c_str(), ratio(d, ref_decode[2]).c_str(),
                median(r.prefill_tps), r.top1, r.kl, r.ok ? "" : "FAILED ", r.note.c_str());
-        printf("<!-- %s runs at -t %d: decode", rows[i].name.c_str(), row_threads);
+        printf("<!-- %s runs at -t %d%s: decode", rows[i].name.c_str(), row_threads, interleave ? ", one a round" : "");
         for (double v : r.decode_tps) {
             printf(" %.1f", v);
         }
@@ -605,6 +604,36 @@ int cmd_bench(int argc, char ** argv) {
         }
         printf(" -->\n");
         fflush(stdout);
+    };
+    for (int round = 0; round < n_rounds; ++round) {
+        for (size_t i = 0; i < rows.size(); ++i) {
+            kv_list kv;
+            std::vector<std::string> policy;
+            for (const auto & s : rows[i].kv) {
+                if (s.rfind("policy.", 0) == 0) {
+                    policy.push_back(s);
+                } else {
+                    kv.add(s);
+                }
+            }
+            const int row_threads = rows[i].threads ? rows[i].threads : threads;
+            std::vector<llama_model_tensor_buft_override> ot = rows[i].ot;
+            const row_result r = run_row(rows[i].path, 99, kv, ot, policy, ref, i == 0 && round == 0, n_gen,
+                                         interleave ? 1 : runs, row_threads);
+            row_result & acc = results[i];
+            acc.decode_tps.insert(acc.decode_tps.end(), r.decode_tps.begin(), r.decode_tps.end());
+            acc.prefill_tps.insert(acc.prefill_tps.end(), r.prefill_tps.begin(), r.prefill_tps.end());
+            acc.top1 += r.top1/n_rounds; // each round scores the same tokens
+            acc.kl   += r.kl/n_rounds;
+            acc.ok    = acc.ok && r.ok;
+            acc.note  = r.note; // the last run's decode
+            if (!interleave) {
+                print_row(i, acc, row_threads);
+            }
+        }
+    }
+    for (size_t i = 0; interleave && i < rows.size(); ++i) {
+        print_row(i, results[i], rows[i].threads ? rows[i].threads : threads);
     }
     return 0;
 }
