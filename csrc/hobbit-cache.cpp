@@ -264,8 +264,7 @@ bool llama_hobbit_cache::host_copy(int il, int e, int lvl, int slot, llama_hobbi
 
 bool llama_hobbit_cache::submit_copy(const llama_hobbit_load_ptr & job) {
     llama_hobbit_copy c;
-    if (!copier.active() || !job->device[0] ||
-            !host_copy(job->il, job->expert, job->lvl, slots.entry(job->idx).slot, c)) {
+    if (!copier_takes(job) || !host_copy(job->il, job->expert, job->lvl, slots.entry(job->idx).slot, c)) {
         return false;
     }
     job->submitted_at = std::chrono::steady_clock::now();
@@ -294,10 +293,9 @@ void llama_hobbit_cache::complete_copy(std::unique_lock<std::mutex> & lk, const 
     on_loaded_locked(job);
 }
 
-void llama_hobbit_cache::submit_prefetch_copies(llama_hobbit_context & hctx) {
+void llama_hobbit_cache::submit_prefetch_copies() {
     // behind the wave's demand copies on the copier's stream: they use the bus while the CPU
     // computes its misses and the GPU the next layer's attention
-    (void) hctx;
     for (const auto & job : deferred_prefetches) {
         if (submit_copy(job)) {
             copier_prefetches.push_back(job);
@@ -333,8 +331,8 @@ size_t llama_hobbit_cache::prefetch_copy_backlog() const {
     return n;
 }
 
-void llama_hobbit_cache::drain_copies(std::unique_lock<std::mutex> & lk, llama_hobbit_context & hctx) {
-    for (const auto & l : std::vector<llama_hobbit_load_ptr>(hctx.loads)) {
+void llama_hobbit_cache::drain_copies(std::unique_lock<std::mutex> & lk, const std::vector<llama_hobbit_load_ptr> & jobs) {
+    for (const auto & l : std::vector<llama_hobbit_load_ptr>(jobs)) { // a copy: the lock is dropped meanwhile
         if (l->copy_event) {
             complete_copy(lk, l);
         }
@@ -439,7 +437,7 @@ void llama_hobbit_cache::release_locked(llama_hobbit_context & hctx) {
 
 void llama_hobbit_cache::release(llama_hobbit_context & hctx) {
     std::unique_lock<std::mutex> lock(mtx);
-    drain_copies(lock, hctx);
+    drain_copies(lock, hctx.loads);
     release_locked(hctx);
     complete_prefetch_copies(lock, /*all =*/ false);
     cv.notify_all();
@@ -534,7 +532,7 @@ void llama_hobbit_cache::serve_wave_locked(std::unique_lock<std::mutex> & lk, ll
                                            bool cpu) {
     // the slots of the previous wave or layer are no longer read: the graph has moved on (and
     // copies a graph that stopped early left are waited for)
-    drain_copies(lk, hctx);
+    drain_copies(lk, hctx.loads);
     release_locked(hctx);
     complete_prefetch_copies(lk, false);
     if (hctx.failed) {
@@ -613,7 +611,7 @@ void llama_hobbit_cache::serve_wave_locked(std::unique_lock<std::mutex> & lk, ll
             }
         }
     }
-    submit_prefetch_copies(hctx);
+    submit_prefetch_copies();
 
     if (cpu) {
         // the CPU path's expert ids (planes paths + lvl), and its routes in the books; the slots
@@ -639,12 +637,8 @@ void llama_hobbit_cache::finish_wave_locked(std::unique_lock<std::mutex> & lk, l
 
     // wait for this wave's reads and for copies others are reading (a prefetch on the copier's
     // stream is waited for here, by whichever wave needs it first)
-    drain_copies(lk, hctx);
-    for (const auto & l : std::vector<llama_hobbit_load_ptr>(hctx.waits)) {
-        if (l->copy_event) {
-            complete_copy(lk, l);
-        }
-    }
+    drain_copies(lk, hctx.loads);
+    drain_copies(lk, hctx.waits);
     cv.wait(lk, [&]() {
         for (const auto & l : hctx.loads) {
             if (!l->done) {
@@ -886,7 +880,7 @@ void llama_hobbit_cache::prefetch_locked(llama_hobbit_context & hctx, int il, in
             stats.cache_peak_bytes = std::max(stats.cache_peak_bytes, stats.cache_bytes);
             stats.prefetch_issued++;
             llama_hobbit_load_ptr job = make_load(idx, p.depth);
-            if (copier.active() && job->device[0] && host.resident()) {
+            if (copier_takes(job)) {
                 deferred_prefetches.push_back(job); // to the copier, behind the next wave's demand copies
             } else {
                 loader.submit(job);

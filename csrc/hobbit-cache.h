@@ -176,21 +176,25 @@ private:
     bool take_back_prefetch(std::unique_lock<std::mutex> & lk, int idx);
     // GPU tier with the copier: a context's prefetches go on the copier's stream behind its wave's
     // demand copies; those queued before a finished demand copy are landed (all: every one)
-    void   submit_prefetch_copies(llama_hobbit_context & hctx);
+    void   submit_prefetch_copies();
     void   complete_prefetch_copies(std::unique_lock<std::mutex> & lk, bool all);
     size_t prefetch_copy_backlog() const; // bytes of them that may still be on the bus
     void expire_prefetches(int il);   // a layer was served: its unused prefetches were wrong guesses
     llama_hobbit_load_ptr make_load(int idx, int depth);
     void on_loaded(const llama_hobbit_load_ptr & job); // an I/O thread finished a read
     void on_loaded_locked(const llama_hobbit_load_ptr & job);
-    // the copier's demand copies: queue one (false: not possible, the loader takes it), wait for
-    // one (dropping the lock meanwhile), and wait for those a context left (an aborted graph)
+    // the copier's copies: whether it can take a job (a copy from the host tier into VRAM),
+    // queue one (false: not possible, the loader takes it), wait for one (dropping the lock
+    // meanwhile), and wait for those of a list (a wave's, or those an aborted graph left)
+    bool copier_takes(const llama_hobbit_load_ptr & job) const {
+        return copier.active() && job->device[0] && host.resident();
+    }
     bool submit_copy(const llama_hobbit_load_ptr & job);
     // the copy of expert e of layer il at level lvl from the host tier into slot `slot` of its
     // pool (false: the host tier does not hold it)
     bool host_copy(int il, int e, int lvl, int slot, llama_hobbit_copy & c) const;
     void complete_copy(std::unique_lock<std::mutex> & lk, const llama_hobbit_load_ptr & job);
-    void drain_copies(std::unique_lock<std::mutex> & lk, llama_hobbit_context & hctx);
+    void drain_copies(std::unique_lock<std::mutex> & lk, const std::vector<llama_hobbit_load_ptr> & jobs);
     llama_hobbit_clock clock_at(int il) const;
     llama_hobbit_policy effective_policy() const; // the policy as a wave applies it (under the lock)
 

@@ -129,9 +129,11 @@ static void llama_hobbit_cpu_experts_op(ggml_tensor * dst, int ith, int nth, voi
     if (routes.empty()) {
         return;
     }
+    std::vector<llama_hobbit_cpu_weights> weights(routes.size());
     std::vector<int> n_slices(routes.size());
     for (size_t i = 0; i < routes.size(); ++i) {
-        n_slices[i] = llama_hobbit_cpu_expert_slices(hctx.cache->cpu_weights(op->il, routes[i].lvl));
+        weights[i]  = hctx.cache->cpu_weights(op->il, routes[i].lvl);
+        n_slices[i] = llama_hobbit_cpu_expert_slices(weights[i]);
         if (n_slices[i] == 0) { // the planner never gives such a level to the CPU
             hctx.fail("hobbit: the CPU cannot compute these experts' type");
             return;
@@ -155,8 +157,8 @@ static void llama_hobbit_cpu_experts_op(ggml_tensor * dst, int ith, int nth, voi
                 if (s < n_slices[k]) {
                     const llama_hobbit_cpu_route & c = routes[k];
                     const float * x = (const float *) ((const char *) cur->data + c.token*cur->nb[2]);
-                    llama_hobbit_cpu_expert_slice(hctx.cache->cpu_weights(op->il, c.lvl), c.expert, op->gelu, x, s,
-                                                  n_slices[k], hctx.cpu_partials.data() + u*size_t(n_embd), scratch);
+                    llama_hobbit_cpu_expert_slice(weights[k], c.expert, op->gelu, x, s, n_slices[k],
+                                                  hctx.cpu_partials.data() + u*size_t(n_embd), scratch);
                 }
             }
         } catch (const std::exception &) {
