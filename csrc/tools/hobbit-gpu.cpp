@@ -513,7 +513,7 @@ int cmd_bench(int argc, char ** argv) {
         const char * path;
         std::vector<std::string> kv; // hobbit.* kv overrides, and policy.* fields set after the load
         std::vector<llama_model_tensor_buft_override> ot;
-        int threads = 0; // 0: THREADS
+        int threads = 0; // 0: THREADS (resolved before the rows run)
     };
     const std::string b = "hobbit.budget_bytes=" + std::to_string(budget);
     std::vector<row> rows = {
@@ -583,8 +583,11 @@ int cmd_bench(int argc, char ** argv) {
     const char * il_env = getenv("HOBBIT_BENCH_INTERLEAVE");
     const bool interleave = il_env && atoi(il_env) != 0 && runs > 1;
     const int n_rounds = interleave ? runs : 1;
+    for (row & r : rows) {
+        r.threads = r.threads ? r.threads : threads;
+    }
     std::vector<row_result> results(rows.size());
-    auto print_row = [&](size_t i, const row_result & r, int row_threads) {
+    auto print_row = [&](size_t i, const row_result & r) {
         const double d = median(r.decode_tps);
         for (int k = 0; k < 3; ++k) {
             if (ref_decode[k] == 0.0 && rows[i].name.rfind(ref_names[k], 0) == 0) {
@@ -594,7 +597,7 @@ int cmd_bench(int argc, char ** argv) {
         printf("| %s | %.1f | %s | %s | %s | %.1f | %.4f | %.5f | %s%s |\n", rows[i].name.c_str(), d,
                ratio(d, ref_decode[0]).c_str(), ratio(d, ref_decode[1]).c_str(), ratio(d, ref_decode[2]).c_str(),
                median(r.prefill_tps), r.top1, r.kl, r.ok ? "" : "FAILED ", r.note.c_str());
-        printf("<!-- %s runs at -t %d%s: decode", rows[i].name.c_str(), row_threads, interleave ? ", one a round" : "");
+        printf("<!-- %s runs at -t %d%s: decode", rows[i].name.c_str(), rows[i].threads, interleave ? ", one a round" : "");
         for (double v : r.decode_tps) {
             printf(" %.1f", v);
         }
@@ -616,10 +619,9 @@ int cmd_bench(int argc, char ** argv) {
                     kv.add(s);
                 }
             }
-            const int row_threads = rows[i].threads ? rows[i].threads : threads;
             std::vector<llama_model_tensor_buft_override> ot = rows[i].ot;
             const row_result r = run_row(rows[i].path, 99, kv, ot, policy, ref, i == 0 && round == 0, n_gen,
-                                         interleave ? 1 : runs, row_threads);
+                                         interleave ? 1 : runs, rows[i].threads);
             row_result & acc = results[i];
             acc.decode_tps.insert(acc.decode_tps.end(), r.decode_tps.begin(), r.decode_tps.end());
             acc.prefill_tps.insert(acc.prefill_tps.end(), r.prefill_tps.begin(), r.prefill_tps.end());
@@ -628,12 +630,12 @@ int cmd_bench(int argc, char ** argv) {
             acc.ok    = acc.ok && r.ok;
             acc.note  = r.note; // the last run's decode
             if (!interleave) {
-                print_row(i, acc, row_threads);
+                print_row(i, acc);
             }
         }
     }
     for (size_t i = 0; interleave && i < rows.size(); ++i) {
-        print_row(i, results[i], rows[i].threads ? rows[i].threads : threads);
+        print_row(i, results[i]);
     }
     return 0;
 }
