@@ -139,27 +139,31 @@ static void llama_hobbit_cpu_experts_op(ggml_tensor * dst, int ith, int nth, voi
             return;
         }
     }
+    // the units of work: each route's slices, dealt out to the threads in turn (an expert of few
+    // slices leaves no thread idle while another has work)
+    std::vector<std::pair<int, int>> units; // route, slice
     try {
         hctx.cpu_partials.resize(routes.size()*LLAMA_HOBBIT_CPU_SLICES*size_t(n_embd));
+        for (size_t k = 0; k < routes.size(); ++k) {
+            for (int s = 0; s < n_slices[k]; ++s) {
+                units.emplace_back((int) k, s);
+            }
+        }
     } catch (const std::exception & e) {
         hctx.fail(std::string("hobbit: computing experts on the CPU: ") + e.what());
         return;
     }
-    const size_t n_units = routes.size()*LLAMA_HOBBIT_CPU_SLICES;
     std::atomic<bool> out_of_memory{false};
     llama_hobbit_parallel(hctx.cpu_workers, hctx.n_threads, [&](int i, int n) {
         thread_local std::vector<char> scratch;
         try {
-            // unit u: slice u % SLICES of route u / SLICES, while there are slices
-            for (size_t u = i; u < n_units; u += n) {
-                const size_t k = u/LLAMA_HOBBIT_CPU_SLICES;
-                const int s = int(u % LLAMA_HOBBIT_CPU_SLICES);
-                if (s < n_slices[k]) {
-                    const llama_hobbit_cpu_route & c = routes[k];
-                    const float * x = (const float *) ((const char *) cur->data + c.token*cur->nb[2]);
-                    llama_hobbit_cpu_expert_slice(weights[k], c.expert, op->gelu, x, s, n_slices[k],
-                                                  hctx.cpu_partials.data() + u*size_t(n_embd), scratch);
-                }
+            for (size_t u = i; u < units.size(); u += n) {
+                const int k = units[u].first, s = units[u].second;
+                const llama_hobbit_cpu_route & c = routes[k];
+                const float * x = (const float *) ((const char *) cur->data + c.token*cur->nb[2]);
+                llama_hobbit_cpu_expert_slice(weights[k], c.expert, op->gelu, x, s, n_slices[k],
+                                              hctx.cpu_partials.data() + (k*LLAMA_HOBBIT_CPU_SLICES + s)*size_t(n_embd),
+                                              scratch);
             }
         } catch (const std::exception &) {
             out_of_memory.store(true);
