@@ -87,11 +87,7 @@ llama_hobbit_cache::~llama_hobbit_cache() {
 }
 
 uint64_t llama_hobbit_cache::min_budget() const {
-    uint64_t unit_total = 0;
-    for (int p = 0; p < LLAMA_HOBBIT_N_PROJ; ++p) {
-        unit_total += unit_bytes[p];
-    }
-    return unit_total*uint64_t(slots.hi_span);
+    return min_bytes;
 }
 
 void llama_hobbit_cache::init_pools(ggml_backend_buffer_type_t buft, uint64_t budget) {
@@ -111,20 +107,40 @@ void llama_hobbit_cache::init_pools(ggml_backend_buffer_type_t buft, uint64_t bu
             }
         }
     }
+    auto align_up = [&](size_t n) { return (n + unit_align - 1)/unit_align*unit_align; }; // any alignment
     uint64_t unit_total = 0;
     int hi_span = 1;
     for (int p = 0; p < LLAMA_HOBBIT_N_PROJ; ++p) {
-        unit_bytes[p] = (store.expert_bytes[lo][p] + unit_align - 1)/unit_align*unit_align; // any alignment
+        unit_bytes[p] = align_up(store.expert_bytes[lo][p]);
         unit_total   += unit_bytes[p];
         hi_span = std::max<int>(hi_span, (int) ((store.expert_bytes[LLAMA_HOBBIT_HI][p] + unit_bytes[p] - 1)/unit_bytes[p]));
+    }
+    min_bytes = unit_total*uint64_t(hi_span); // one hi copy in lo units
+    // a budget that holds every hi expert in slots of its own size holds them all: units of one
+    // hi expert then (a hi copy spanning lo units wastes their rounding, ~6% for q8_0 over q4_k,
+    // and 100% would fall short); a lo copy, which the policy then never wants, takes a unit
+    if (has_lo) {
+        const uint64_t n_all = uint64_t(std::count(serves.begin(), serves.end(), true))*n_expert;
+        uint64_t hi_total = 0;
+        for (int p = 0; p < LLAMA_HOBBIT_N_PROJ; ++p) {
+            hi_total += align_up(std::max(store.expert_bytes[LLAMA_HOBBIT_HI][p], store.expert_bytes[lo][p]));
+        }
+        if (n_all > 0 && budget/hi_total >= n_all && hi_total < unit_total*hi_span) {
+            unit_total = 0;
+            for (int p = 0; p < LLAMA_HOBBIT_N_PROJ; ++p) {
+                unit_bytes[p] = align_up(std::max(store.expert_bytes[LLAMA_HOBBIT_HI][p], store.expert_bytes[lo][p]));
+                unit_total   += unit_bytes[p];
+            }
+            hi_span = 1;
+        }
     }
     // never more units than it takes to hold every expert at both levels
     const uint64_t most = uint64_t(n_layer)*n_expert*(has_lo ? 1 + hi_span : 1);
     uint64_t n_units = std::min<uint64_t>(budget/unit_total, std::min<uint64_t>(most, std::numeric_limits<int32_t>::max()));
     n_units -= n_units % hi_span; // a hi copy starts on a multiple of hi_span
 
-    slots.hi_span = hi_span; // min_budget() reads it
-    if (n_units < uint64_t(hi_span)) {
+    slots.hi_span = hi_span;
+    if (budget < min_bytes || n_units < uint64_t(hi_span)) {
         throw std::runtime_error(format(
             "hobbit: expert budget %s is below the minimum %s (one expert at %s)",
             fmt_bytes(budget).c_str(), fmt_bytes(min_budget()).c_str(), type_name[LLAMA_HOBBIT_HI].c_str()));

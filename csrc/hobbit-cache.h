@@ -99,6 +99,7 @@ struct llama_hobbit_cache {
 
     // smallest budget init_pools accepts: one expert at hi (in units of the lo size)
     uint64_t min_budget() const;
+    uint64_t min_bytes = 0; // (set by init_pools)
 
     int n_waves(int64_t n_used, int64_t n_tokens) const {
         return llama_hobbit_n_waves(slots, n_used, n_tokens);

@@ -75,6 +75,22 @@ def test_hi_only_cache_equals_stock(files: dict[str, Path], tmp_path: Path) -> N
     assert stats["loads_lo"] == 0 and stats["expert_slots_lo"] == 0
 
 
+def test_full_budget_holds_every_hi_expert(files: dict[str, Path], tmp_path: Path) -> None:
+    """100% is the bytes of the hi experts, and it holds every one of them at hi (slots of a hi
+    expert's size, not spans of lo units, whose rounding would leave a few out): nothing is
+    loaded at lo or twice, and the default policy generates what stock llama.cpp does."""
+    import gguf
+
+    n_experts = sum(int(t.shape[-1]) for t in gguf.GGUFReader(files["mixed"]).tensors
+                    if re.fullmatch(r"blk\.\d+\.ffn_up_exps\.weight", t.name))
+    assert n_experts > 0
+    tokens, _, stats = ours(files["mixed"], Policy(expert_budget="100%"), tmp_path)
+    assert stats["expert_slots_hi"] >= n_experts
+    assert stats["loads_lo"] == 0
+    assert 0 < stats["loads_hi"] <= n_experts
+    assert tokens == stock_tokens(files["hi"], PROMPT, N_TOKENS)
+
+
 def test_small_budget_counters_are_consistent(files: dict[str, Path], tmp_path: Path) -> None:
     policy = Policy(expert_budget="20%", policy="hobbit", hi_threshold=0.6, skip_threshold=0.1)
     tokens, _, stats = ours(files["mixed"], policy, tmp_path)
