@@ -511,7 +511,7 @@ void llama_hobbit_cache::plan_cpu(llama_hobbit_context & hctx, const llama_hobbi
         if (slots.cached_any(job.il, e)) {
             continue; // a hit (or on its way): served from its slot
         }
-        const int lvl = has_lo && job.need[e] < pol.hi_threshold ? LLAMA_HOBBIT_LO : LLAMA_HOBBIT_HI;
+        const int lvl = llama_hobbit_miss_level(pol, has_lo, job.need[e]);
         misses.push_back({ e, lvl, store.entry_bytes(lvl) });
     }
     if (misses.empty()) {
@@ -874,7 +874,8 @@ void llama_hobbit_cache::prefetch_locked(llama_hobbit_context & hctx, int il, in
             if (p.need[e] < pol.skip_threshold && !p.widened[e]) {
                 continue; // a miss the policy would skip
             }
-            const bool want_hi = !has_lo || (!p.widened[e] && p.need[e] >= pol.hi_threshold);
+            // (an expert only the widened set predicted is prefetched at lo)
+            const bool want_hi = llama_hobbit_miss_level(pol, has_lo, p.widened[e] ? -1.0f : p.need[e]) == LLAMA_HOBBIT_HI;
             if (slots.cached_any(p.il, e)) {
                 continue; // cached or on its way (a lo copy serves; upgrades are the route's call)
             }

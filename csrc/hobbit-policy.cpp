@@ -161,7 +161,7 @@ bool llama_hobbit_plan_wave(llama_hobbit_slots & slots, llama_hobbit_job & job, 
         if (c.upgrade && !slots.cached(c.hit)) {
             c = { c.e, -1, false, 1 }; // an earlier load of this wave evicted the lo copy
         }
-        const bool want_hi = c.upgrade || !slots.has_lo || job.need[c.e] >= pol.hi_threshold;
+        const bool want_hi = c.upgrade || llama_hobbit_miss_level(pol, slots.has_lo, job.need[c.e]) == LLAMA_HOBBIT_HI;
         if (want_hi && (!slots.has_lo || room - slots.hi_span >= quota - 1)) {
             const int r = room >= slots.hi_span ? load(c, LLAMA_HOBBIT_HI) : NO_ROOM;
             if (r == LOADED) {

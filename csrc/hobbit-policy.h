@@ -74,6 +74,12 @@ struct llama_hobbit_job {
     void init(int il, int n_waves, int n_expert, const llama_hobbit_routes & routes, float skip_threshold);
 };
 
+// the level a miss is loaded at, for an expert of need `need`: hi from hi_threshold on, or when
+// the cache has no lo level (the route op, the CPU path's planner and prefetch all ask this)
+inline int llama_hobbit_miss_level(const llama_hobbit_policy & pol, bool has_lo, float need) {
+    return !has_lo || need >= pol.hi_threshold ? LLAMA_HOBBIT_HI : LLAMA_HOBBIT_LO;
+}
+
 struct llama_hobbit_plan_counts {
     uint64_t demotions     = 0;
     uint64_t prefetch_used = 0; // prefetched copies used for the first time
