@@ -1,7 +1,8 @@
 # HOBBIT build. `make run` and `make test` do all set-up on a fresh machine.
 #
 #   make vendor        vendor/llama.cpp from the pinned sdist + patches/ (and the stock worktree)
-#   make build         patched llama.cpp + csrc/ -> build/ (GPU=cuda adds the CUDA backend)
+#   make build         patched llama.cpp + csrc/ -> build/ (GPU=cuda adds the CUDA backend;
+#                      CMAKE_ARGS="..." passes more cmake options)
 #   make build-stock   unpatched llama.cpp -> build-stock/ (reference and baseline)
 #   make venv          .venv with llama-cpp-python (no bundled llama.cpp), gguf, hobbit
 #   make patches       export vendor/llama.cpp commits above `pristine` back to patches/
@@ -33,6 +34,11 @@ CMAKE_COMMON := $(if $(shell command -v ninja),-G Ninja,) -DCMAKE_BUILD_TYPE=$(B
 	-DLLAMA_BUILD_IS_DEV=OFF -DGGML_CCACHE=ON
 ifeq ($(GPU),cuda)
 CMAKE_COMMON += -DGGML_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=$(or $(CUDA_ARCH),90) -DGGML_CUDA_FA=OFF
+endif
+# more cmake options, as llama-cpp-python takes them (e.g. CMAKE_ARGS=-DGGML_CUDA_NO_VMM=ON where
+# the CUDA driver library is missing: a machine without a GPU)
+ifneq ($(CMAKE_ARGS),)
+CMAKE_COMMON += $(CMAKE_ARGS)
 endif
 TARGETS := llama ggml llama-completion llama-bench llama-perplexity llama-quantize test-backend-ops
 HOBBIT_TARGETS := test-hobbit-slots test-hobbit-policy test-hobbit-mmid test-hobbit-mt test-hobbit-cpu-expert test-hobbit-workers hobbit-gpu
