@@ -121,17 +121,16 @@ void llama_hobbit_cache::init_pools(ggml_backend_buffer_type_t buft, uint64_t bu
     // and 100% would fall short); a lo copy, which the policy then never wants, takes a unit
     if (has_lo) {
         const uint64_t n_all = uint64_t(std::count(serves.begin(), serves.end(), true))*n_expert;
+        size_t hi_unit[LLAMA_HOBBIT_N_PROJ];
         uint64_t hi_total = 0;
         for (int p = 0; p < LLAMA_HOBBIT_N_PROJ; ++p) {
-            hi_total += align_up(std::max(store.expert_bytes[LLAMA_HOBBIT_HI][p], store.expert_bytes[lo][p]));
+            hi_unit[p] = align_up(std::max(store.expert_bytes[LLAMA_HOBBIT_HI][p], store.expert_bytes[lo][p]));
+            hi_total  += hi_unit[p];
         }
         if (n_all > 0 && budget/hi_total >= n_all && hi_total < unit_total*hi_span) {
-            unit_total = 0;
-            for (int p = 0; p < LLAMA_HOBBIT_N_PROJ; ++p) {
-                unit_bytes[p] = align_up(std::max(store.expert_bytes[LLAMA_HOBBIT_HI][p], store.expert_bytes[lo][p]));
-                unit_total   += unit_bytes[p];
-            }
-            hi_span = 1;
+            std::copy(hi_unit, hi_unit + LLAMA_HOBBIT_N_PROJ, unit_bytes);
+            unit_total = hi_total;
+            hi_span    = 1;
         }
     }
     // never more units than it takes to hold every expert at both levels
