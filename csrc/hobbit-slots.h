@@ -1,9 +1,10 @@
 // HOBBIT slot allocator: which cached copy of which expert occupies which part of the slot pools.
 //
 // The pools are cut into `n_units` units of one lo expert (one hi expert when the cache is hi
-// only, or when the budget holds every hi expert in units of its size). A lo copy takes one unit; a hi copy takes `hi_span` consecutive units starting at a
-// multiple of `hi_span`, so hi slot i is units [i*hi_span, (i+1)*hi_span) and lo slot j is
-// unit j: both precisions share one byte budget.
+// only, or when the budget holds every hi expert in units of its size). A lo copy takes one
+// unit; a hi copy takes `hi_span` consecutive units starting at a multiple of `hi_span`, so hi
+// slot i is units [i*hi_span, (i+1)*hi_span) and lo slot j is unit j: both precisions share
+// one byte budget.
 //
 // Every (layer, expert, level) has an entry with a state (empty, loading, ready) and a pin
 // count: a pinned entry is being read by a running graph (or written by a load a graph waits
