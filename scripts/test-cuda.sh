@@ -3,8 +3,9 @@
 #   1. build the patched llama.cpp with CUDA (+ csrc/) into $BUILD;
 #   2. test-backend-ops on CUDA0 against the CPU: every MUL_MAT_ID case, and HOBBIT's
 #      MUL_MAT_ID_SKIP cases (negative ids: a zero row, as on the CPU);
-#   3. the GPU tier at a budget that holds every hi expert generates what the same binary
-#      generates without HOBBIT (-ngl 99 and 0), greedy, short and ~1000-token prompts;
+#   3. the GPU tier at a budget that holds every hi expert (ample, and exactly 100%) generates
+#      what the same binary generates without HOBBIT (-ngl 99 and 0), greedy, short and
+#      ~1000-token prompts;
 #   4. HOBBIT mode never aborts (-ngl 0, 1, 99; budgets from a few slots to every expert; short
 #      and long prompts), its counters add up and its slots stay within the budget;
 #   5. a failed read of an expert on its way to VRAM fails one generation with a clean error,
@@ -75,6 +76,12 @@ check stock-ngl99 99 0 1
 check hobbit-full-ngl99 99 100000000 1 hobbit.lo_type=none hobbit.prefetch_depth=0
 [ "$(gens stock-ngl99)" == "$(gens hobbit-full-ngl99)" ] && [ -n "$(gens stock-ngl99)" ] \
     && echo "ok: equal to the non-HOBBIT run" || fail "full budget at -ngl 99 differs from the non-HOBBIT run"
+# exactly 100% (the hi experts' bytes) holds every one of them at hi with the default policy:
+# no lo load, and the same tokens
+check hobbit-100pct-ngl99 99 100% 1
+grep -qE "loads [0-9]+/0 " "$build.hobbit-100pct-ngl99.out" && [ "$(gens stock-ngl99)" == "$(gens hobbit-100pct-ngl99)" ] \
+    && echo "ok: 100% holds every hi expert, equal to the non-HOBBIT run" \
+    || fail "100% at -ngl 99 loaded at lo or differs from the non-HOBBIT run"
 # unified memory forced (an H100 is not integrated: this exercises the path a Jetson takes by
 # itself): the GPU reads pinned host slots that the loader reads the file into, no copies
 check unified-full-ngl99 99 100000000 1 hobbit.lo_type=none hobbit.prefetch_depth=0 hobbit.unified=1
