@@ -118,23 +118,37 @@ void llama_hobbit_cache::init_pools(ggml_backend_buffer_type_t buft, uint64_t bu
     min_bytes = unit_total*uint64_t(hi_span); // one hi copy in lo units
     // a budget that holds every hi expert in slots of its own size holds them all: units of one
     // hi expert then (a hi copy spanning lo units wastes their rounding, ~6% for q8_0 over q4_k,
-    // and 100% would fall short); a lo copy, which the policy then never wants, takes a unit
+    // and 100% would fall short), each of which may hold a lo copy instead. Where those units,
+    // being whole blocks of both levels' types on the GPU (or O_DIRECT blocks), round each
+    // expert up by a few KiB and so still fall short, units of whole hi blocks with no lo slots:
+    // every load is then at hi (a policy that never wants hi is refused by set_policy)
+    bool lo_slots = has_lo;
     if (has_lo) {
         const uint64_t n_all = uint64_t(std::count(serves.begin(), serves.end(), true))*n_expert;
-        size_t hi_unit[LLAMA_HOBBIT_N_PROJ];
-        uint64_t hi_total = 0;
-        for (int p = 0; p < LLAMA_HOBBIT_N_PROJ; ++p) {
-            hi_unit[p] = align_up(std::max(store.expert_bytes[LLAMA_HOBBIT_HI][p], store.expert_bytes[lo][p]));
-            hi_total  += hi_unit[p];
+        size_t hi_align = 64;
+        for (int p = 0; p < LLAMA_HOBBIT_N_PROJ && gpu; ++p) {
+            hi_align = std::lcm(hi_align, ggml_type_size(pool[LLAMA_HOBBIT_HI][p]->type));
         }
-        if (n_all > 0 && budget/hi_total >= n_all && hi_total < unit_total*hi_span) {
-            std::copy(hi_unit, hi_unit + LLAMA_HOBBIT_N_PROJ, unit_bytes);
-            unit_total = hi_total;
-            hi_span    = 1;
+        for (const bool with_lo : { true, false }) {
+            size_t hi_unit[LLAMA_HOBBIT_N_PROJ];
+            uint64_t hi_total = 0;
+            for (int p = 0; p < LLAMA_HOBBIT_N_PROJ; ++p) {
+                const size_t hi = store.expert_bytes[LLAMA_HOBBIT_HI][p];
+                hi_unit[p] = with_lo ? align_up(std::max(hi, store.expert_bytes[lo][p]))
+                                     : (hi + hi_align - 1)/hi_align*hi_align;
+                hi_total  += hi_unit[p];
+            }
+            if (n_all > 0 && budget/hi_total >= n_all && hi_total < unit_total*hi_span) {
+                std::copy(hi_unit, hi_unit + LLAMA_HOBBIT_N_PROJ, unit_bytes);
+                unit_total = hi_total;
+                hi_span    = 1;
+                lo_slots   = with_lo;
+                break;
+            }
         }
     }
     // never more units than it takes to hold every expert at both levels
-    const uint64_t most = uint64_t(n_layer)*n_expert*(has_lo ? 1 + hi_span : 1);
+    const uint64_t most = uint64_t(n_layer)*n_expert*(lo_slots ? 1 + hi_span : 1);
     uint64_t n_units = std::min<uint64_t>(budget/unit_total, std::min<uint64_t>(most, std::numeric_limits<int32_t>::max()));
     n_units -= n_units % hi_span; // a hi copy starts on a multiple of hi_span
 
@@ -183,13 +197,13 @@ void llama_hobbit_cache::init_pools(ggml_backend_buffer_type_t buft, uint64_t bu
         }
         stats.cache_capacity_bytes += size;
     }
-    slots.init(n_layer, n_expert, has_lo, (int) n_units, hi_span);
+    slots.init(n_layer, n_expert, lo_slots, (int) n_units, hi_span);
     all_hi_fit = slots.n_slots(LLAMA_HOBBIT_HI) >= int64_t(std::count(serves.begin(), serves.end(), true))*n_expert;
     evictor = llama_hobbit_make_evictor(policy.eviction, weights_of(policy));
 
     stats.budget_bytes = budget;
     stats.n_slots_hi   = slots.n_slots(LLAMA_HOBBIT_HI);
-    stats.n_slots_lo   = has_lo ? slots.n_slots(LLAMA_HOBBIT_LO) : 0;
+    stats.n_slots_lo   = lo_slots ? slots.n_slots(LLAMA_HOBBIT_LO) : 0;
 }
 
 void llama_hobbit_cache::note_evicted(const std::vector<int> & evicted) {
@@ -224,9 +238,10 @@ llama_hobbit_policy llama_hobbit_cache::effective_policy() const {
     llama_hobbit_policy pol = policy;
     if (all_hi_fit && pol.hi_threshold <= 1.0f) {
         // the slots hold every hi expert: a lo copy would save one read once and cost quality
-        // for good, so every miss loads at hi (a policy that never wants hi, hi_threshold > 1,
-        // is left as it is)
-        pol.hi_threshold = pol.skip_threshold;
+        // for good, so every load is at hi, a prefetch of an expert that only the widened set
+        // predicted (need -1) too (a policy that never wants hi, hi_threshold > 1, is left as
+        // it is)
+        pol.hi_threshold = -std::numeric_limits<float>::infinity();
     }
     return pol;
 }
@@ -510,7 +525,7 @@ void llama_hobbit_cache::plan_cpu(llama_hobbit_context & hctx, const llama_hobbi
         if (slots.cached_any(job.il, e)) {
             continue; // a hit (or on its way): served from its slot
         }
-        const int lvl = llama_hobbit_miss_level(pol, has_lo, job.need[e]);
+        const int lvl = llama_hobbit_miss_level(pol, slots.has_lo, job.need[e]);
         misses.push_back({ e, lvl, store.entry_bytes(lvl) });
     }
     if (misses.empty()) {
@@ -874,7 +889,7 @@ void llama_hobbit_cache::prefetch_locked(llama_hobbit_context & hctx, int il, in
                 continue; // a miss the policy would skip
             }
             // (an expert only the widened set predicted is prefetched at lo)
-            const bool want_hi = llama_hobbit_miss_level(pol, has_lo, p.widened[e] ? -1.0f : p.need[e]) == LLAMA_HOBBIT_HI;
+            const bool want_hi = llama_hobbit_miss_level(pol, slots.has_lo, p.widened[e] ? -1.0f : p.need[e]) == LLAMA_HOBBIT_HI;
             if (slots.cached_any(p.il, e)) {
                 continue; // cached or on its way (a lo copy serves; upgrades are the route's call)
             }
@@ -944,6 +959,11 @@ bool llama_hobbit_cache::set_policy(const llama_hobbit_policy & pol, std::string
         err = format("hobbit: invalid policy (need 0 <= skip_threshold <= hi_threshold, upgrade_threshold >= 0, "
                      "a known eviction, weights >= 0, prefetch_depth -1..%d, 0 <= prefetch_width <= %d, cpu_compute 0, 1 or 2)",
                      LLAMA_HOBBIT_PREFETCH_MAX, n_expert);
+        return false;
+    }
+    if (has_lo && !slots.has_lo && pol.hi_threshold > 1.0f) {
+        err = "hobbit: this expert cache holds every hi expert and has no lo slots, so it cannot load at lo only "
+              "(hi_threshold > 1): lower the expert budget below 100%";
         return false;
     }
     std::lock_guard<std::mutex> lock(mtx);
