@@ -82,6 +82,11 @@ check hobbit-100pct-ngl99 99 100% 1
 grep -qE "loads [0-9]+/0 " "$build.hobbit-100pct-ngl99.out" && [ "$(gens stock-ngl99)" == "$(gens hobbit-100pct-ngl99)" ] \
     && echo "ok: 100% holds every hi expert, equal to the non-HOBBIT run" \
     || fail "100% at -ngl 99 loaded at lo or differs from the non-HOBBIT run"
+# the fixture's experts are not whole blocks of both types (q8_0 and q4_0), so those 100% slots
+# are whole hi blocks with no lo slots, and a policy that never loads hi is refused cleanly
+"$build/bin/hobbit-gpu" check "$model" 99 100% 1 policy.hi_threshold=2 >"$build.lo-only-100pct.out" 2>&1
+grep -q "^policy error: .*no lo slots" "$build.lo-only-100pct.out" && echo "ok: lo only refused at 100% (no lo slots)" \
+    || fail "a lo-only policy at 100% was not refused: $(grep -E '^(gen|policy|stats)' "$build.lo-only-100pct.out" | head -2)"
 # unified memory forced (an H100 is not integrated: this exercises the path a Jetson takes by
 # itself): the GPU reads pinned host slots that the loader reads the file into, no copies
 check unified-full-ngl99 99 100000000 1 hobbit.lo_type=none hobbit.prefetch_depth=0 hobbit.unified=1

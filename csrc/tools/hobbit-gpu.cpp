@@ -3,7 +3,8 @@
 //   hobbit-gpu check MODEL NGL BUDGET [ATTEMPTS] [key=value ...]
 //       Load MODEL with -ngl NGL (BUDGET 0: not in HOBBIT mode; else hobbit.budget_bytes, in
 //       bytes or as N% of the file's hi expert bytes, plus
-//       the hobbit.* kv overrides given: an int value, or a string), generate 16 tokens greedily
+//       the hobbit.* kv overrides given: an int value, or a string; policy.FIELD=value sets a
+//       policy field after the load, as bench's rows do), generate 16 tokens greedily
 //       from a short and from a ~1000-token prompt, ATTEMPTS times (default 1). Prints one line
 //       per generation (`gen ATTEMPT short|long ok: ids...` or `... error: message`) and one
 //       `stats` line; exits 1 if the counters disagree with each other, the cache's memory
@@ -163,6 +164,24 @@ llama_token argmax_of(const std::vector<double> & v) {
     return (llama_token) (std::max_element(v.begin(), v.end()) - v.begin());
 }
 
+// policy.FIELD=value: a field of the model's llama_hobbit_policy; false for an unknown field
+bool set_policy_field(llama_hobbit_policy & p, const std::string & arg) {
+    const size_t eq = arg.find('=');
+    if (eq == std::string::npos) {
+        return false;
+    }
+    const std::string key = arg.substr(7, eq - 7);
+    const double v = atof(arg.c_str() + eq + 1);
+    if      (key == "hi_threshold")      { p.hi_threshold      = (float) v; }
+    else if (key == "skip_threshold")    { p.skip_threshold    = (float) v; }
+    else if (key == "upgrade_threshold") { p.upgrade_threshold = (float) v; }
+    else if (key == "prefetch_width")    { p.prefetch_width    = (int32_t) v; }
+    else if (key == "prefetch_depth")    { p.prefetch_depth    = (int32_t) v; }
+    else if (key == "cpu_compute")       { p.cpu_compute       = (int32_t) v; }
+    else { return false; }
+    return true;
+}
+
 int cmd_check(int argc, char ** argv) {
     if (argc < 5) {
         fprintf(stderr, "usage: hobbit-gpu check MODEL NGL BUDGET [ATTEMPTS] [key=value ...]\n");
@@ -179,8 +198,13 @@ int cmd_check(int argc, char ** argv) {
     if (budget > 0) {
         kv.add_int("hobbit.budget_bytes", budget);
     }
+    std::vector<std::string> policy; // policy.FIELD=value, set after the load
     for (int i = 6; i < argc; ++i) {
-        kv.add(argv[i]);
+        if (strncmp(argv[i], "policy.", 7) == 0) {
+            policy.push_back(argv[i]);
+        } else {
+            kv.add(argv[i]);
+        }
     }
     llama_model_params mp = llama_model_default_params();
     mp.n_gpu_layers = ngl;
@@ -189,6 +213,21 @@ int cmd_check(int argc, char ** argv) {
     if (!model) {
         printf("load error: %s\n", llama_hobbit_last_error());
         return 1;
+    }
+    if (!policy.empty()) {
+        llama_hobbit_policy p = llama_hobbit_get_policy(model);
+        for (const std::string & f : policy) {
+            if (!set_policy_field(p, f)) {
+                printf("policy error: unknown field in %s\n", f.c_str());
+                llama_model_free(model);
+                return 1;
+            }
+        }
+        if (llama_hobbit_set_policy(model, p) != 0) {
+            printf("policy error: %s\n", llama_hobbit_last_error());
+            llama_model_free(model);
+            return 1;
+        }
     }
     const int n_vocab = llama_vocab_n_tokens(llama_model_get_vocab(model));
     const std::string prompts[2] = { SHORT_PROMPT, long_prompt() };
@@ -316,24 +355,6 @@ struct reference {
     std::vector<llama_token>         tokens;    // greedy continuation by B-resident
     std::vector<std::vector<double>> log_probs; // B-resident's distribution before each of them
 };
-
-// policy.FIELD=value: a field of the model's llama_hobbit_policy; false for an unknown field
-bool set_policy_field(llama_hobbit_policy & p, const std::string & arg) {
-    const size_t eq = arg.find('=');
-    if (eq == std::string::npos) {
-        return false;
-    }
-    const std::string key = arg.substr(7, eq - 7);
-    const double v = atof(arg.c_str() + eq + 1);
-    if      (key == "hi_threshold")      { p.hi_threshold      = (float) v; }
-    else if (key == "skip_threshold")    { p.skip_threshold    = (float) v; }
-    else if (key == "upgrade_threshold") { p.upgrade_threshold = (float) v; }
-    else if (key == "prefetch_width")    { p.prefetch_width    = (int32_t) v; }
-    else if (key == "prefetch_depth")    { p.prefetch_depth    = (int32_t) v; }
-    else if (key == "cpu_compute")       { p.cpu_compute       = (int32_t) v; }
-    else { return false; }
-    return true;
-}
 
 // one configuration: a warm-up run and `runs` timed runs, each a fresh context that prefills the
 // prompt then decodes the reference tokens; with `make_ref`, the first run's greedy tokens and
