@@ -392,6 +392,52 @@ void llama_hobbit_cache::calibrate_copies() {
     }
 }
 
+void llama_hobbit_cache::make_resident() {
+    moe_index.assign(n_layer, -1);
+    int m = 0;
+    for (int il = 0; il < n_layer; ++il) {
+        moe_index[il] = serves[il] ? m++ : -1;
+    }
+    if (!gpu || unified || !host.resident() || !copier.active() || !all_hi_fit || resident_mode == 0 ||
+            cpu_path_mode > 0 || slots.n_slots(LLAMA_HOBBIT_HI) < m*n_expert) {
+        return;
+    }
+    std::lock_guard<std::mutex> lock(mtx);
+    for (int il = 0; il < n_layer; ++il) {
+        for (int e = 0; serves[il] && e < n_expert; ++e) {
+            const int slot = moe_index[il]*n_expert + e;
+            const int idx  = slots.index(il, e, LLAMA_HOBBIT_HI);
+            llama_hobbit_copy c;
+            if (!host_copy(il, e, LLAMA_HOBBIT_HI, slot, c) || !slots.place(idx, slot)) {
+                throw std::runtime_error(format("hobbit: expert %d of layer %d cannot be placed in VRAM", e, il));
+            }
+            ggml_backend_event_t ev = copier.submit(c);
+            if (!ev) {
+                throw std::runtime_error("hobbit: no event for a copy to VRAM");
+            }
+            copier.wait(ev);
+            stats.cache_bytes      += c.bytes;
+            stats.bytes_loaded     += c.bytes;
+            stats.bytes_over_bus   += c.bytes;
+            stats.host_hits++;
+        }
+    }
+    stats.cache_peak_bytes = stats.cache_bytes;
+    resident = true;
+}
+
+void llama_hobbit_cache::count_resident_routes(int64_t n_tokens) {
+    if (!resident) {
+        return;
+    }
+    const uint64_t n_moe = uint64_t(std::count(serves.begin(), serves.end(), true));
+    const uint64_t routes = n_moe*uint64_t(n_expert_used)*uint64_t(std::max<int64_t>(n_tokens, 0));
+    std::lock_guard<std::mutex> lock(mtx);
+    stats.n_calls      += n_moe;
+    stats.routes_total += routes;
+    stats.hits_hi      += routes;
+}
+
 void llama_hobbit_cache::on_loaded_locked(const llama_hobbit_load_ptr & job) {
     in_flight.erase(job->idx);
     stats.read_ms += job->read_ms;
@@ -961,9 +1007,11 @@ bool llama_hobbit_cache::set_policy(const llama_hobbit_policy & pol, std::string
                      LLAMA_HOBBIT_PREFETCH_MAX, n_expert);
         return false;
     }
-    if (has_lo && !slots.has_lo && pol.hi_threshold > 1.0f) {
-        err = "hobbit: this expert cache holds every hi expert and has no lo slots, so it cannot load at lo only "
-              "(hi_threshold > 1): lower the expert budget below 100%";
+    if (pol.hi_threshold > 1.0f && (resident || (has_lo && !slots.has_lo))) {
+        err = resident ? "hobbit: every hi expert is resident in VRAM, so a policy that loads at lo only "
+                         "(hi_threshold > 1) cannot apply: load with hobbit.resident=0, or a budget below 100%"
+                       : "hobbit: this expert cache holds every hi expert and has no lo slots, so it cannot load at "
+                         "lo only (hi_threshold > 1): lower the expert budget below 100%";
         return false;
     }
     std::lock_guard<std::mutex> lock(mtx);

@@ -97,6 +97,18 @@ struct llama_hobbit_cache {
     // the planner starts from the bus's measured rate (load time, before any context)
     void calibrate_copies();
 
+    // GPU tier when the slots hold every hi expert: each is copied once at load into slot
+    // m*n_expert + e of the hi pool (m: its layer's place among the MoE layers) and stays, so a
+    // layer's experts are a view of the pool that the routed ids index as they are, like stock
+    // llama.cpp's expert tensors, and the decode's graph has no HOBBIT op and no hand-over to the
+    // CPU (hobbit.resident=0: served by the route op as any budget is; never with the CPU path
+    // forced). Routes are then not counted in the stats.
+    bool resident = false;
+    int  resident_mode = 1;     // hobbit.resident
+    std::vector<int> moe_index; // [il] the layer's place among the MoE layers the cache serves, -1 if none
+    void make_resident();       // load time (throws if a copy cannot be queued)
+    void count_resident_routes(int64_t n_tokens); // a ubatch of resident experts: every route a hi hit
+
     // smallest budget init_pools accepts: one expert at hi (in units of the lo size)
     uint64_t min_budget() const;
     uint64_t min_bytes = 0; // (set by init_pools)

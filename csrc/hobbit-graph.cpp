@@ -268,6 +268,21 @@ static host_floats bundle_for_host(ggml_context * ctx, const host_floats & in, b
     return out;
 }
 
+// as build_moe_ffn: weight each expert's output, then sum over the used experts
+static ggml_tensor * weighted_sum(ggml_context * ctx, ggml_tensor * experts, ggml_tensor * weights, int64_t n_embd,
+                                  int64_t n_tokens, int64_t n_expert_used) {
+    experts = ggml_mul(ctx, experts, weights);
+    ggml_tensor * moe_out = nullptr;
+    for (int64_t i = 0; i < n_expert_used; ++i) {
+        ggml_tensor * cur_expert = ggml_view_2d(ctx, experts, n_embd, n_tokens, experts->nb[2], i*experts->nb[1]);
+        moe_out = moe_out ? ggml_add(ctx, moe_out, cur_expert) : cur_expert;
+    }
+    if (n_expert_used == 1) {
+        moe_out = ggml_cont(ctx, moe_out);
+    }
+    return moe_out;
+}
+
 ggml_tensor * llama_hobbit_build_moe_ffn(
         llama_hobbit_context * hctx,
         ggml_context         * ctx,
@@ -298,13 +313,29 @@ ggml_tensor * llama_hobbit_build_moe_ffn(
         return llama_hobbit_mul_mat_id(ctx, as[LLAMA_HOBBIT_DOWN], act, ids_p);
     };
 
+    ggml_tensor * experts = nullptr;
+    if (cache.resident) {
+        // every hi expert sits in its own slot for good: the layer's experts are a view of the hi
+        // pool, indexed by the routed ids as they are (llama_hobbit_cache::resident)
+        ggml_tensor * as[LLAMA_HOBBIT_N_PROJ];
+        for (int p = 0; p < LLAMA_HOBBIT_N_PROJ; ++p) {
+            ggml_tensor * t = cache.pool[LLAMA_HOBBIT_HI][p];
+            as[p] = ggml_view_3d(ctx, t, t->ne[0], t->ne[1], cache.n_expert, t->nb[1], t->nb[2],
+                                 size_t(cache.moe_index[il])*cache.n_expert*t->nb[2]);
+        }
+        ggml_tensor * up   = llama_hobbit_mul_mat_id(ctx, as[LLAMA_HOBBIT_UP],   cur, selected);
+        ggml_tensor * gate = llama_hobbit_mul_mat_id(ctx, as[LLAMA_HOBBIT_GATE], cur, selected);
+        ggml_tensor * act  = gelu ? ggml_geglu_split(ctx, gate, up) : ggml_swiglu_split(ctx, gate, up);
+        experts = llama_hobbit_mul_mat_id(ctx, as[LLAMA_HOBBIT_DOWN], act, selected);
+        return weighted_sum(ctx, experts, weights, n_embd, n_tokens, n_expert_used);
+    }
+
     const std::vector<int> targets = cache.next_moe_layers(il, LLAMA_HOBBIT_PREFETCH_MAX);
     host_floats host = { weights, cur, next_logits(cache, ctx, targets, cur) };
     if (cache.gpu) {
         host = bundle_for_host(ctx, host, cache.cpu_path(n_tokens, n_waves));
     }
     ggml_tensor * prefetch = build_prefetch(hctx, ctx, il, gating, targets, host.logits);
-    ggml_tensor * experts  = nullptr;
     for (int wave = 0; wave < n_waves; ++wave) {
         llama_hobbit_op * op = hctx->op(il, wave, n_waves);
         op->cpu_path = cache.cpu_path(n_tokens, n_waves);
@@ -337,16 +368,5 @@ ggml_tensor * llama_hobbit_build_moe_ffn(
         }
     }
 
-    // as build_moe_ffn: weight each expert's output, then sum over the used experts
-    experts = ggml_mul(ctx, experts, weights);
-
-    ggml_tensor * moe_out = nullptr;
-    for (int64_t i = 0; i < n_expert_used; ++i) {
-        ggml_tensor * cur_expert = ggml_view_2d(ctx, experts, n_embd, n_tokens, experts->nb[2], i*experts->nb[1]);
-        moe_out = moe_out ? ggml_add(ctx, moe_out, cur_expert) : cur_expert;
-    }
-    if (n_expert_used == 1) {
-        moe_out = ggml_cont(ctx, moe_out);
-    }
-    return moe_out;
+    return weighted_sum(ctx, experts, weights, n_embd, n_tokens, n_expert_used);
 }

@@ -36,11 +36,12 @@ std::shared_ptr<llama_hobbit_cache> llama_hobbit_attach(const llama_model & mode
 // context creation: the context's state for a HOBBIT model, or nullptr
 std::shared_ptr<llama_hobbit_context> llama_hobbit_context_init(const llama_model & model);
 
-// around each ubatch's graph compute: begin clears the thread's last error and takes the CPU
+// around each ubatch's graph compute: begin clears the thread's last error, counts the
+// ubatch's routes when every expert is resident (llama_hobbit_cache::resident) and takes the CPU
 // threads the ubatch is computed with (the CPU experts' workers); end releases the context's
 // pins (also when the graph stopped early) and returns false, setting the thread's last error,
 // if a fault made the ubatch's output invalid
-void llama_hobbit_ubatch_begin(llama_hobbit_context * hctx, int n_threads);
+void llama_hobbit_ubatch_begin(llama_hobbit_context * hctx, int64_t n_tokens, int n_threads);
 bool llama_hobbit_ubatch_end(llama_hobbit_context * hctx);
 
 // build_moe_ffn: the routed experts of layer il from the cache's slot pools, weighted and

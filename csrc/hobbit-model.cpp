@@ -29,10 +29,11 @@ constexpr const char * KV_DEPTH   = "hobbit.prefetch_depth"; // int: initial pre
 constexpr const char * KV_CPU     = "hobbit.cpu_compute";  // int: initial cpu_compute (GPU tier: 1 planner, 0 copy every miss)
 constexpr const char * KV_CPU_PATH = "hobbit.cpu_path";    // int: GPU tier: a decode graph's CPU path: -1 (default) auto, 0 never, 1 always
 constexpr const char * KV_GRAPH_COPIES = "hobbit.graph_copies"; // int: GPU tier: 1 (default) the graph's thread queues demand copies, 0 the I/O threads
+constexpr const char * KV_RESIDENT = "hobbit.resident";    // int: GPU tier: 1 (default) when every hi expert fits, each is placed once and the graph indexes them
 constexpr const char * KV_TYPES   = "hobbit.expert_types"; // file key: requested types of the expert levels
 
 const char * const KNOWN_KEYS[] = { KV_BUDGET, KV_HI_TYPE, KV_LO_TYPE, KV_DIRECT, KV_IO, KV_GPU, KV_HOST, KV_UNIFIED,
-                                     KV_POLICY, KV_DEPTH, KV_CPU, KV_CPU_PATH, KV_GRAPH_COPIES };
+                                     KV_POLICY, KV_DEPTH, KV_CPU, KV_CPU_PATH, KV_GRAPH_COPIES, KV_RESIDENT };
 
 constexpr int IO_THREADS_DEFAULT = 4; // several reads in flight: NVMe and O_DIRECT want a queue
 constexpr int IO_THREADS_MAX     = 64;
@@ -338,6 +339,10 @@ std::shared_ptr<llama_hobbit_cache> attach_impl(const llama_model & model, llama
     cache->cpu_path_mode = cpu_path < 0 ? -1 : (cpu_path > 0 ? 1 : 0);
     cache->start_loader((int) io_threads);
     cache->calibrate_copies();
+    int64_t resident = 1;
+    override_int(ml, KV_RESIDENT, resident);
+    cache->resident_mode = resident != 0 ? 1 : 0;
+    cache->make_resident();
     initial_policy(*cache, ml);
 
     const llama_hobbit_stats s = cache->get_stats();
@@ -403,10 +408,11 @@ std::shared_ptr<llama_hobbit_context> llama_hobbit_context_init(const llama_mode
     return std::make_shared<llama_hobbit_context>(model.hobbit);
 }
 
-void llama_hobbit_ubatch_begin(llama_hobbit_context * hctx, int n_threads) {
+void llama_hobbit_ubatch_begin(llama_hobbit_context * hctx, int64_t n_tokens, int n_threads) {
     if (!hctx) {
         return;
     }
+    hctx->cache->count_resident_routes(n_tokens);
     hctx->n_threads = n_threads > 0 ? n_threads : 1;
     llama_hobbit_set_last_error("");
     hctx->failed = false;

@@ -114,6 +114,26 @@ void llama_hobbit_slots::release(int idx) {
     e.state = LLAMA_HOBBIT_EMPTY;
 }
 
+bool llama_hobbit_slots::place(int idx, int slot) {
+    llama_hobbit_entry & e = entries[idx];
+    const int sp = span(level_of(idx));
+    if (e.state != LLAMA_HOBBIT_EMPTY || slot < 0 || (slot + 1)*sp > n_units) {
+        return false;
+    }
+    for (int u = slot*sp; u < (slot + 1)*sp; ++u) {
+        if (unit_owner[u] >= 0) {
+            return false;
+        }
+    }
+    for (int u = slot*sp; u < (slot + 1)*sp; ++u) {
+        unit_owner[u] = idx;
+    }
+    e.slot  = slot;
+    e.state = LLAMA_HOBBIT_READY;
+    e.pins++;
+    return true;
+}
+
 bool llama_hobbit_slots::consistent() const {
     std::vector<int> seen(n_units, -1);
     for (int idx = 0; idx < (int) entries.size(); ++idx) {

@@ -108,6 +108,10 @@ public:
     // drop the copy of entry idx (must be cached); its units become free, its pins stay counted
     void release(int idx);
 
+    // put entry idx (empty) in slot `slot` of its level, whose units must be free, as ready and
+    // pinned for good: false (nothing changed) if they are not
+    bool place(int idx, int slot);
+
     void pin(int idx)   { entries[idx].pins++; }
     void unpin(int idx) { entries[idx].pins--; }
 

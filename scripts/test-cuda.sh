@@ -71,22 +71,35 @@ check() { # LOGNAME NGL BUDGET ATTEMPTS [kv...]
 gens() { grep -E "^gen 0 (short|long)" "$build.$1.out"; }
 
 # 3. with a budget that holds every hi expert (hi only), the GPU tier generates what the same
-#    binary generates without HOBBIT (experts resident in VRAM, llama.cpp's own path)
+#    binary generates without HOBBIT (experts resident in VRAM, llama.cpp's own path): with
+#    each expert placed once at load and indexed by the graph (no loads while it runs), and
+#    served by the route op as any budget is (hobbit.resident=0)
 check stock-ngl99 99 0 1
 check hobbit-full-ngl99 99 100000000 1 hobbit.lo_type=none hobbit.prefetch_depth=0
 [ "$(gens stock-ngl99)" == "$(gens hobbit-full-ngl99)" ] && [ -n "$(gens stock-ngl99)" ] \
     && echo "ok: equal to the non-HOBBIT run" || fail "full budget at -ngl 99 differs from the non-HOBBIT run"
+grep -q "+ loads 0/0 +" "$build.hobbit-full-ngl99.out" && echo "ok: every expert resident, none loaded while running" \
+    || fail "a full budget at -ngl 99 loaded experts while running (not resident)"
+check routed-full-ngl99 99 100000000 1 hobbit.lo_type=none hobbit.prefetch_depth=0 hobbit.resident=0
+grep -q "+ loads 0/0 +" "$build.routed-full-ngl99.out" && fail "hobbit.resident=0 did not route"
+[ "$(gens stock-ngl99)" == "$(gens routed-full-ngl99)" ] \
+    && echo "ok: routed (hobbit.resident=0) equal to the non-HOBBIT run" || fail "full budget, routed, differs from the non-HOBBIT run"
 # exactly 100% (the hi experts' bytes) holds every one of them at hi with the default policy:
 # no lo load, and the same tokens
 check hobbit-100pct-ngl99 99 100% 1
 grep -qE "loads [0-9]+/0 " "$build.hobbit-100pct-ngl99.out" && [ "$(gens stock-ngl99)" == "$(gens hobbit-100pct-ngl99)" ] \
     && echo "ok: 100% holds every hi expert, equal to the non-HOBBIT run" \
     || fail "100% at -ngl 99 loaded at lo or differs from the non-HOBBIT run"
-# the fixture's experts are not whole blocks of both types (q8_0 and q4_0), so those 100% slots
-# are whole hi blocks with no lo slots, and a policy that never loads hi is refused cleanly
-"$build/bin/hobbit-gpu" check "$model" 99 100% 1 policy.hi_threshold=2 >"$build.lo-only-100pct.out" 2>&1
-grep -q "^policy error: .*no lo slots" "$build.lo-only-100pct.out" && echo "ok: lo only refused at 100% (no lo slots)" \
-    || fail "a lo-only policy at 100% was not refused: $(grep -E '^(gen|policy|stats)' "$build.lo-only-100pct.out" | head -2)"
+# a policy that never loads hi is refused cleanly where it cannot apply: by resident experts, and
+# (routed) by those 100% slots, whole hi blocks with no lo slots, as the fixture's experts are not
+# whole blocks of both types (q8_0 and q4_0)
+for mode in 1 0; do
+    "$build/bin/hobbit-gpu" check "$model" 99 100% 1 hobbit.resident=$mode policy.hi_threshold=2 \
+        >"$build.lo-only-100pct-$mode.out" 2>&1
+    why=$([ $mode = 1 ] && echo "resident in VRAM" || echo "no lo slots")
+    grep -q "^policy error: .*$why" "$build.lo-only-100pct-$mode.out" && echo "ok: lo only refused at 100% ($why)" \
+        || fail "a lo-only policy at 100% (resident=$mode) was not refused: $(grep -E '^(gen|policy|stats)' "$build.lo-only-100pct-$mode.out" | head -2)"
+done
 # unified memory forced (an H100 is not integrated: this exercises the path a Jetson takes by
 # itself): the GPU reads pinned host slots that the loader reads the file into, no copies
 check unified-full-ngl99 99 100000000 1 hobbit.lo_type=none hobbit.prefetch_depth=0 hobbit.unified=1

@@ -561,6 +561,8 @@ int cmd_bench(int argc, char ** argv) {
           { b, "hobbit.unified=1", "hobbit.prefetch_depth=0" }, {}, 8 },
         { "HOBBIT-gpu, every expert fits (diagnostic), -t 4", mixed,
           { "hobbit.budget_bytes=" + std::to_string(4*eb.total) }, {}, 4 },
+        { "HOBBIT-gpu, every expert fits, routed (diagnostic: hobbit.resident=0), -t 4", mixed,
+          { "hobbit.budget_bytes=" + std::to_string(4*eb.total), "hobbit.resident=0" }, {}, 4 },
     };
     // HOBBIT_BENCH_ROWS: B-resident (the reference) and the rows named
     if (const char * sel = getenv("HOBBIT_BENCH_ROWS")) {
