@@ -95,7 +95,7 @@ grep -qE "loads [0-9]+/0 " "$build.hobbit-100pct-ngl99.out" && [ "$(gens stock-n
 # whole blocks of both types (q8_0 and q4_0)
 for mode in 1 0; do
     "$build/bin/hobbit-gpu" check "$model" 99 100% 1 hobbit.resident=$mode policy.hi_threshold=2 \
-        >"$build.lo-only-100pct-$mode.out" 2>&1
+        >"$build.lo-only-100pct-$mode.out" 2>"$build.lo-only-100pct-$mode.log"
     why=$([ $mode = 1 ] && echo "resident in VRAM" || echo "no lo slots")
     grep -q "^policy error: .*$why" "$build.lo-only-100pct-$mode.out" && echo "ok: lo only refused at 100% ($why)" \
         || fail "a lo-only policy at 100% (resident=$mode) was not refused: $(grep -E '^(gen|policy|stats)' "$build.lo-only-100pct-$mode.out" | head -2)"
