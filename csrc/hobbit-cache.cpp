@@ -1028,6 +1028,7 @@ llama_hobbit_stats llama_hobbit_cache::get_stats() {
     s.host_tier_bytes      = gpu ? host.bytes() : 0;
     s.bytes_read           = gpu && host.resident() ? 0 : s.bytes_loaded;
     s.unified              = unified ? 1 : 0;
+    s.resident             = resident ? 1 : 0;
     s.copy_gbps            = gpu && !unified && cost.copy_rate > 0.0 ? cost.copy_rate/1e6 : 0.0;
     s.cpu_gbps             = cost.cpu_rate[LLAMA_HOBBIT_HI]/1e6;
     return s;

@@ -82,6 +82,7 @@ class StatsStruct(ctypes.Structure):
         ("copy_gbps", ctypes.c_double),
         ("cpu_gbps", ctypes.c_double),
         ("between_ms", ctypes.c_double),
+        ("resident", ctypes.c_int32),
     ]
 
 

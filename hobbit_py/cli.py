@@ -199,6 +199,8 @@ def expert_summary(report: dict[str, Any]) -> str:
                  f"hi {report['cpu_hi']} lo {report['cpu_lo']}")
         if report.get("unified_memory"):
             line += " | unified memory (the GPU reads the slots in host RAM)"
+        if report.get("experts_resident"):
+            line += " | every expert resident in VRAM (placed once at load)"
     return line
 
 

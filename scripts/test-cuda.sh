@@ -78,10 +78,11 @@ check stock-ngl99 99 0 1
 check hobbit-full-ngl99 99 100000000 1 hobbit.lo_type=none hobbit.prefetch_depth=0
 [ "$(gens stock-ngl99)" == "$(gens hobbit-full-ngl99)" ] && [ -n "$(gens stock-ngl99)" ] \
     && echo "ok: equal to the non-HOBBIT run" || fail "full budget at -ngl 99 differs from the non-HOBBIT run"
-grep -q "+ loads 0/0 +" "$build.hobbit-full-ngl99.out" && echo "ok: every expert resident, none loaded while running" \
+grep -q "^stats: tier 1 (resident), .* + loads 0/0 +" "$build.hobbit-full-ngl99.out" \
+    && echo "ok: every expert resident, none loaded while running" \
     || fail "a full budget at -ngl 99 loaded experts while running (not resident)"
 check routed-full-ngl99 99 100000000 1 hobbit.lo_type=none hobbit.prefetch_depth=0 hobbit.resident=0
-grep -q "+ loads 0/0 +" "$build.routed-full-ngl99.out" && fail "hobbit.resident=0 did not route"
+grep -qE "\(resident\)|\+ loads 0/0 \+" "$build.routed-full-ngl99.out" && fail "hobbit.resident=0 did not route"
 [ "$(gens stock-ngl99)" == "$(gens routed-full-ngl99)" ] \
     && echo "ok: routed (hobbit.resident=0) equal to the non-HOBBIT run" || fail "full budget, routed, differs from the non-HOBBIT run"
 # exactly 100% (the hi experts' bytes) holds every one of them at hi with the default policy:

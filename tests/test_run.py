@@ -97,3 +97,16 @@ def test_help_is_complete() -> None:
     for flag in ("--prompt", "-n", "--temp", "--seed", "--threads", "--stats-json", "-ngl",
                  "--model", "--ctx-size", "--hi-type", "--lo-type", "--expert-budget"):
         assert flag in sub.stdout
+
+
+def test_expert_summary_says_when_every_expert_is_resident() -> None:
+    """The GPU tier's summary line names resident experts (hobbit.resident), and only then."""
+    from hobbit_py.cli import expert_summary  # noqa: PLC0415
+
+    report = {"tier": 1, "routes_total": 40, "hits_hi": 40, "hits_lo": 0, "loads_hi": 0,
+              "loads_lo": 0, "skipped": 0, "bytes_loaded": 2**20, "load_stall_ms": 0.0,
+              "expert_cache_peak_bytes": 2**20, "expert_budget_bytes": 2**21,
+              "host_tier_bytes": 2**20, "bytes_read": 0, "cpu_hi": 0, "cpu_lo": 0}
+    assert "every expert resident in VRAM" in expert_summary({**report, "experts_resident": 1})
+    assert "resident" not in expert_summary({**report, "experts_resident": 0})
+    assert "resident" not in expert_summary({**report, "tier": 0, "experts_resident": 0})

@@ -132,6 +132,8 @@ struct llama_hobbit_stats {
     double   between_ms;       // time from a layer's experts being served to the next MoE layer's routing, within
                                // a ubatch: the graph's other work (on the GPU tier with the hand-overs between
                                // GPU and CPU); with load_stall_ms and cpu_ms it splits a ubatch's MoE span
+    int32_t  resident;         // GPU tier: 1 every hi expert was placed in VRAM once at load, and the graph
+                               // indexes them as stock llama.cpp does its expert tensors (hobbit.resident)
 };
 
 // true if the model was loaded in HOBBIT mode

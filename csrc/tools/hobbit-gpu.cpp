@@ -265,10 +265,11 @@ int cmd_check(int argc, char ** argv) {
         const llama_hobbit_stats s = llama_hobbit_get_stats(model);
         const uint64_t routes = s.hits_hi + s.hits_lo + s.loads_hi + s.loads_lo + s.skipped + s.cpu_hi + s.cpu_lo;
         const int want_tier = ngl > 0 ? 1 : 0;
-        printf("stats: tier %d%s, routes %llu = hits %llu/%llu + loads %llu/%llu + skipped %llu + cpu %llu/%llu, "
+        printf("stats: tier %d%s%s, routes %llu = hits %llu/%llu + loads %llu/%llu + skipped %llu + cpu %llu/%llu, "
                "%.1f MiB moved, host tier %.1f MiB, %.1f MiB read from the file, slots %.1f MiB (peak %.1f) "
                "of a %.1f MiB budget, %llu prefetches (%llu used), %llu failed loads\n",
-               s.tier, s.unified ? " (unified memory)" : "", (unsigned long long) s.routes_total,
+               s.tier, s.unified ? " (unified memory)" : "", s.resident ? " (resident)" : "",
+               (unsigned long long) s.routes_total,
                (unsigned long long) s.hits_hi, (unsigned long long) s.hits_lo, (unsigned long long) s.loads_hi,
                (unsigned long long) s.loads_lo, (unsigned long long) s.skipped, (unsigned long long) s.cpu_hi,
                (unsigned long long) s.cpu_lo, s.bytes_loaded/1048576.0, s.host_tier_bytes/1048576.0,
