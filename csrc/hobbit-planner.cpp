@@ -34,8 +34,10 @@ void llama_hobbit_cost_model::note_cpu(int lvl, size_t bytes, double ms, bool pr
         return;
     }
     const double rate = double(bytes)/ms;
-    if (!probe || cpu_rate[lvl] <= 0.0 || rate > cpu_rate[lvl]) {
+    if (!probe) {
         cpu_rate[lvl] = blend(cpu_rate[lvl], rate);
+    } else if (rate > cpu_rate[lvl]) {
+        cpu_rate[lvl] = rate; // a cold probe is a lower bound of the warm rate: the average is stale
     }
 }
 

@@ -39,7 +39,10 @@ struct llama_hobbit_cost_model {
     // a wave's CPU experts of level lvl: `bytes` of weights in `ms`. A probe's measurement can
     // raise the rate, never lower it: after an idle stretch the CPU's threads start cold (asleep,
     // their caches elsewhere), and a slow probe would keep the CPU idle and its threads cold.
-    // When the CPU is really slower, the work it is given measures that.
+    // A probe faster than the average replaces it: running cold, it is a lower bound of the
+    // warm rate, so the average (pulled down by a slow stretch) is stale, and blending it in
+    // would take several probes, PROBE_EVERY layers apart, to give the CPU work again. When the
+    // CPU is really slower, the work it is given measures that.
     void note_cpu(int lvl, size_t bytes, double ms, bool probe = false);
 };
 
