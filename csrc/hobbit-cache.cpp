@@ -934,7 +934,8 @@ void llama_hobbit_cache::prefetch_locked(llama_hobbit_context & hctx, int il, in
             if (p.need[e] < pol.skip_threshold && !p.widened[e]) {
                 continue; // a miss the policy would skip
             }
-            // (an expert only the widened set predicted is prefetched at lo)
+            // (an expert only the widened set predicted is prefetched at lo, unless every hi
+            // expert fits: effective_policy)
             const bool want_hi = llama_hobbit_miss_level(pol, slots.has_lo, p.widened[e] ? -1.0f : p.need[e]) == LLAMA_HOBBIT_HI;
             if (slots.cached_any(p.il, e)) {
                 continue; // cached or on its way (a lo copy serves; upgrades are the route's call)

@@ -102,7 +102,7 @@ struct llama_hobbit_cache {
     // layer's experts are a view of the pool that the routed ids index as they are, like stock
     // llama.cpp's expert tensors, and the decode's graph has no HOBBIT op and no hand-over to the
     // CPU (hobbit.resident=0: served by the route op as any budget is; never with the CPU path
-    // forced). Routes are then not counted in the stats.
+    // forced). Routes are then counted at each ubatch, every one a hi hit.
     bool resident = false;
     int  resident_mode = 1;     // hobbit.resident
     std::vector<int> moe_index; // [il] the layer's place among the MoE layers the cache serves, -1 if none
