@@ -420,6 +420,7 @@ def eval_cmd(
         min=1, help="Tokens per llama.cpp batch: 1 scores decoding (the policy decides per "
                     "token), larger scores prefill.")] = 1,
     threads: ThreadsOpt = None,
+    n_gpu_layers: GpuLayersOpt = 0,
     json_out: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
     expert_budget: Annotated[str | None, typer.Option(
         "--expert-budget", help="The budget to score (bytes, a percentage or auto).",
@@ -441,6 +442,9 @@ def eval_cmd(
     Reports perplexity, mean KL divergence of the next-token distributions against the
     reference (HOBBIT off: every expert at the file's highest level), and top-1 agreement.
 
+    With -ngl both run with that many layers on the GPU (the reference is then stock llama.cpp
+    there, and the budget is VRAM).
+
     Example: hobbit eval model.gguf --expert-budget 25% --json
     """
     from hobbit_py.evaluate import default_text, evaluate  # noqa: PLC0415
@@ -453,7 +457,7 @@ def eval_cmd(
     if not text_path.is_file():
         raise HobbitError(f"text file not found: {text_path}")
     result = evaluate(path, pol, text_path.read_text(errors="replace"), n_ctx=n_ctx,
-                      threads=threads, max_tokens=max_tokens, batch=batch)
+                      threads=threads, max_tokens=max_tokens, batch=batch, n_gpu_layers=n_gpu_layers)
     if json_out:
         typer.echo(json.dumps({"model": str(path), "text": str(text_path), "policy": pol.policy,
                                **result.as_dict()}, indent=2, sort_keys=True))

@@ -67,13 +67,15 @@ def _window_logprobs(model: Model, tokens: list[int]) -> np.ndarray:
 
 
 def evaluate(path: Path, policy: Policy, text: str, *, n_ctx: int = 256, threads: int | None = None,
-             max_tokens: int | None = None, batch: int = 1,
+             max_tokens: int | None = None, batch: int = 1, n_gpu_layers: int = 0,
              progress: Callable[[int, int], None] | None = None) -> EvalResult:
-    """Score `policy` on `text` against the all-hi reference of the same file."""
+    """Score `policy` on `text` against the all-hi reference of the same file (both with
+    `n_gpu_layers` layers offloaded: on the GPU tier the reference is stock llama.cpp there)."""
     if policy.is_off:
         raise HobbitError("eval needs an --expert-budget: without one the policy is the reference")
     return compare(path, Policy(expert_budget=None), path, policy, text, n_ctx=n_ctx,
-                   threads=threads, max_tokens=max_tokens, batch=batch, progress=progress)
+                   threads=threads, max_tokens=max_tokens, batch=batch, n_gpu_layers=n_gpu_layers,
+                   progress=progress)
 
 
 @dataclass
@@ -90,10 +92,10 @@ class Reference:
 
 def reference(path: Path, policy: Policy, text: str, *, n_ctx: int = 256,
               threads: int | None = None, max_tokens: int | None = None,
-              batch: int = 1) -> Reference:
+              batch: int = 1, n_gpu_layers: int = 0) -> Reference:
     """Run the reference model (usually the all-hi model, HOBBIT off) over `text` in windows
     of `n_ctx` tokens, each starting with BOS."""
-    with Model(path, policy=policy, **_model_args(n_ctx, threads, batch)) as ref:
+    with Model(path, policy=policy, **_model_args(n_ctx, threads, batch, n_gpu_layers)) as ref:
         tokens = ref.tokenize(text.encode(), add_bos=False, special=False)
         if max_tokens is not None:
             tokens = tokens[:max_tokens]
@@ -108,11 +110,12 @@ def reference(path: Path, policy: Policy, text: str, *, n_ctx: int = 256,
 
 
 def score(ref: Reference, path: Path, policy: Policy, *, threads: int | None = None,
-          batch: int = 1, progress: Callable[[int, int], None] | None = None) -> EvalResult:
+          batch: int = 1, n_gpu_layers: int = 0,
+          progress: Callable[[int, int], None] | None = None) -> EvalResult:
     """Score the model at `path` under `policy` against `ref` (the same model at another
     precision or policy: it must tokenize the text the same way)."""
     n_ctx = max(len(w) for w in ref.windows)
-    with Model(path, policy=policy, **_model_args(max(n_ctx, 16), threads, batch)) as ours:
+    with Model(path, policy=policy, **_model_args(max(n_ctx, 16), threads, batch, n_gpu_layers)) as ours:
         tokens = ours.tokenize(ref.text.encode(), add_bos=False, special=False)
         if tokens[:len(ref.tokens)] != ref.tokens:
             raise HobbitError(f"{path} and {ref.path} tokenize the text differently; "
@@ -143,14 +146,16 @@ def score(ref: Reference, path: Path, policy: Policy, *, threads: int | None = N
 
 def compare(ref_path: Path, ref_policy: Policy, path: Path, policy: Policy, text: str, *,
             n_ctx: int = 256, threads: int | None = None, max_tokens: int | None = None,
-            batch: int = 1, progress: Callable[[int, int], None] | None = None) -> EvalResult:
+            batch: int = 1, n_gpu_layers: int = 0,
+            progress: Callable[[int, int], None] | None = None) -> EvalResult:
     """Score the model at `path` under `policy` against the reference model at `ref_path`
     (e.g. a uniform low-bit GGUF against the all-hi model)."""
     ref = reference(ref_path, ref_policy, text, n_ctx=n_ctx, threads=threads,
-                    max_tokens=max_tokens, batch=batch)
-    return score(ref, path, policy, threads=threads, batch=batch, progress=progress)
+                    max_tokens=max_tokens, batch=batch, n_gpu_layers=n_gpu_layers)
+    return score(ref, path, policy, threads=threads, batch=batch, n_gpu_layers=n_gpu_layers,
+                 progress=progress)
 
 
-def _model_args(n_ctx: int, threads: int | None, batch: int) -> dict:
+def _model_args(n_ctx: int, threads: int | None, batch: int, n_gpu_layers: int = 0) -> dict:
     return dict(n_ctx=n_ctx, n_threads=threads, n_threads_batch=threads, logits_all=True,
-                n_batch=batch)
+                n_batch=batch, n_gpu_layers=n_gpu_layers)

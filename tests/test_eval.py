@@ -102,3 +102,26 @@ def test_eval_without_budget_is_refused(mixed: Path) -> None:
     proc = run_hobbit("eval", str(mixed), "--max-tokens", "32")
     assert proc.returncode != 0
     assert "expert-budget" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_ngl_reaches_the_reference_and_the_candidate(mixed: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """`hobbit eval -ngl N` loads both models with N layers offloaded (on a CPU build llama.cpp
+    keeps them on the CPU, so the figures stay those of an all-hi policy against itself)."""
+    import hobbit_py.cli as cli
+    import hobbit_py.evaluate as ev
+
+    seen: list[tuple[bool, int]] = []
+    real = ev.Model
+
+    def spy(path: Path, **kwargs):  # noqa: ANN003, ANN202
+        model = real(path, **kwargs)
+        seen.append((kwargs["policy"].is_off, model.model_params.n_gpu_layers))
+        return model
+
+    monkeypatch.setattr(ev, "Model", spy)
+    monkeypatch.chdir(Path(mixed).parent)
+    Path("text.txt").write_text(TEXT)
+    cli.run_app(["eval", str(mixed), "--text", "text.txt", "-c", "64", "-t", "2", "-ngl", "7",
+                 "--expert-budget", "100%", "--hi-threshold", "0", "--upgrade-threshold", "0"])
+    assert seen == [(True, 7), (False, 7)]
