@@ -515,6 +515,12 @@ def bench(
     io_threads: IoThreadsOpt = 4,
     cpu_compute: CpuComputeOpt = True,
     evict_weights: EvictWeightsOpt = None,
+    n_gpu_layers: Annotated[int, typer.Option(
+        "-ngl", "--n-gpu-layers", "--gpu-layers", min=-1,
+        help="With every layer offloaded (-1, or at least the model's layers): the GPU tier's "
+             "benchmark instead, by hobbit-gpu bench: B-resident, B-cpu-moe, B-n-cpu-moe, B-lru-gpu "
+             "and HOBBIT-gpu rows at each of --budgets (percentages of the hi expert bytes, in VRAM), "
+             "with the engine's defaults; --plain-hi defaults to the model itself.")] = 0,
 ) -> None:
     """Benchmark HOBBIT against stock llama.cpp, a hi-only LRU cache and static low-bit quants.
 
@@ -529,6 +535,10 @@ def bench(
     the held-out text, for every variant.
 
     Example: hobbit bench model.gguf --plain-hi hi.gguf --static q4k.gguf --budgets 10%,25%,50%
+
+    With -ngl 99 (every layer on the GPU), the GPU tier's benchmark (see -ngl).
+
+    Example: hobbit bench wide.gguf -ngl 99 --budgets 25% -t 16
     """
     import shlex  # noqa: PLC0415
 
@@ -536,6 +546,12 @@ def bench(
     from hobbit_py.evaluate import default_text  # noqa: PLC0415
 
     path = resolve_model(model, model_opt)
+    command = "hobbit " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    if n_gpu_layers != 0:
+        bench_gpu_cmd(path, plain_hi or path, budgets, n_predict=n_predict, runs=runs, threads=threads,
+                      n_gpu_layers=n_gpu_layers, out=out, command=command,
+                      cpu_only_options=bool(static) or ablations)
+        return
     if plain_hi is None:
         raise HobbitError("bench needs --plain-hi: the same model as a plain GGUF at the hi "
                           "precision, for the stock llama.cpp baselines")
@@ -556,7 +572,7 @@ def bench(
     spec = BenchSpec(model=path, plain_hi=plain_hi, static=list(static or []), budgets=budget_list,
                      policy=pol, prompt=prompt, n_predict=n_predict, runs=runs, threads=threads,
                      text=text_path.read_text(errors="replace"), eval_tokens=eval_tokens,
-                     command="hobbit " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
+                     command=command,
                      ablations=ablations)
     result = run_bench(spec, progress=lambda msg: typer.echo(msg, err=True))
     from hobbit_py.bench import to_markdown  # noqa: PLC0415
@@ -571,6 +587,42 @@ def bench(
     write_text_atomic(report, section)
     typer.echo(section)
     typer.echo(f"report: {report}" + (f", plot: {png}" if png else ""), err=True)
+
+
+def bench_gpu_cmd(path: Path, plain_hi: Path, budgets: str, *, n_predict: int, runs: int, threads: int,
+                  n_gpu_layers: int, out: Path | None, command: str, cpu_only_options: bool) -> None:
+    """`hobbit bench -ngl N`: hobbit-gpu bench at each budget, written to the report."""
+    import platform  # noqa: PLC0415
+
+    from hobbit_py import capi  # noqa: PLC0415
+    from hobbit_py.bench_gpu import budget_fraction, offloads_every_layer, run_gpu_bench  # noqa: PLC0415
+    from hobbit_py.gguf_check import inspect_model  # noqa: PLC0415
+
+    if cpu_only_options:
+        raise HobbitError("with -ngl, --static and --ablations do not apply: the GPU benchmark's "
+                          "rows are fixed (csrc/tools/hobbit-gpu.cpp)")
+    summary = inspect_model(path)
+    if not offloads_every_layer(n_gpu_layers, summary.n_layer):
+        raise HobbitError(f"the GPU benchmark offloads every layer: -ngl {n_gpu_layers} keeps some of "
+                          f"the {summary.n_layer} on the CPU (use -ngl 99 or -1)")
+    budget_list = [b.strip() for b in budgets.split(",") if b.strip()]
+    if not budget_list:
+        raise HobbitError("--budgets is empty")
+    for budget in budget_list:
+        budget_fraction(budget)  # each one checked before anything runs
+    if capi.gpu_memory() is None:
+        typer.echo("hobbit: warning: no GPU here: every row of the GPU benchmark runs on the CPU",
+                   err=True)
+    report = report_path(out)
+    sections, device = run_gpu_bench(path, plain_hi, budget_list, n_predict=n_predict, runs=runs,
+                                     threads=threads, progress=lambda msg: typer.echo(msg, err=True))
+    text = (f"## GPU tier: {path.name}\n\n    {command}\n\nMachine: {device}; {os.cpu_count()} CPU threads "
+            f"({platform.machine()}). Decode {n_predict} tokens by teacher forcing after the bench's "
+            f"prompt, medians of {runs} run(s) (more than one: interleaved, a round over all the rows per run), "
+            f"quality against B-resident.\n\n{sections}")
+    write_text_atomic(report, text)
+    typer.echo(text)
+    typer.echo(f"report: {report}", err=True)
 
 
 @app.command("plot")

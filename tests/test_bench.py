@@ -81,3 +81,44 @@ def test_default_report_is_a_new_dated_file(models: dict[str, Path], tmp_path: P
     reports = sorted(tmp_path.glob("hobbit-bench-*.md"))
     assert len(reports) == 2  # a second run never overwrites or appends to the first
     assert (tmp_path / "BENCHMARKS.md").read_text() == "untouched\n"
+
+
+def test_bench_ngl_runs_the_gpu_benchmark(models: dict[str, Path], tmp_path: Path) -> None:
+    """`hobbit bench -ngl 99` runs hobbit-gpu bench per budget and writes its table (on this
+    CPU build every row runs on the CPU, and it says so)."""
+    out = tmp_path / "gpu.md"
+    proc = run_hobbit("bench", str(models["mixed"]), "-ngl", "99", "--budgets", "25%,50%", "-n", "8",
+                      "--runs", "2", "-t", "2", "--out", str(out), timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    report = out.read_text()
+    assert report.strip() == proc.stdout.strip()
+    assert "hobbit bench" in report and "-ngl 99" in report
+    sections = report.split("### expert budget ")[1:]
+    assert [s.split(" ", 1)[0] for s in sections] == ["25%", "50%"]
+    for section, pct in zip(sections, (25, 50)):
+        assert f"budget {pct}% = " in section
+        rows = {line.split("|")[1].strip(): line.split("|")[2:9] for line in section.splitlines()
+                if line.startswith("| B-") or line.startswith("| HOBBIT")}
+        # the reference against itself; every other row scored against it
+        assert rows["B-resident (-ngl 99)"][5:7] == [" 1.0000 ", " 0.00000 "]
+        assert any(name.startswith("HOBBIT-gpu, planner, auto prefetch") for name in rows)
+        for name, cols in rows.items():
+            assert float(cols[0]) > 0, name
+            assert 0.0 <= float(cols[5]) <= 1.0 and float(cols[6]) >= 0.0, name
+    from hobbit_py import capi
+
+    assert ("no GPU here" in proc.stderr) == (capi.gpu_memory() is None)
+
+
+@pytest.mark.parametrize(("args", "needle"), [
+    (["-ngl", "1"], "offloads every layer"),
+    (["-ngl", "99", "--budgets", "64MiB"], "percentages"),
+    (["-ngl", "99", "--ablations"], "do not apply"),
+])
+def test_bench_ngl_bad_input_is_one_line(models: dict[str, Path], tmp_path: Path, args: list[str],
+                                        needle: str) -> None:
+    from tests.conftest import assert_one_line_error
+
+    proc = run_hobbit("bench", str(models["mixed"]), *args, "--out", str(tmp_path / "x.md"))
+    assert_one_line_error(proc, "hobbit: error: ", needle)
+    assert not (tmp_path / "x.md").exists()
