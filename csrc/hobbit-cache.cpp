@@ -107,7 +107,8 @@ void llama_hobbit_cache::init_pools(ggml_backend_buffer_type_t buft, uint64_t bu
             }
         }
     }
-    auto align_up = [&](size_t n) { return (n + unit_align - 1)/unit_align*unit_align; }; // any alignment
+    auto round_up = [](size_t n, size_t align) { return (n + align - 1)/align*align; }; // any alignment
+    auto align_up = [&](size_t n) { return round_up(n, unit_align); };
     uint64_t unit_total = 0;
     int hi_span = 1;
     for (int p = 0; p < LLAMA_HOBBIT_N_PROJ; ++p) {
@@ -122,9 +123,10 @@ void llama_hobbit_cache::init_pools(ggml_backend_buffer_type_t buft, uint64_t bu
     // being whole blocks of both levels' types on the GPU (or O_DIRECT blocks), round each
     // expert up by a few KiB and so still fall short, units of whole hi blocks with no lo slots:
     // every load is then at hi (a policy that never wants hi is refused by set_policy)
+    n_served = (int) std::count(serves.begin(), serves.end(), true);
     bool lo_slots = has_lo;
     if (has_lo) {
-        const uint64_t n_all = uint64_t(std::count(serves.begin(), serves.end(), true))*n_expert;
+        const uint64_t n_all = uint64_t(n_served)*n_expert;
         size_t hi_align = 64;
         for (int p = 0; p < LLAMA_HOBBIT_N_PROJ && gpu; ++p) {
             hi_align = std::lcm(hi_align, ggml_type_size(pool[LLAMA_HOBBIT_HI][p]->type));
@@ -134,8 +136,7 @@ void llama_hobbit_cache::init_pools(ggml_backend_buffer_type_t buft, uint64_t bu
             uint64_t hi_total = 0;
             for (int p = 0; p < LLAMA_HOBBIT_N_PROJ; ++p) {
                 const size_t hi = store.expert_bytes[LLAMA_HOBBIT_HI][p];
-                hi_unit[p] = with_lo ? align_up(std::max(hi, store.expert_bytes[lo][p]))
-                                     : (hi + hi_align - 1)/hi_align*hi_align;
+                hi_unit[p] = with_lo ? align_up(std::max(hi, store.expert_bytes[lo][p])) : round_up(hi, hi_align);
                 hi_total  += hi_unit[p];
             }
             if (n_all > 0 && budget/hi_total >= n_all && hi_total < unit_total*hi_span) {
@@ -198,7 +199,7 @@ void llama_hobbit_cache::init_pools(ggml_backend_buffer_type_t buft, uint64_t bu
         stats.cache_capacity_bytes += size;
     }
     slots.init(n_layer, n_expert, lo_slots, (int) n_units, hi_span);
-    all_hi_fit = slots.n_slots(LLAMA_HOBBIT_HI) >= int64_t(std::count(serves.begin(), serves.end(), true))*n_expert;
+    all_hi_fit = slots.n_slots(LLAMA_HOBBIT_HI) >= int64_t(n_served)*n_expert;
     evictor = llama_hobbit_make_evictor(policy.eviction, weights_of(policy));
 
     stats.budget_bytes = budget;
@@ -399,7 +400,7 @@ void llama_hobbit_cache::make_resident() {
         moe_index[il] = serves[il] ? m++ : -1;
     }
     if (!gpu || unified || !host.resident() || !copier.active() || !all_hi_fit || resident_mode == 0 ||
-            cpu_path_mode > 0 || slots.n_slots(LLAMA_HOBBIT_HI) < m*n_expert) {
+            cpu_path_mode > 0) {
         return;
     }
     std::lock_guard<std::mutex> lock(mtx);
@@ -430,10 +431,9 @@ void llama_hobbit_cache::count_resident_routes(int64_t n_tokens) {
     if (!resident) {
         return;
     }
-    const uint64_t n_moe = uint64_t(std::count(serves.begin(), serves.end(), true));
-    const uint64_t routes = n_moe*uint64_t(n_expert_used)*uint64_t(std::max<int64_t>(n_tokens, 0));
+    const uint64_t routes = uint64_t(n_served)*uint64_t(n_expert_used)*uint64_t(std::max<int64_t>(n_tokens, 0));
     std::lock_guard<std::mutex> lock(mtx);
-    stats.n_calls      += n_moe;
+    stats.n_calls      += uint64_t(n_served);
     stats.routes_total += routes;
     stats.hits_hi      += routes;
 }

@@ -56,6 +56,7 @@ struct llama_hobbit_cache {
     bool has_lo        = false;
     std::string type_name[LLAMA_HOBBIT_N_LVL]; // requested type of each level used
     std::vector<bool> serves;                  // [il] the layer's routed experts come from the cache
+    int n_served = 0;                          // layers it serves (set by init_pools)
 
     // routers of the MoE layers, for prefetch predictions: [il]
     std::vector<ggml_tensor *> gate_inp;

@@ -304,16 +304,14 @@ ggml_tensor * llama_hobbit_build_moe_ffn(
     const int     n_paths  = cache.has_lo ? 2 : 1;
     const int     n_waves  = cache.n_waves(n_used, n_tokens);
 
-    // one path of expert matmuls: up/gate, GLU, down from the pools `as` with ids plane `plane`
-    auto path = [&](ggml_tensor * const as[LLAMA_HOBBIT_N_PROJ], ggml_tensor * ids, int plane) {
-        ggml_tensor * ids_p = ggml_view_2d(ctx, ids, n_used, n_tokens, ids->nb[1], plane*ids->nb[2]);
-        ggml_tensor * up   = llama_hobbit_mul_mat_id(ctx, as[LLAMA_HOBBIT_UP],   cur, ids_p);
-        ggml_tensor * gate = llama_hobbit_mul_mat_id(ctx, as[LLAMA_HOBBIT_GATE], cur, ids_p);
+    // one path of expert matmuls: up/gate, GLU, down from the pools `as` with the ids `ids`
+    auto path = [&](ggml_tensor * const as[LLAMA_HOBBIT_N_PROJ], ggml_tensor * ids) {
+        ggml_tensor * up   = llama_hobbit_mul_mat_id(ctx, as[LLAMA_HOBBIT_UP],   cur, ids);
+        ggml_tensor * gate = llama_hobbit_mul_mat_id(ctx, as[LLAMA_HOBBIT_GATE], cur, ids);
         ggml_tensor * act  = gelu ? ggml_geglu_split(ctx, gate, up) : ggml_swiglu_split(ctx, gate, up);
-        return llama_hobbit_mul_mat_id(ctx, as[LLAMA_HOBBIT_DOWN], act, ids_p);
+        return llama_hobbit_mul_mat_id(ctx, as[LLAMA_HOBBIT_DOWN], act, ids);
     };
 
-    ggml_tensor * experts = nullptr;
     if (cache.resident) {
         // every hi expert sits in its own slot for good: the layer's experts are a view of the hi
         // pool, indexed by the routed ids as they are (llama_hobbit_cache::resident)
@@ -323,11 +321,7 @@ ggml_tensor * llama_hobbit_build_moe_ffn(
             as[p] = ggml_view_3d(ctx, t, t->ne[0], t->ne[1], cache.n_expert, t->nb[1], t->nb[2],
                                  size_t(cache.moe_index[il])*cache.n_expert*t->nb[2]);
         }
-        ggml_tensor * up   = llama_hobbit_mul_mat_id(ctx, as[LLAMA_HOBBIT_UP],   cur, selected);
-        ggml_tensor * gate = llama_hobbit_mul_mat_id(ctx, as[LLAMA_HOBBIT_GATE], cur, selected);
-        ggml_tensor * act  = gelu ? ggml_geglu_split(ctx, gate, up) : ggml_swiglu_split(ctx, gate, up);
-        experts = llama_hobbit_mul_mat_id(ctx, as[LLAMA_HOBBIT_DOWN], act, selected);
-        return weighted_sum(ctx, experts, weights, n_embd, n_tokens, n_expert_used);
+        return weighted_sum(ctx, path(as, selected), weights, n_embd, n_tokens, n_expert_used);
     }
 
     const std::vector<int> targets = cache.next_moe_layers(il, LLAMA_HOBBIT_PREFETCH_MAX);
@@ -336,6 +330,7 @@ ggml_tensor * llama_hobbit_build_moe_ffn(
         host = bundle_for_host(ctx, host, cache.cpu_path(n_tokens, n_waves));
     }
     ggml_tensor * prefetch = build_prefetch(hctx, ctx, il, gating, targets, host.logits);
+    ggml_tensor * experts  = nullptr;
     for (int wave = 0; wave < n_waves; ++wave) {
         llama_hobbit_op * op = hctx->op(il, wave, n_waves);
         op->cpu_path = cache.cpu_path(n_tokens, n_waves);
@@ -363,7 +358,8 @@ ggml_tensor * llama_hobbit_build_moe_ffn(
         }
 
         for (int lvl = 0; lvl < n_paths; ++lvl) {
-            ggml_tensor * down = path(cache.pool[lvl], ids, lvl);
+            ggml_tensor * ids_lvl = ggml_view_2d(ctx, ids, n_used, n_tokens, ids->nb[1], lvl*ids->nb[2]);
+            ggml_tensor * down    = path(cache.pool[lvl], ids_lvl);
             experts = experts ? ggml_add(ctx, experts, down) : down;
         }
     }
