@@ -44,18 +44,18 @@ def offloads_every_layer(n_gpu_layers: int, n_layer: int) -> bool:
     return n_gpu_layers < 0 or n_gpu_layers >= n_layer
 
 
-def run_gpu_bench(model: Path, plain_hi: Path, budgets: list[str], *, n_predict: int, runs: int,
-                  threads: int, progress: Callable[[str], None]) -> tuple[str, str]:
-    """Run hobbit-gpu bench once per budget; returns the markdown sections, one per budget,
-    and the GPU the backend found (as ggml reports it), or that there was none."""
+def run_gpu_bench(model: Path, plain_hi: Path, budgets: list[tuple[str, float]], *, n_predict: int,
+                  runs: int, threads: int, progress: Callable[[str], None]) -> tuple[str, str]:
+    """Run hobbit-gpu bench once per (budget as given, its budget_fraction); returns the markdown
+    sections, one per budget, and the GPU the backend found (as ggml reports it), or that there
+    was none."""
     exe = hobbit_gpu_path()
-    fractions = [budget_fraction(b) for b in budgets]
     env = dict(os.environ, HOBBIT_BENCH_INTERLEAVE="1",
                LD_LIBRARY_PATH=os.pathsep.join(p for p in (str(exe.parent),
                                                            os.environ.get("LD_LIBRARY_PATH")) if p))
     sections = []
     device = "no GPU (a CPU build, or no device): every row ran on the CPU"
-    for budget, fraction in zip(budgets, fractions):
+    for budget, fraction in budgets:
         progress(f"hobbit-gpu bench at {budget}: {runs} run(s) of {n_predict} tokens a row")
         with tempfile.TemporaryFile(mode="w+") as log:
             proc = subprocess.run([str(exe), "bench", str(model), str(plain_hi), repr(fraction),

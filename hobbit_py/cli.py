@@ -561,9 +561,7 @@ def bench(
     text_path = text or default_text()
     if not text_path.is_file():
         raise HobbitError(f"text file not found: {text_path}")
-    budget_list = [b.strip() for b in budgets.split(",") if b.strip()]
-    if not budget_list:
-        raise HobbitError("--budgets is empty")
+    budget_list = parse_budgets(budgets)
     if plot:
         from hobbit_py.plots import require_matplotlib  # noqa: PLC0415
 
@@ -589,6 +587,14 @@ def bench(
     typer.echo(f"report: {report}" + (f", plot: {png}" if png else ""), err=True)
 
 
+def parse_budgets(budgets: str) -> list[str]:
+    """--budgets as its comma-separated entries (an empty list is an error)."""
+    budget_list = [b.strip() for b in budgets.split(",") if b.strip()]
+    if not budget_list:
+        raise HobbitError("--budgets is empty")
+    return budget_list
+
+
 def bench_gpu_cmd(path: Path, plain_hi: Path, budgets: str, *, n_predict: int, runs: int, threads: int,
                   n_gpu_layers: int, out: Path | None, command: str, cpu_only_options: bool) -> None:
     """`hobbit bench -ngl N`: hobbit-gpu bench at each budget, written to the report."""
@@ -605,16 +611,13 @@ def bench_gpu_cmd(path: Path, plain_hi: Path, budgets: str, *, n_predict: int, r
     if not offloads_every_layer(n_gpu_layers, summary.n_layer):
         raise HobbitError(f"the GPU benchmark offloads every layer: -ngl {n_gpu_layers} keeps some of "
                           f"the {summary.n_layer} on the CPU (use -ngl 99 or -1)")
-    budget_list = [b.strip() for b in budgets.split(",") if b.strip()]
-    if not budget_list:
-        raise HobbitError("--budgets is empty")
-    for budget in budget_list:
-        budget_fraction(budget)  # each one checked before anything runs
+    budget_list = parse_budgets(budgets)
+    fractions = [budget_fraction(b) for b in budget_list]  # each one checked before anything runs
     if capi.gpu_memory() is None:
         typer.echo("hobbit: warning: no GPU here: every row of the GPU benchmark runs on the CPU",
                    err=True)
     report = report_path(out)
-    sections, device = run_gpu_bench(path, plain_hi, budget_list, n_predict=n_predict, runs=runs,
+    sections, device = run_gpu_bench(path, plain_hi, list(zip(budget_list, fractions)), n_predict=n_predict, runs=runs,
                                      threads=threads, progress=lambda msg: typer.echo(msg, err=True))
     text = (f"## GPU tier: {path.name}\n\n    {command}\n\nMachine: {device}; {os.cpu_count()} CPU threads "
             f"({platform.machine()}). Decode {n_predict} tokens by teacher forcing after the bench's "
