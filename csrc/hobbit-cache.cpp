@@ -846,6 +846,7 @@ void llama_hobbit_cache::time_pass(llama_hobbit_context & hctx, int64_t n_tokens
     const auto now    = std::chrono::steady_clock::now();
     const bool decode = n_tokens <= CPU_PATH_MAX_TOKENS;
     if (decode && hctx.pass_decode) {
+        stats.passes_at_depth[depth_trial.depth]++;
         depth_trial.on_pass(std::chrono::duration<double, std::milli>(now - hctx.pass_at).count());
     }
     hctx.pass_at     = now;

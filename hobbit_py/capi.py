@@ -83,6 +83,7 @@ class StatsStruct(ctypes.Structure):
         ("cpu_gbps", ctypes.c_double),
         ("between_ms", ctypes.c_double),
         ("resident", ctypes.c_int32),
+        ("passes_at_depth", ctypes.c_uint64 * (PREFETCH_MAX + 1)),
     ]
 
 
@@ -171,7 +172,8 @@ def get_policy(model: int) -> dict[str, float | int]:
 
 
 def get_stats(model: int) -> dict[str, float | int]:
-    """The stats as a dict; the per-depth arrays become predicted_d1.., predicted_right_d1.."""
+    """The stats as a dict; the per-depth arrays become predicted_d1.., predicted_right_d1..
+    and passes_at_depth_d0.."""
     s = lib().llama_hobbit_get_stats(model)
     out: dict[str, float | int] = {}
     for name, _ in StatsStruct._fields_:
@@ -179,6 +181,9 @@ def get_stats(model: int) -> dict[str, float | int]:
         if name.startswith("predicted"):
             for d in range(PREFETCH_MAX):
                 out[f"{name}_d{d + 1}"] = int(value[d])
+        elif name == "passes_at_depth":
+            for d in range(PREFETCH_MAX + 1):
+                out[f"{name}_d{d}"] = int(value[d])
         else:
             out[name] = value
     return out

@@ -134,6 +134,8 @@ struct llama_hobbit_stats {
                                // GPU and CPU); with load_stall_ms and cpu_ms it splits a ubatch's MoE span
     int32_t  resident;         // GPU tier: 1 every hi expert was placed in VRAM once at load, and the graph
                                // indexes them as stock llama.cpp does its expert tensors (hobbit.resident)
+    uint64_t passes_at_depth[LLAMA_HOBBIT_PREFETCH_MAX + 1]; // GPU tier, auto depth: decode passes timed at
+                               // each prefetch depth (the depth trial's choices)
 };
 
 // true if the model was loaded in HOBBIT mode

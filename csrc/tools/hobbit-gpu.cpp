@@ -300,7 +300,8 @@ int cmd_check(int argc, char ** argv) {
 struct row_result {
     std::vector<double> decode_tps, prefill_tps;
     double top1 = 0.0, kl = 0.0;
-    std::string note;
+    std::string note;               // the last run's decode stats
+    std::vector<std::string> notes; // every run's, in order (interleaved: one a round)
     bool ok = true;
 };
 
@@ -452,13 +453,14 @@ row_result run_row(const char * path, int ngl, kv_list & kv, std::vector<llama_m
     }
     if (llama_hobbit_active(model)) {
         const llama_hobbit_stats s = llama_hobbit_get_stats(model);
-        char buf[640];
+        char buf[768];
         const double per = 1.0/std::max(1, n_gen);
         const double routes = std::max<double>(1.0, double(s.routes_total));
         snprintf(buf, sizeof(buf), "decode: %s %.3f, CPU %.3f, skipped %.3f, %.1f MiB %s, %.1f MiB read by the CPU path and "
                  "%.2f ms stalled per token, "
                  "%.2f ms between layers and %.2f on CPU experts per token, "
-                 "%.1f GB/s a stream, planner's copy %.1f / CPU %.1f GB/s, %llu prefetches (%llu used); slots %.0f MiB%s",
+                 "%.1f GB/s a stream, planner's copy %.1f / CPU %.1f GB/s, %llu prefetches (%llu used), decode passes at "
+                 "depth 0-3 %llu/%llu/%llu/%llu; slots %.0f MiB%s",
                  s.tier ? "VRAM hits" : "hits", double(s.hits_hi + s.hits_lo)/routes, double(s.cpu_hi + s.cpu_lo)/routes,
                  double(s.skipped)/routes,
                  s.bytes_loaded/1048576.0*per, s.unified ? "read" : (s.tier ? "copied" : "read"), s.cpu_bytes/1048576.0*per,
@@ -466,8 +468,11 @@ row_result run_row(const char * path, int ngl, kv_list & kv, std::vector<llama_m
                  s.between_ms*per, s.cpu_ms*per,
                  s.read_ms > 0 ? s.bytes_loaded/(s.read_ms*1e6) : 0.0, s.copy_gbps, s.cpu_gbps,
                  (unsigned long long) s.prefetch_issued, (unsigned long long) s.prefetch_used,
+                 (unsigned long long) s.passes_at_depth[0], (unsigned long long) s.passes_at_depth[1],
+                 (unsigned long long) s.passes_at_depth[2], (unsigned long long) s.passes_at_depth[3],
                  s.cache_capacity_bytes/1048576.0, s.unified ? " (pinned host memory)" : "");
         res.note = buf;
+        res.notes.push_back(buf);
     }
     res.top1 = counted ? top1/counted : 1.0;
     res.kl   = counted ? kl/counted : 0.0;
@@ -632,6 +637,9 @@ int cmd_bench(int argc, char ** argv) {
             printf(" %.1f", v);
         }
         printf(" -->\n");
+        for (size_t k = 0; k < r.notes.size(); ++k) {
+            printf("<!-- %s run %zu: %s -->\n", rows[i].name.c_str(), k + 1, r.notes[k].c_str());
+        }
         fflush(stdout);
     };
     for (int round = 0; round < n_rounds; ++round) {
@@ -655,6 +663,7 @@ int cmd_bench(int argc, char ** argv) {
             acc.kl   += r.kl/n_rounds;
             acc.ok    = acc.ok && r.ok;
             acc.note  = r.note; // the last run's decode
+            acc.notes.insert(acc.notes.end(), r.notes.begin(), r.notes.end());
             if (!interleave) {
                 print_row(i, acc);
             }
