@@ -100,19 +100,19 @@ int llama_hobbit_depth_trial::on_pass(double ms) {
     // a pass far slower than the fastest depth's is a pause between generations, not a decode
     const int b = best();
     const bool outlier = avg[b] > 0.0 && ms > 4.0*avg[b];
-    if (settled >= SETTLE && !outlier) {
-        sum += ms;
-        n++;
+    if (settled >= SETTLE && !outlier && n < EXPLOIT) {
+        timed[n++] = ms;
     }
     if (--left > 0) {
         return depth;
     }
     if (n > 0) {
-        const double m = sum/n;
+        // the median pass (the upper one of an even count)
+        std::nth_element(timed, timed + n/2, timed + n);
+        const double m = timed[n/2];
         avg[depth] = avg[depth] < 0.0 ? m : 0.5*avg[depth] + 0.5*m;
     }
-    sum = 0.0;
-    n   = 0;
+    n = 0;
     const int fastest = best();
     if (trying) {
         if (depth == fastest) {

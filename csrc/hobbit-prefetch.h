@@ -40,7 +40,9 @@ int llama_hobbit_auto_depth(const double * acc, int max_depth, double wait_ms, d
 // misses on the CPU while copies fly, and a wrong prefetch takes the bus from the copies a
 // layer waits for: what a depth saves cannot be read off the stalls as above. So depths are
 // tried for a few decode passes (tokens) each, the time of a pass at each is kept as a running
-// average, and the fastest is used. A trial of a slower depth costs time, so they are few: the
+// average of the median pass of each trial (one slow pass, such as the CPU's threads waking up
+// after an idle stretch, does not decide a trial), and the fastest is used. A trial of a slower
+// depth costs time, so they are few: the
 // first round goes deeper only while each depth is faster than the one before, a depth that
 // lost a trial waits twice as long for its next one (EXPLOIT passes, then 2x, 4x, ... up to
 // MAX_BACKOFF x) and the deeper depths not timed yet the longest wait; when another depth
@@ -67,7 +69,7 @@ private:
     int64_t passes   = 0;
     int64_t due[MAX_DEPTH + 1]     = {};          // the pass from which each depth may be tried again
     int     backoff[MAX_DEPTH + 1] = { 1, 1, 1, 1 }; // its wait after a lost trial, in EXPLOIT periods
-    double  sum      = 0.0;
+    double  timed[EXPLOIT] = {}; // the timed passes of this phase (at most EXPLOIT - SETTLE)
     int     n        = 0;
     int     best() const;
     void    start(int d, bool trial);
