@@ -547,14 +547,19 @@ void llama_hobbit_cache::serve_wave(llama_hobbit_context & hctx, int il, int wav
 void llama_hobbit_cache::finish_wave(llama_hobbit_context & hctx, int il, int wave, const llama_hobbit_routes & routes,
                                      ggml_tensor * ids) {
     guarded(hctx, il, ids, [&](std::unique_lock<std::mutex> & lk, std::chrono::steady_clock::time_point t_start) {
-        // the CPU's experts of this wave were computed between the route op and now
-        const double cpu_ms = std::chrono::duration<double, std::milli>(t_start - hctx.routed_at).count();
+        // the CPU's experts of this wave were computed between the route op and now (the
+        // stats' time); the planner's rate counts the threads' compute only (hobbit-graph.cpp)
+        const double cpu_ms  = std::chrono::duration<double, std::milli>(t_start - hctx.routed_at).count();
+        const double busy_ms = hctx.cpu_busy_ms > 0.0 ? std::min(hctx.cpu_busy_ms, cpu_ms) : cpu_ms;
         const size_t cpu_total = hctx.cpu_bytes[0] + hctx.cpu_bytes[1];
         if (cpu_total > 0) {
             stats.cpu_ms += cpu_ms;
+            if (hctx.cpu_threads > 0 && (stats.cpu_threads_min == 0 || hctx.cpu_threads < stats.cpu_threads_min)) {
+                stats.cpu_threads_min = hctx.cpu_threads;
+            }
             // both levels ran one after the other in that time: share it by bytes
             for (int lvl = 0; lvl < LLAMA_HOBBIT_N_LVL; ++lvl) {
-                cost.note_cpu(lvl, hctx.cpu_bytes[lvl], cpu_ms*double(hctx.cpu_bytes[lvl])/double(cpu_total),
+                cost.note_cpu(lvl, hctx.cpu_bytes[lvl], busy_ms*double(hctx.cpu_bytes[lvl])/double(cpu_total),
                               hctx.cpu_probe);
             }
         }

@@ -31,6 +31,7 @@
 
 #include "ggml.h"
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cstring>
@@ -99,7 +100,9 @@ static void llama_hobbit_route_op(ggml_tensor * dst, int ith, int nth, void * us
         hctx.wave_served(op->il, op->wave);
         return;
     }
-    hctx.routed_at = std::chrono::steady_clock::now(); // the CPU's experts are computed next
+    hctx.routed_at   = std::chrono::steady_clock::now(); // the CPU's experts are computed next
+    hctx.cpu_busy_ms = 0.0;
+    hctx.cpu_threads = 0;
 }
 
 // the misses the planner gave to the CPU: the graph's thread and llama_hobbit_parallel's workers
@@ -144,6 +147,7 @@ static void llama_hobbit_cpu_experts_op(ggml_tensor * dst, int ith, int nth, voi
     std::vector<std::pair<int, int>> units; // route, slice
     try {
         hctx.cpu_partials.resize(routes.size()*LLAMA_HOBBIT_CPU_SLICES*size_t(n_embd));
+        hctx.cpu_busy.assign(std::max(1, hctx.n_threads), 0.0);
         for (size_t k = 0; k < routes.size(); ++k) {
             for (int s = 0; s < n_slices[k]; ++s) {
                 units.emplace_back((int) k, s);
@@ -154,8 +158,13 @@ static void llama_hobbit_cpu_experts_op(ggml_tensor * dst, int ith, int nth, voi
         return;
     }
     std::atomic<bool> out_of_memory{false};
-    llama_hobbit_parallel(hctx.cpu_workers, hctx.n_threads, [&](int i, int n) {
+    // each thread times its own share: the planner's CPU rate is the threads' once they run.
+    // Threads that slept since the CPU's last work start late (on a VM's idle cores, by up to
+    // milliseconds); counting that start in the rate made one slow start look like a slow CPU,
+    // which then got no work, so its threads stayed cold and every probe confirmed it.
+    hctx.cpu_threads = llama_hobbit_parallel(hctx.cpu_workers, (int) hctx.cpu_busy.size(), [&](int i, int n) {
         thread_local std::vector<char> scratch;
+        const auto t_begin = std::chrono::steady_clock::now();
         try {
             for (size_t u = i; u < units.size(); u += n) {
                 const int k = units[u].first, s = units[u].second;
@@ -168,7 +177,9 @@ static void llama_hobbit_cpu_experts_op(ggml_tensor * dst, int ith, int nth, voi
         } catch (const std::exception &) {
             out_of_memory.store(true);
         }
+        hctx.cpu_busy[i] = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t_begin).count();
     });
+    hctx.cpu_busy_ms = *std::max_element(hctx.cpu_busy.begin(), hctx.cpu_busy.end());
     if (out_of_memory.load()) {
         hctx.fail("hobbit: computing experts on the CPU: out of memory");
         return;

@@ -84,6 +84,7 @@ class StatsStruct(ctypes.Structure):
         ("between_ms", ctypes.c_double),
         ("resident", ctypes.c_int32),
         ("passes_at_depth", ctypes.c_uint64 * (PREFETCH_MAX + 1)),
+        ("cpu_threads_min", ctypes.c_int32),
     ]
 
 

@@ -136,6 +136,7 @@ struct llama_hobbit_stats {
                                // indexes them as stock llama.cpp does its expert tensors (hobbit.resident)
     uint64_t passes_at_depth[LLAMA_HOBBIT_PREFETCH_MAX + 1]; // GPU tier, auto depth: decode passes timed at
                                // each prefetch depth (the depth trial's choices)
+    int32_t  cpu_threads_min;  // GPU tier: fewest threads a wave's CPU experts ran on (0: none ran)
 };
 
 // true if the model was loaded in HOBBIT mode

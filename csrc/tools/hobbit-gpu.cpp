@@ -459,7 +459,7 @@ row_result run_row(const char * path, int ngl, kv_list & kv, std::vector<llama_m
         snprintf(buf, sizeof(buf), "decode: %s %.3f, CPU %.3f, skipped %.3f, %.1f MiB %s, %.1f MiB read by the CPU path and "
                  "%.2f ms stalled per token, "
                  "%.2f ms between layers and %.2f on CPU experts per token, "
-                 "%.1f GB/s a stream, planner's copy %.1f / CPU %.1f GB/s, %llu prefetches (%llu used), decode passes at "
+                 "%.1f GB/s a stream, planner's copy %.1f / CPU %.1f GB/s (CPU experts op %.1f GB/s, >= %d threads), %llu prefetches (%llu used), decode passes at "
                  "depth 0-3 %llu/%llu/%llu/%llu; slots %.0f MiB%s",
                  s.tier ? "VRAM hits" : "hits", double(s.hits_hi + s.hits_lo)/routes, double(s.cpu_hi + s.cpu_lo)/routes,
                  double(s.skipped)/routes,
@@ -467,6 +467,8 @@ row_result run_row(const char * path, int ngl, kv_list & kv, std::vector<llama_m
                  s.load_stall_ms*per,
                  s.between_ms*per, s.cpu_ms*per,
                  s.read_ms > 0 ? s.bytes_loaded/(s.read_ms*1e6) : 0.0, s.copy_gbps, s.cpu_gbps,
+                 s.cpu_ms > 0 ? s.cpu_bytes/(s.cpu_ms*1e6) : 0.0,
+                 s.cpu_threads_min,
                  (unsigned long long) s.prefetch_issued, (unsigned long long) s.prefetch_used,
                  (unsigned long long) s.passes_at_depth[0], (unsigned long long) s.passes_at_depth[1],
                  (unsigned long long) s.passes_at_depth[2], (unsigned long long) s.passes_at_depth[3],
