@@ -182,6 +182,23 @@ bool set_policy_field(llama_hobbit_policy & p, const std::string & arg) {
     return true;
 }
 
+// sets the policy.FIELD=value fields on the model's policy; false, with the reason in err, for
+// an unknown field or a policy the model refuses (or a model not in HOBBIT mode)
+bool apply_policy_fields(llama_model * model, const std::vector<std::string> & fields, std::string & err) {
+    llama_hobbit_policy p = llama_hobbit_get_policy(model);
+    for (const std::string & f : fields) {
+        if (!set_policy_field(p, f)) {
+            err = "unknown field in " + f;
+            return false;
+        }
+    }
+    if (llama_hobbit_set_policy(model, p) != 0) {
+        err = llama_hobbit_last_error();
+        return false;
+    }
+    return true;
+}
+
 int cmd_check(int argc, char ** argv) {
     if (argc < 5) {
         fprintf(stderr, "usage: hobbit-gpu check MODEL NGL BUDGET [ATTEMPTS] [key=value ...]\n");
@@ -214,20 +231,11 @@ int cmd_check(int argc, char ** argv) {
         printf("load error: %s\n", llama_hobbit_last_error());
         return 1;
     }
-    if (!policy.empty()) {
-        llama_hobbit_policy p = llama_hobbit_get_policy(model);
-        for (const std::string & f : policy) {
-            if (!set_policy_field(p, f)) {
-                printf("policy error: unknown field in %s\n", f.c_str());
-                llama_model_free(model);
-                return 1;
-            }
-        }
-        if (llama_hobbit_set_policy(model, p) != 0) {
-            printf("policy error: %s\n", llama_hobbit_last_error());
-            llama_model_free(model);
-            return 1;
-        }
+    std::string policy_err;
+    if (!policy.empty() && !apply_policy_fields(model, policy, policy_err)) {
+        printf("policy error: %s\n", policy_err.c_str());
+        llama_model_free(model);
+        return 1;
     }
     const int n_vocab = llama_vocab_n_tokens(llama_model_get_vocab(model));
     const std::string prompts[2] = { SHORT_PROMPT, long_prompt() };
@@ -378,18 +386,12 @@ row_result run_row(const char * path, int ngl, kv_list & kv, std::vector<llama_m
         res.note = std::string("load failed: ") + llama_hobbit_last_error();
         return res;
     }
-    if (!policy.empty()) {
-        llama_hobbit_policy p = llama_hobbit_get_policy(model);
-        bool ok = llama_hobbit_active(model);
-        for (const auto & f : policy) {
-            ok = ok && set_policy_field(p, f);
-        }
-        if (!ok || llama_hobbit_set_policy(model, p) != 0) {
-            res.ok = false;
-            res.note = "bad policy override";
-            llama_model_free(model);
-            return res;
-        }
+    std::string policy_err;
+    if (!policy.empty() && !apply_policy_fields(model, policy, policy_err)) {
+        res.ok = false;
+        res.note = "bad policy override";
+        llama_model_free(model);
+        return res;
     }
     const int n_vocab = llama_vocab_n_tokens(llama_model_get_vocab(model));
     double top1 = 0.0, kl = 0.0;
