@@ -42,11 +42,11 @@ int llama_hobbit_auto_depth(const double * acc, int max_depth, double wait_ms, d
 // tried for a few decode passes (tokens) each, the time of a pass at each is kept as a running
 // average of the median pass of each trial (one slow pass, such as the CPU's threads waking up
 // after an idle stretch, does not decide a trial), and the fastest is used. A trial of a slower
-// depth costs time, so they are few: the
-// first round goes deeper only while each depth is faster than the one before, a depth that
-// lost a trial waits twice as long for its next one (EXPLOIT passes, then 2x, 4x, ... up to
-// MAX_BACKOFF x) and the deeper depths not timed yet the longest wait; when another depth
-// becomes the fastest, the next waits start again from EXPLOIT (those already set run out).
+// depth costs time, so they are few: the first round goes deeper only while each depth is
+// faster than the one before, a depth that lost a trial waits twice as long for its next one
+// (EXPLOIT passes, then 2x, 4x, ... up to MAX_BACKOFF x) and the deeper depths not timed yet
+// the longest wait; when another depth becomes the fastest, the next waits start again from
+// EXPLOIT (those already set run out).
 struct llama_hobbit_depth_trial {
     static constexpr int SETTLE      = 1;  // passes after a switch that are not timed (the cache adjusts)
     static constexpr int TRY         = 4;  // timed passes of a trial
