@@ -47,6 +47,14 @@ SAN_COMMON := -DHOBBIT_SOURCE_ID=llama-cpp-python-$(LLAMA_CPP_PYTHON_VERSION) -D
 
 PATCHES_OUT ?= $(CURDIR)/patches
 
+# no AMX where -march=native would enable it: the pinned tree's AMX kernels crash when GCC
+# builds them (scripts/amx-flags.sh); CMake takes CFLAGS/CXXFLAGS when it configures a build
+AMX_OFF := $(shell scripts/amx-flags.sh)
+ifneq ($(AMX_OFF),)
+export CFLAGS   := $(strip $(CFLAGS) $(AMX_OFF))
+export CXXFLAGS := $(strip $(CXXFLAGS) $(AMX_OFF))
+endif
+
 .PHONY: all vendor vendor-reset build build-stock build-asan build-tsan venv patches run test sanitize test-cuda bench-gpu clean distclean
 
 all: build build-stock venv
@@ -59,11 +67,11 @@ vendor-reset:
 
 # $(1): build dir, $(2): source tree, $(3): extra cmake args, $(4): targets
 define cmake_build
-	@if [ ! -f $(1)/CMakeCache.txt ] || [ "$$(cat $(1)/.hobbit-config 2>/dev/null)" != "$(2) $(CMAKE_COMMON) $(3)" ]; then \
+	@if [ ! -f $(1)/CMakeCache.txt ] || [ "$$(cat $(1)/.hobbit-config 2>/dev/null)" != "$(2) $(CMAKE_COMMON) $(3) $(CFLAGS)" ]; then \
 		mkdir -p $(1); rm -rf $(1)/CMakeCache.txt $(1)/CMakeFiles; \
 		cmake -S $(2) -B $(1) $(CMAKE_COMMON) $(3) >$(1)/configure.log 2>&1 \
 			|| { cat $(1)/configure.log; exit 1; }; \
-		echo "$(2) $(CMAKE_COMMON) $(3)" > $(1)/.hobbit-config; \
+		echo "$(2) $(CMAKE_COMMON) $(3) $(CFLAGS)" > $(1)/.hobbit-config; \
 	fi
 	@echo "build: $(1) ($(2))"
 	@cmake --build $(1) -j $(JOBS) --target $(4) | grep -v '^\[' || true; \

@@ -36,6 +36,9 @@ if [ -n "${SKIP_BUILD:-}" ] && [ -x "$build/bin/hobbit-gpu" ]; then
     echo "== build: $build as it is (SKIP_BUILD)"
 else
 echo "== build ($build from $src)"
+# no AMX where -march=native has it: the pinned tree's AMX kernels crash when GCC builds them
+amx_off=$(scripts/amx-flags.sh)
+export CFLAGS="${CFLAGS:-} $amx_off" CXXFLAGS="${CXXFLAGS:-} $amx_off"
 cmake -S csrc -B "$build" $(command -v ninja >/dev/null && echo -G Ninja) -DCMAKE_BUILD_TYPE=Release \
     -DBUILD_SHARED_LIBS=ON -DLLAMA_BUILD_COMMON=ON -DLLAMA_BUILD_TESTS=ON -DLLAMA_BUILD_TOOLS=ON \
     -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=OFF -DLLAMA_BUILD_APP=OFF -DLLAMA_OPENSSL=OFF \
