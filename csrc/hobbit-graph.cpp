@@ -59,6 +59,7 @@ static llama_hobbit_routes routes_of(const ggml_tensor * dst) {
     routes.sel      = (const char *) sel->data;
     routes.sel_nb0  = sel->nb[0];
     routes.sel_nb1  = sel->nb[1];
+    routes.sel_f32  = sel->type == GGML_TYPE_F32;
     routes.w        = (const char *) w->data;
     routes.w_nb1    = w->nb[1];
     routes.w_nb2    = w->nb[2];
@@ -196,15 +197,52 @@ static void llama_hobbit_cpu_experts_op(ggml_tensor * dst, int ith, int nth, voi
     }
 }
 
-// after the CPU path's experts: wait for the copies, then hand the slots to the GPU paths
+// after the CPU path's experts: wait for the copies, then hand the slots to the GPU paths. Its
+// output goes to the GPU in one copy: F32 [the slot ids of the paths, n_used x n_tokens x paths |
+// the CPU's experts, n_embd x n_used x n_tokens]; the GPU turns the ids back into int32 (slot
+// numbers are far below 2^24, exact as floats).
 static void llama_hobbit_wait_op(ggml_tensor * dst, int ith, int nth, void * userdata) {
     (void) nth;
     if (ith != 0) {
         return;
     }
     const auto * op = (const llama_hobbit_op *) userdata;
-    op->hctx->cache->finish_wave(*op->hctx, op->il, op->wave, routes_of(dst), dst);
-    op->hctx->wave_served(op->il, op->wave);
+    llama_hobbit_context & hctx = *op->hctx;
+    const ggml_tensor * route_ids = dst->src[2];
+    const ggml_tensor * cpu       = dst->src[3];
+    const int64_t n_used = route_ids->ne[0], n_tokens = route_ids->ne[1], n_paths = route_ids->ne[2]/2;
+    const int64_t n_ids  = n_used*n_tokens*n_paths;
+    ggml_tensor slot_ids = {}; // the layout finish_wave writes: int32 [n_used, n_tokens, paths]
+    slot_ids.type  = GGML_TYPE_I32;
+    slot_ids.ne[0] = n_used;
+    slot_ids.ne[1] = n_tokens;
+    slot_ids.ne[2] = n_paths;
+    slot_ids.ne[3] = 1;
+    slot_ids.nb[0] = sizeof(int32_t);
+    slot_ids.nb[1] = n_used*sizeof(int32_t);
+    slot_ids.nb[2] = n_used*n_tokens*sizeof(int32_t);
+    slot_ids.nb[3] = n_ids*sizeof(int32_t);
+    int32_t ids_local[256]; // a decode's ids fit (CPU_PATH_MAX_TOKENS tokens)
+    std::vector<int32_t> ids_heap;
+    if (n_ids > (int64_t) (sizeof(ids_local)/sizeof(ids_local[0]))) {
+        try {
+            ids_heap.resize(n_ids);
+        } catch (const std::exception & e) {
+            hctx.fail(std::string("hobbit: serving a layer: ") + e.what());
+            std::fill((float *) dst->data, (float *) dst->data + ggml_nelements(dst), 0.0f);
+            std::fill((float *) dst->data, (float *) dst->data + n_ids, -1.0f);
+            return;
+        }
+    }
+    slot_ids.data = ids_heap.empty() ? ids_local : ids_heap.data();
+    hctx.cache->finish_wave(hctx, op->il, op->wave, routes_of(dst), &slot_ids);
+    hctx.wave_served(op->il, op->wave);
+    float * out = (float *) dst->data;
+    const int32_t * slots = (const int32_t *) slot_ids.data;
+    for (int64_t k = 0; k < n_ids; ++k) {
+        out[k] = (float) slots[k];
+    }
+    memcpy(out + n_ids, cpu->data, ggml_nbytes(cpu));
 }
 
 // the next MoE layers' router logits from this layer's router input (their routers applied to
@@ -242,21 +280,35 @@ static ggml_tensor * build_prefetch(llama_hobbit_context * hctx, ggml_context * 
     return pf;
 }
 
-// the float inputs of the CPU ops: the routing weights [1, n_used, n_tokens], the layer's input
-// [n_embd, 1, n_tokens] (for the CPU path) and the next layers' logits [n_expert, n_tokens]
-struct host_floats {
+// the inputs of the CPU ops: the selected experts [n_used, n_tokens], the routing weights
+// [1, n_used, n_tokens], the layer's input [n_embd, 1, n_tokens] (for the CPU path) and the next
+// layers' logits [n_expert, n_tokens]
+struct host_inputs {
+    ggml_tensor * selected;
     ggml_tensor * weights;
     ggml_tensor * cur;
     std::vector<ggml_tensor *> logits;
 };
 
-// On the GPU tier they are computed on the GPU and each would be copied to the host on its own,
-// with a wait for the GPU each time: there they go as one tensor, one copy per layer, and the
-// CPU ops read views of it.
-static host_floats bundle_for_host(ggml_context * ctx, const host_floats & in, bool with_cur) {
+// a CPU op that copies its source (the GPU's bundle, once it is on the host) into dst
+static void llama_hobbit_to_host_op(ggml_tensor * dst, int ith, int nth, void * userdata) {
+    (void) nth;
+    (void) userdata;
+    if (ith == 0) {
+        memcpy(dst->data, dst->src[0]->data, ggml_nbytes(dst));
+    }
+}
+
+// On the GPU tier they are computed on the GPU. The scheduler copies each GPU tensor (and each
+// view of one) that a CPU op reads on its own, with waits for the GPU around every copy: there
+// they are concatenated on the GPU (the selected experts as floats) into one tensor, which one
+// CPU op (llama_hobbit_to_host_op) takes, so that it reaches the host in one copy, and the other
+// CPU ops read views of that op's output, on the host.
+static host_inputs bundle_for_host(ggml_context * ctx, const host_inputs & in, bool with_cur) {
     const int64_t n_used = in.weights->ne[1], n_tokens = in.weights->ne[2];
     ggml_tensor * w = ggml_is_contiguous(in.weights) ? in.weights : ggml_cont(ctx, in.weights);
-    ggml_tensor * all = ggml_reshape_2d(ctx, w, n_used, n_tokens);
+    ggml_tensor * all = ggml_concat(ctx, ggml_cast(ctx, in.selected, GGML_TYPE_F32),
+                                    ggml_reshape_2d(ctx, w, n_used, n_tokens), 0);
     if (with_cur) {
         all = ggml_concat(ctx, all, ggml_reshape_2d(ctx, in.cur, in.cur->ne[0], n_tokens), 0);
     }
@@ -264,16 +316,21 @@ static host_floats bundle_for_host(ggml_context * ctx, const host_floats & in, b
         all = ggml_concat(ctx, all, l, 0);
     }
     ggml_format_name(all, "hobbit_host_floats");
-    host_floats out = in;
+    ggml_tensor * host = ggml_custom_4d(ctx, GGML_TYPE_F32, all->ne[0], n_tokens, 1, 1, &all, 1,
+                                        llama_hobbit_to_host_op, 1, nullptr);
+    ggml_format_name(host, "hobbit_to_host");
+    host_inputs out = in;
     size_t off = 0;
-    out.weights = ggml_view_3d(ctx, all, 1, n_used, n_tokens, sizeof(float), all->nb[1], 0);
+    out.selected = ggml_view_2d(ctx, host, n_used, n_tokens, host->nb[1], 0);
+    off += n_used;
+    out.weights = ggml_view_3d(ctx, host, 1, n_used, n_tokens, sizeof(float), host->nb[1], off*sizeof(float));
     off += n_used;
     if (with_cur) {
-        out.cur = ggml_view_3d(ctx, all, in.cur->ne[0], 1, n_tokens, all->nb[1], all->nb[1], off*sizeof(float));
+        out.cur = ggml_view_3d(ctx, host, in.cur->ne[0], 1, n_tokens, host->nb[1], host->nb[1], off*sizeof(float));
         off += in.cur->ne[0];
     }
     for (size_t i = 0; i < in.logits.size(); ++i) {
-        out.logits[i] = ggml_view_2d(ctx, all, in.logits[i]->ne[0], n_tokens, all->nb[1], off*sizeof(float));
+        out.logits[i] = ggml_view_2d(ctx, host, in.logits[i]->ne[0], n_tokens, host->nb[1], off*sizeof(float));
         off += in.logits[i]->ne[0];
     }
     return out;
@@ -336,7 +393,7 @@ ggml_tensor * llama_hobbit_build_moe_ffn(
     }
 
     const std::vector<int> targets = cache.next_moe_layers(il, LLAMA_HOBBIT_PREFETCH_MAX);
-    host_floats host = { weights, cur, next_logits(cache, ctx, targets, cur) };
+    host_inputs host = { selected, weights, cur, next_logits(cache, ctx, targets, cur) };
     if (cache.gpu) {
         host = bundle_for_host(ctx, host, cache.cpu_path(n_tokens, n_waves));
     }
@@ -348,7 +405,7 @@ ggml_tensor * llama_hobbit_build_moe_ffn(
 
         // after the prefetch op (first wave) or the previous wave's matmuls
         ggml_tensor * after   = wave == 0 ? prefetch : experts;
-        ggml_tensor * args[3] = { selected, host.weights, after };
+        ggml_tensor * args[3] = { host.selected, host.weights, after };
         ggml_tensor * ids = ggml_custom_4d(ctx, GGML_TYPE_I32, n_used, n_tokens, op->cpu_path ? 2*n_paths : n_paths, 1,
                 args, after ? 3 : 2, llama_hobbit_route_op, 1, op);
         ggml_format_name(ids, "hobbit_route-%d.%d", il, wave);
@@ -361,11 +418,21 @@ ggml_tensor * llama_hobbit_build_moe_ffn(
             ggml_tensor * cpu = ggml_custom_4d(ctx, GGML_TYPE_F32, n_embd, n_used, n_tokens, 1, cpu_args, 2,
                     llama_hobbit_cpu_experts_op, 1, op);
             ggml_format_name(cpu, "hobbit_cpu_experts-%d.%d", il, wave);
-            experts = experts ? ggml_add(ctx, experts, cpu) : cpu;
-            ggml_tensor * wait_args[4] = { selected, host.weights, ids, cpu };
-            ids = ggml_custom_4d(ctx, GGML_TYPE_I32, n_used, n_tokens, n_paths, 1, wait_args, 4,
-                    llama_hobbit_wait_op, 1, op);
-            ggml_format_name(ids, "hobbit_wait-%d.%d", il, wave);
+            // the wait op's output reaches the GPU in one copy (the cont, the first GPU op after
+            // the CPU ops); the GPU splits it into the slot ids and the CPU's experts
+            const int64_t n_ids = n_used*n_tokens*n_paths;
+            ggml_tensor * wait_args[4] = { host.selected, host.weights, ids, cpu };
+            ggml_tensor * handed = ggml_custom_4d(ctx, GGML_TYPE_F32, n_ids + n_embd*n_used*n_tokens, 1, 1, 1,
+                    wait_args, 4, llama_hobbit_wait_op, 1, op);
+            ggml_format_name(handed, "hobbit_wait-%d.%d", il, wave);
+            handed = ggml_cont(ctx, handed);
+            ids = ggml_cast(ctx, ggml_view_3d(ctx, handed, n_used, n_tokens, n_paths, n_used*sizeof(float),
+                                              n_used*n_tokens*sizeof(float), 0), GGML_TYPE_I32);
+            ggml_tensor * cpu_out = ggml_view_3d(ctx, handed, n_embd, n_used, n_tokens, n_embd*sizeof(float),
+                                                 n_embd*n_used*sizeof(float), n_ids*sizeof(float));
+            experts = experts ? ggml_add(ctx, experts, cpu_out) : cpu_out;
+        } else if (cache.gpu && n_paths > 1) {
+            ids = ggml_cont(ctx, ids); // on the GPU: the ids of both paths reach it in one copy
         }
 
         for (int lvl = 0; lvl < n_paths; ++lvl) {

@@ -25,14 +25,18 @@
 
 // the routes of one MoE layer evaluation, as the graph's tensors hold them
 struct llama_hobbit_routes {
-    const char * sel = nullptr; // int32 expert ids [n_used, n_tokens]
+    const char * sel = nullptr; // expert ids [n_used, n_tokens]: int32, or float on the GPU tier (sel_f32)
     size_t sel_nb0 = 0, sel_nb1 = 0;
+    bool sel_f32 = false;
     const char * w   = nullptr; // float gating weights [1, n_used, n_tokens]
     size_t w_nb1 = 0, w_nb2 = 0;
     int64_t n_used   = 0;
     int64_t n_tokens = 0;
 
-    int32_t expert(int64_t r, int64_t t) const { return *(const int32_t *) (sel + r*sel_nb0 + t*sel_nb1); }
+    int32_t expert(int64_t r, int64_t t) const {
+        const char * p = sel + r*sel_nb0 + t*sel_nb1;
+        return sel_f32 ? (int32_t) *(const float *) p : *(const int32_t *) p;
+    }
     float   weight(int64_t r, int64_t t) const { return *(const float *) (w + r*w_nb1 + t*w_nb2); }
     // the route's share of its token's total weight (1/n_used when the total is not positive)
     float   share(int64_t r, int64_t t) const;
