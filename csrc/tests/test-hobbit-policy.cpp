@@ -140,6 +140,28 @@ static void test_shares_are_independent_of_scaling() {
     CHECK(zero.view().share(0, 0) == 0.5f);
 }
 
+static void test_float_selected_experts_read_as_int32() {
+    // the GPU tier hands the selected experts to the host as floats, next to the weights in one
+    // row of a strided bundle (hobbit-graph.cpp): the same experts as the int32 tensor
+    const std::vector<int32_t> ids = { 7, 0, 3, 5, 1, 6 }; // 3 tokens x 2 routes
+    std::vector<float> bundle; // per token: 2 experts, 2 weights, 1 more float
+    for (size_t t = 0; t < 3; ++t) {
+        bundle.insert(bundle.end(), { float(ids[2*t]), float(ids[2*t + 1]), 0.6f, 0.4f, -9.0f });
+    }
+    llama_hobbit_routes r;
+    r.sel = (const char *) bundle.data(); r.sel_nb0 = sizeof(float); r.sel_nb1 = 5*sizeof(float);
+    r.sel_f32 = true;
+    r.w = (const char *) (bundle.data() + 2); r.w_nb1 = sizeof(float); r.w_nb2 = 5*sizeof(float);
+    r.n_used = 2;
+    r.n_tokens = 3;
+    for (int64_t t = 0; t < 3; ++t) {
+        for (int64_t k = 0; k < 2; ++k) {
+            CHECK_EQ(r.expert(k, t), ids[2*t + k]);
+        }
+        CHECK(r.share(0, t) > 0.5999f && r.share(0, t) < 0.6001f);
+    }
+}
+
 static void test_hits_then_misses_and_upgrade() {
     llama_hobbit_slots slots;
     slots.init(1, 8, true, 16, 2);
@@ -490,6 +512,7 @@ int main() {
     test_depth_trial_follows_measured_pass_times();
     test_auto_depth_follows_loads_against_compute();
     test_shares_are_independent_of_scaling();
+    test_float_selected_experts_read_as_int32();
     test_hits_then_misses_and_upgrade();
     test_skip_only_drops_misses();
     test_minimum_budget_keeps_hi_in_two_waves();
