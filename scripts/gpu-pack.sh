@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# Pack what a GPU machine with no package index needs to test and bench HOBBIT's CUDA tier from
+# a CUDA build made here (a machine with nvcc but maybe no GPU), for scripts/gpu-remote.sh:
+#
+#   .carry/bc-a.tar.xz   $BUILD/bin: hobbit-gpu, libllama, libggml*, test-backend-ops (build A)
+#   .carry/bc-b.tar.xz   with B=DIR: DIR/bin's libllama and hobbit-gpu (build B, over A's files)
+#   .carry/conv.tar.xz   the converter's files of vendor/llama.cpp and its GPT-2 vocabulary
+#   .whl/                wheels of the Python packages the converter needs besides torch
+#
+#   scripts/gpu-pack.sh [--build]    (env: BUILD=build-cuda, B, CUDA_ARCH=90, PY_VERSION=3.12)
+#
+# --build first configures and builds $BUILD as scripts/test-cuda.sh does, with
+# GGML_CUDA_NO_VMM=ON (no CUDA driver library to link without a GPU). Both folders are
+# ignored by git and travel with the working tree (keep it under the device's limit: the
+# tracked files and these come to about 60 MiB).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+build=${BUILD:-build-cuda}
+src=vendor/llama.cpp
+[ -f "$src/convert_hf_to_gguf.py" ] || { echo "gpu-pack: $src is missing; run make vendor" >&2; exit 1; }
+if [ "${1:-}" = "--build" ]; then
+    . <(sed -n 's/^\(LLAMA_CPP_PYTHON_VERSION\) *:\?= *\(.*\)$/\1=\2/p' vendor/pin.mk)
+    amx_off=$(scripts/amx-flags.sh)
+    CFLAGS="${CFLAGS:-} $amx_off" CXXFLAGS="${CXXFLAGS:-} $amx_off" cmake -S csrc -B "$build" \
+        $(command -v ninja >/dev/null && echo -G Ninja) -DCMAKE_BUILD_TYPE=Release -DBUILD_SHARED_LIBS=ON \
+        -DLLAMA_BUILD_COMMON=ON -DLLAMA_BUILD_TESTS=ON -DLLAMA_BUILD_TOOLS=ON -DLLAMA_BUILD_EXAMPLES=OFF \
+        -DLLAMA_BUILD_SERVER=OFF -DLLAMA_BUILD_APP=OFF -DLLAMA_OPENSSL=OFF -DLLAMA_BUILD_IS_DEV=OFF \
+        -DGGML_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES="${CUDA_ARCH:-90}" -DGGML_CUDA_FA=OFF -DGGML_CUDA_NO_VMM=ON \
+        -DGGML_CCACHE=ON -DHOBBIT_LLAMA_DIR="$PWD/$src" -DHOBBIT_SOURCE_ID="llama-cpp-python-$LLAMA_CPP_PYTHON_VERSION" \
+        >"$build.configure.log" 2>&1 || { tail -30 "$build.configure.log"; exit 1; }
+    cmake --build "$build" -j "${JOBS:-$(nproc)}" --target llama ggml test-backend-ops hobbit-gpu
+fi
+[ -x "$build/bin/hobbit-gpu" ] || { echo "gpu-pack: no $build/bin/hobbit-gpu; run with --build" >&2; exit 1; }
+mkdir -p .carry .whl
+(cd "$build" && tar -cJf ../.carry/bc-a.tar.xz bin/hobbit-gpu bin/libllama.so* bin/libllama-common.so* \
+    bin/libggml* bin/test-backend-ops)
+rm -f .carry/bc-b.tar.xz
+if [ -n "${B:-}" ]; then
+    (cd "$B" && tar -cJf "$OLDPWD/.carry/bc-b.tar.xz" bin/hobbit-gpu bin/libllama.so*)
+fi
+tar -C "$src" -cJf .carry/conv.tar.xz convert_hf_to_gguf.py conversion gguf-py models/ggml-vocab-gpt-2.gguf
+py=${PY_VERSION:-3.12}
+python3 -m pip download -q -d .whl --only-binary=:all: --python-version "$py" \
+    --platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64 typer rich pydantic tqdm pyyaml
+python3 -m pip wheel -q --no-deps "$src/gguf-py" -w .whl
+du -sh .carry .whl

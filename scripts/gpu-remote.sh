@@ -1,0 +1,94 @@
+#!/usr/bin/env bash
+# On a GPU machine with no package index, from the repository root, with what
+# scripts/gpu-pack.sh put in .carry/ and .whl/: install the wheels (python3 there has torch),
+# unpack build A (build-a/) and, if packed, build B (build-b/: A's files with B's libllama and
+# hobbit-gpu over them), make the fixture model and the widened benchmark model, then run
+# scripts/test-cuda.sh on one build and hobbit-gpu bench on each (BENCHMARKS.md).
+#
+#   bash scripts/gpu-remote.sh
+#
+# env: OUT (where logs and tables go; default /tmp/out), NO_TEST=1, NO_BENCH=1, TEST_BUILD (b if
+#      packed, else a), RUNS (3), ROWS and EXTRA (HOBBIT_BENCH_ROWS / HOBBIT_BENCH_EXTRA),
+#      ORDER ("a b": the benches, one build each, in this order; "a b a b" alternates),
+#      SCHED_DEBUG=1 (GGML_SCHED_DEBUG=2 on a check: each split's inputs), BW=1 (the host's
+#      memory bandwidth through torch), BENCH_TIMEOUT and TEST_TIMEOUT (s)
+set -uo pipefail
+cd "$(dirname "$0")/.."
+T0=$(date +%s)
+say() { echo "[$(( $(date +%s) - T0 ))s] $*"; }
+OUT=${OUT:-/tmp/out}
+mkdir -p "$OUT"
+python3 -m pip install -q --no-index --no-deps .whl/*.whl 2>&1 | grep -v -i "warning\|notice" | tail -3
+mkdir -p vendor/llama.cpp && tar -C vendor/llama.cpp -xJf .carry/conv.tar.xz
+# build B is build A with bc-b's files (libllama, hobbit-gpu) over it
+for b in a b; do
+    [ -f .carry/bc-$b.tar.xz ] || continue
+    mkdir -p build-$b && tar -C build-$b -xJf .carry/bc-a.tar.xz && tar -C build-$b -xJf .carry/bc-$b.tar.xz
+done
+say "unpacked: $(ls -d build-* | tr '\n' ' ')"
+model=out/bench-gpu/wide-q8_0-q4_k.gguf
+mkdir -p out/bench-gpu
+if [ -z "${NO_TEST:-}" ] && [ ! -f out/sanitize-mixtral-q8_0-q4_0.gguf ]; then
+    python3 -m hobbit_py.fixtures out/sanitize-mixtral-q8_0-q4_0.gguf --arch mixtral --expert-types q8_0,q4_0 >/dev/null \
+        || say "fixture failed"
+fi
+if { [ -z "${NO_BENCH:-}" ] || [ -n "${SCHED_DEBUG:-}" ]; } && [ ! -f "$model" ]; then
+    python3 -m training.widen models/hobbit-mixtral-tiny out/bench-gpu/wide-hf --expert-ffn 32768 >/dev/null 2>&1 \
+        || say "widen failed"
+    HOBBIT_LIB_DIR=$PWD/build-a/bin LD_LIBRARY_PATH=$PWD/build-a/bin:/usr/local/cuda/lib64 python3 -m convert convert out/bench-gpu/wide-hf \
+        --bits 8,q4_k -o "$model" 2>&1 | tail -2
+    ls -la "$model"
+    say "bench model made"
+fi
+if [ -n "${BW:-}" ]; then
+    python3 - <<'PY'
+import time, torch
+for n in (16, 8):
+    torch.set_num_threads(n)
+    x = torch.ones(2 << 30, dtype=torch.int8)
+    y = torch.empty_like(x)
+    best_r = best_c = 1e9
+    for _ in range(5):
+        t = time.perf_counter(); x.sum(dtype=torch.int32); best_r = min(best_r, time.perf_counter() - t)
+        t = time.perf_counter(); y.copy_(x); best_c = min(best_c, time.perf_counter() - t)
+    print(f"host memory, {n} threads: read {x.numel()/best_r/1e9:.1f} GB/s (sum), copy {2*x.numel()/best_c/1e9:.1f} GB/s (read+write)")
+PY
+    say "bandwidth probe done"
+fi
+tb=${TEST_BUILD:-$([ -d build-b ] && echo b || echo a)}
+if [ -z "${NO_TEST:-}" ]; then
+    say "test-cuda on build-$tb"
+    LD_LIBRARY_PATH=$PWD/build-$tb/bin:/usr/local/cuda/lib64 SKIP_BUILD=1 BUILD=build-$tb timeout "${TEST_TIMEOUT:-300}" scripts/test-cuda.sh \
+        > "$OUT/test-cuda-$tb.txt" 2>&1
+    echo "test-cuda rc=$?"
+    grep -E "^(FAIL|ok|==|[0-9]+/[0-9]+ tests)|passed|failures" "$OUT/test-cuda-$tb.txt" | cut -c1-200 | tail -40
+    say "test-cuda done"
+fi
+if [ -n "${SCHED_DEBUG:-}" ]; then
+    for b in a b; do
+        [ -d build-$b ] || continue
+        GGML_SCHED_DEBUG=2 HOBBIT_GPU_VERBOSE=1 LD_LIBRARY_PATH=$PWD/build-$b/bin:/usr/local/cuda/lib64 timeout 120 build-$b/bin/hobbit-gpu check \
+            "$model" 99 25% 1 > "$OUT/sched-$b.out" 2> "$OUT/sched-$b.log"
+        echo "sched debug $b: rc=$? splits per graph (first 6 graphs):"
+        awk '/## SPLIT #0:/{if(n)print n; n=0} /## SPLIT/{n++} END{print n}' "$OUT/sched-$b.log" | head -6 | tr '\n' ' '; echo
+        grep "## SPLIT" "$OUT/sched-$b.log" | sed -n '1,200p' | tail -30 | cut -c1-220
+        xz -9 "$OUT/sched-$b.log"
+    done
+fi
+if [ -z "${NO_BENCH:-}" ]; then
+    k=0
+    for b in ${ORDER:-a b}; do
+        [ -d build-$b ] || continue
+        k=$((k + 1))
+        say "bench $k: build-$b"
+        envs=(HOBBIT_BENCH_INTERLEAVE=1 LD_LIBRARY_PATH=$PWD/build-$b/bin:/usr/local/cuda/lib64)
+        [ -n "${ROWS:-}" ] && envs+=("HOBBIT_BENCH_ROWS=$ROWS")
+        [ -n "${EXTRA:-}" ] && envs+=("HOBBIT_BENCH_EXTRA=$EXTRA")
+        env "${envs[@]}" timeout "${BENCH_TIMEOUT:-400}" build-$b/bin/hobbit-gpu bench \
+            "$model" "$model" 0.25 128 "${RUNS:-3}" 16 > "$OUT/bench-$k-$b.md" 2> "$OUT/bench-$k-$b.log"
+        echo "bench $k $b rc=$?"
+        grep -E "^\|" "$OUT/bench-$k-$b.md" | cut -d'|' -f2-4,7-9,11-16
+        tail -2 "$OUT/bench-$k-$b.log"
+    done
+    fi
+say "done"
