@@ -11,11 +11,12 @@
 //
 //     selected, weights ──► hobbit_route (submits the copies, does not wait) ──► ids [.., hi|lo|cpu hi|cpu lo]
 //     ids, cur ──► hobbit_cpu_experts (CPU threads, from the host tier; hobbit-cpu-expert.h, hobbit-workers.h) ──► cpu out
-//     selected, weights, ids, cpu out ──► hobbit_wait (waits for the copies) ──► ids [.., hi|lo] ──► GPU paths
+//     selected, weights, ids, cpu out ──► hobbit_wait (waits for the copies) ──► ids [.., hi|lo] + cpu out ──► GPU paths
 //
 // so the CPU computes the misses the planner gave it while the others are copied into VRAM. On
-// the GPU tier the CPU ops' float inputs (weights, the layer's input, the next layers' logits)
-// are concatenated on the GPU and reach the host in one copy (bundle_for_host).
+// the GPU tier the CPU ops' inputs (the selected experts, the weights, the layer's input, the
+// next layers' logits) are concatenated on the GPU and reach the host in one copy
+// (bundle_for_host), and the wait op's slot ids and CPU experts reach the GPU in one.
 
 // mul_mat_id skips negative ids and leaves their rows zero, so a route costs nothing in a path
 // that does not serve it, and a skipped route costs nothing at all. A wave's route op depends
