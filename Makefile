@@ -51,8 +51,9 @@ PATCHES_OUT ?= $(CURDIR)/patches
 # builds them (scripts/amx-flags.sh); CMake takes CFLAGS/CXXFLAGS when it configures a build
 AMX_OFF := $(shell scripts/amx-flags.sh)
 ifneq ($(AMX_OFF),)
-export CFLAGS   := $(strip $(CFLAGS) $(AMX_OFF))
-export CXXFLAGS := $(strip $(CXXFLAGS) $(AMX_OFF))
+override CFLAGS   := $(strip $(CFLAGS) $(AMX_OFF))
+override CXXFLAGS := $(strip $(CXXFLAGS) $(AMX_OFF))
+export CFLAGS CXXFLAGS
 endif
 
 .PHONY: all vendor vendor-reset build build-stock build-asan build-tsan venv patches run test sanitize test-cuda bench-gpu clean distclean
