@@ -198,6 +198,10 @@ static void llama_hobbit_cpu_experts_op(ggml_tensor * dst, int ith, int nth, voi
     }
 }
 
+// the most slot ids a wait op hands to the GPU (a decode of CPU_PATH_MAX_TOKENS tokens with up to
+// 32 routes a token on two paths); a graph whose ids would not fit has no CPU path
+static constexpr int64_t WAIT_IDS_MAX = 256;
+
 // after the CPU path's experts: wait for the copies, then hand the slots to the GPU paths. Its
 // output goes to the GPU in one copy: F32 [the slot ids of the paths, n_used x n_tokens x paths |
 // the CPU's experts, n_embd x n_used x n_tokens]; the GPU turns the ids back into int32 (slot
@@ -223,25 +227,14 @@ static void llama_hobbit_wait_op(ggml_tensor * dst, int ith, int nth, void * use
     slot_ids.nb[1] = n_used*sizeof(int32_t);
     slot_ids.nb[2] = n_used*n_tokens*sizeof(int32_t);
     slot_ids.nb[3] = n_ids*sizeof(int32_t);
-    int32_t ids_local[256]; // a decode's ids fit (CPU_PATH_MAX_TOKENS tokens)
-    std::vector<int32_t> ids_heap;
-    if (n_ids > (int64_t) (sizeof(ids_local)/sizeof(ids_local[0]))) {
-        try {
-            ids_heap.resize(n_ids);
-        } catch (const std::exception & e) {
-            hctx.fail(std::string("hobbit: serving a layer: ") + e.what());
-            std::fill((float *) dst->data, (float *) dst->data + ggml_nelements(dst), 0.0f);
-            std::fill((float *) dst->data, (float *) dst->data + n_ids, -1.0f);
-            return;
-        }
-    }
-    slot_ids.data = ids_heap.empty() ? ids_local : ids_heap.data();
+    int32_t ids[WAIT_IDS_MAX];
+    GGML_ASSERT(n_ids <= WAIT_IDS_MAX); // the graph has a CPU path only where they fit
+    slot_ids.data = ids;
     hctx.cache->finish_wave(hctx, op->il, op->wave, routes_of(dst), &slot_ids);
     hctx.wave_served(op->il, op->wave);
     float * out = (float *) dst->data;
-    const int32_t * slots = (const int32_t *) slot_ids.data;
     for (int64_t k = 0; k < n_ids; ++k) {
-        out[k] = (float) slots[k];
+        out[k] = (float) ids[k];
     }
     memcpy(out + n_ids, cpu->data, ggml_nbytes(cpu));
 }
@@ -395,14 +388,15 @@ ggml_tensor * llama_hobbit_build_moe_ffn(
 
     const std::vector<int> targets = cache.next_moe_layers(il, LLAMA_HOBBIT_PREFETCH_MAX);
     host_inputs host = { selected, weights, cur, next_logits(cache, ctx, targets, cur) };
+    const bool cpu_path = cache.cpu_path(n_tokens, n_waves) && n_used*n_tokens*n_paths <= WAIT_IDS_MAX;
     if (cache.gpu) {
-        host = bundle_for_host(ctx, host, cache.cpu_path(n_tokens, n_waves));
+        host = bundle_for_host(ctx, host, cpu_path);
     }
     ggml_tensor * prefetch = build_prefetch(hctx, ctx, il, gating, targets, host.logits);
     ggml_tensor * experts  = nullptr;
     for (int wave = 0; wave < n_waves; ++wave) {
         llama_hobbit_op * op = hctx->op(il, wave, n_waves);
-        op->cpu_path = cache.cpu_path(n_tokens, n_waves);
+        op->cpu_path = cpu_path;
 
         // after the prefetch op (first wave) or the previous wave's matmuls
         ggml_tensor * after   = wave == 0 ? prefetch : experts;
