@@ -9,7 +9,7 @@
 #
 #   scripts/gpu-pack.sh [--build]    (env: BUILD=build-cuda, B, CUDA_ARCH=90, PY_VERSION=3.12)
 #
-# --build first configures and builds $BUILD as scripts/test-cuda.sh does, with
+# --build first builds $BUILD with scripts/test-cuda.sh (BUILD_ONLY=1), with
 # GGML_CUDA_NO_VMM=ON (no CUDA driver library to link without a GPU). Both folders are
 # ignored by git and travel with the working tree (keep it under the device's limit: the
 # tracked files and these come to about 60 MiB).
@@ -19,16 +19,8 @@ build=${BUILD:-build-cuda}
 src=vendor/llama.cpp
 [ -f "$src/convert_hf_to_gguf.py" ] || { echo "gpu-pack: $src is missing; run make vendor" >&2; exit 1; }
 if [ "${1:-}" = "--build" ]; then
-    . <(sed -n 's/^\(LLAMA_CPP_PYTHON_VERSION\) *:\?= *\(.*\)$/\1=\2/p' vendor/pin.mk)
-    amx_off=$(scripts/amx-flags.sh)
-    CFLAGS="${CFLAGS:-} $amx_off" CXXFLAGS="${CXXFLAGS:-} $amx_off" cmake -S csrc -B "$build" \
-        $(command -v ninja >/dev/null && echo -G Ninja) -DCMAKE_BUILD_TYPE=Release -DBUILD_SHARED_LIBS=ON \
-        -DLLAMA_BUILD_COMMON=ON -DLLAMA_BUILD_TESTS=ON -DLLAMA_BUILD_TOOLS=ON -DLLAMA_BUILD_EXAMPLES=OFF \
-        -DLLAMA_BUILD_SERVER=OFF -DLLAMA_BUILD_APP=OFF -DLLAMA_OPENSSL=OFF -DLLAMA_BUILD_IS_DEV=OFF \
-        -DGGML_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES="${CUDA_ARCH:-90}" -DGGML_CUDA_FA=OFF -DGGML_CUDA_NO_VMM=ON \
-        -DGGML_CCACHE=ON -DHOBBIT_LLAMA_DIR="$PWD/$src" -DHOBBIT_SOURCE_ID="llama-cpp-python-$LLAMA_CPP_PYTHON_VERSION" \
-        >"$build.configure.log" 2>&1 || { tail -30 "$build.configure.log"; exit 1; }
-    cmake --build "$build" -j "${JOBS:-$(nproc)}" --target llama ggml test-backend-ops hobbit-gpu
+    BUILD_ONLY=1 BUILD="$build" CMAKE_ARGS="-DGGML_CUDA_NO_VMM=ON -DGGML_CCACHE=ON ${CMAKE_ARGS:-}" \
+        scripts/test-cuda.sh
 fi
 [ -x "$build/bin/hobbit-gpu" ] || { echo "gpu-pack: no $build/bin/hobbit-gpu; run with --build" >&2; exit 1; }
 mkdir -p .carry .whl

@@ -15,7 +15,9 @@
 #      path (forced: hobbit.unified=1) matches the non-HOBBIT run at a full budget.
 #
 #   scripts/test-cuda.sh            (env: HOBBIT_LLAMA_DIR, BUILD, MODEL, CUDA_ARCH, JOBS; SKIP_BUILD=1
-#                                    uses $BUILD as it is, e.g. a build made elsewhere and carried)
+#                                    uses $BUILD as it is, e.g. a build made elsewhere and carried;
+#                                    BUILD_ONLY=1 stops after step 1, no GPU needed; CMAKE_ARGS adds
+#                                    cmake options, e.g. -DGGML_CUDA_NO_VMM=ON without a GPU)
 #
 # HOBBIT_LLAMA_DIR may be a pruned copy of vendor/llama.cpp (scripts/prune-cuda-src.sh), to
 # carry it to a GPU machine; MODEL is a small multi-precision GGUF (default: the sanitizer's
@@ -29,8 +31,10 @@ model=${MODEL:-out/sanitize-mixtral-q8_0-q4_0.gguf}
 failures=0
 fail() { echo "FAIL: $*"; failures=$((failures + 1)); }
 
-[ -f "$model" ] || { echo "test-cuda: no model at $model (make sanitize makes it)" >&2; exit 2; }
-nvidia-smi -L || { echo "test-cuda: no NVIDIA GPU here" >&2; exit 2; }
+if [ -z "${BUILD_ONLY:-}" ]; then
+    [ -f "$model" ] || { echo "test-cuda: no model at $model (make sanitize makes it)" >&2; exit 2; }
+    nvidia-smi -L || { echo "test-cuda: no NVIDIA GPU here" >&2; exit 2; }
+fi
 
 if [ -n "${SKIP_BUILD:-}" ] && [ -x "$build/bin/hobbit-gpu" ]; then
     echo "== build: $build as it is (SKIP_BUILD)"
@@ -44,11 +48,12 @@ cmake -S csrc -B "$build" $(command -v ninja >/dev/null && echo -G Ninja) -DCMAK
     -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=OFF -DLLAMA_BUILD_APP=OFF -DLLAMA_OPENSSL=OFF \
     -DLLAMA_BUILD_IS_DEV=OFF -DGGML_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES="${CUDA_ARCH:-90}" -DGGML_CUDA_FA=OFF \
     -DHOBBIT_LLAMA_DIR="$src" -DHOBBIT_SOURCE_ID="llama-cpp-python-${LLAMA_CPP_PYTHON_VERSION:-unknown}" \
-    >"$build.configure.log" 2>&1 || { tail -30 "$build.configure.log"; exit 1; }
+    ${CMAKE_ARGS:-} >"$build.configure.log" 2>&1 || { tail -30 "$build.configure.log"; exit 1; }
 cmake --build "$build" -j "${JOBS:-$(nproc)}" --target llama ggml llama-completion test-backend-ops hobbit-gpu \
     >"$build.build.log" 2>&1 || { grep -B2 -A12 -m3 "error" "$build.build.log"; exit 1; }
 echo "ok"
 fi
+[ -z "${BUILD_ONLY:-}" ] || exit 0
 
 for op in MUL_MAT_ID MUL_MAT_ID_SKIP; do
     echo "== test-backend-ops -o $op -b CUDA0"
