@@ -21,10 +21,10 @@ mkdir -p "$OUT"
 python3 -m pip install -q --no-index --no-deps .whl/*.whl 2>&1 | grep -v -i "warning\|notice" | tail -3
 mkdir -p vendor/llama.cpp && tar -C vendor/llama.cpp -xJf .carry/conv.tar.xz
 # build B is build A with bc-b's files (libllama, hobbit-gpu) over it
-for b in a b; do
-    [ -f .carry/bc-$b.tar.xz ] || continue
-    mkdir -p build-$b && tar -C build-$b -xJf .carry/bc-a.tar.xz && tar -C build-$b -xJf .carry/bc-$b.tar.xz
-done
+mkdir -p build-a && tar -C build-a -xJf .carry/bc-a.tar.xz
+if [ -f .carry/bc-b.tar.xz ]; then
+    rm -rf build-b && cp -a build-a build-b && tar -C build-b -xJf .carry/bc-b.tar.xz
+fi
 say "unpacked: $(ls -d build-* | tr '\n' ' ')"
 model=out/bench-gpu/wide-q8_0-q4_k.gguf
 mkdir -p out/bench-gpu
@@ -42,16 +42,17 @@ if { [ -z "${NO_BENCH:-}" ] || [ -n "${SCHED_DEBUG:-}" ]; } && [ ! -f "$model" ]
 fi
 if [ -n "${BW:-}" ]; then
     python3 - <<'PY'
-import time, torch
+import statistics, time, torch
+x = torch.ones(2 << 30, dtype=torch.int8)
+y = torch.empty_like(x)
 for n in (16, 8):
     torch.set_num_threads(n)
-    x = torch.ones(2 << 30, dtype=torch.int8)
-    y = torch.empty_like(x)
-    best_r = best_c = 1e9
-    for _ in range(5):
-        t = time.perf_counter(); x.sum(dtype=torch.int32); best_r = min(best_r, time.perf_counter() - t)
-        t = time.perf_counter(); y.copy_(x); best_c = min(best_c, time.perf_counter() - t)
-    print(f"host memory, {n} threads: read {x.numel()/best_r/1e9:.1f} GB/s (sum), copy {2*x.numel()/best_c/1e9:.1f} GB/s (read+write)")
+    y.copy_(x)  # warm-up: the pages are touched
+    rates = []
+    for _ in range(7):
+        t = time.perf_counter(); y.copy_(x); rates.append(2*x.numel()/(time.perf_counter() - t)/1e9)
+    print(f"host memory, {n} threads: y.copy_(x) of 2 GiB int8, reads+writes: median {statistics.median(rates):.1f} "
+          f"GB/s of 7 (min {min(rates):.1f}, max {max(rates):.1f})")
 PY
     say "bandwidth probe done"
 fi
