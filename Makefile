@@ -68,11 +68,11 @@ vendor-reset:
 
 # $(1): build dir, $(2): source tree, $(3): extra cmake args, $(4): targets
 define cmake_build
-	@if [ ! -f $(1)/CMakeCache.txt ] || [ "$$(cat $(1)/.hobbit-config 2>/dev/null)" != "$(2) $(CMAKE_COMMON) $(3) $(CFLAGS)" ]; then \
+	@if [ ! -f $(1)/CMakeCache.txt ] || [ "$$(cat $(1)/.hobbit-config 2>/dev/null)" != "$(2) $(CMAKE_COMMON) $(3) $(CFLAGS) $(CXXFLAGS)" ]; then \
 		mkdir -p $(1); rm -rf $(1)/CMakeCache.txt $(1)/CMakeFiles; \
 		cmake -S $(2) -B $(1) $(CMAKE_COMMON) $(3) >$(1)/configure.log 2>&1 \
 			|| { cat $(1)/configure.log; exit 1; }; \
-		echo "$(2) $(CMAKE_COMMON) $(3) $(CFLAGS)" > $(1)/.hobbit-config; \
+		echo "$(2) $(CMAKE_COMMON) $(3) $(CFLAGS) $(CXXFLAGS)" > $(1)/.hobbit-config; \
 	fi
 	@echo "build: $(1) ($(2))"
 	@cmake --build $(1) -j $(JOBS) --target $(4) | grep -v '^\[' || true; \
