@@ -293,6 +293,99 @@ bool llama_hobbit_cache::host_copy(int il, int e, int lvl, int slot, llama_hobbi
     return true;
 }
 
+bool llama_hobbit_cache::host_copy_rows(int il, int e, int lvl, int slot, int64_t row0, int64_t row1,
+                                        llama_hobbit_copy & c) const {
+    if (!host_copy(il, e, lvl, slot, c)) {
+        return false;
+    }
+    c.bytes = 0;
+    for (int p = 0; p < LLAMA_HOBBIT_N_PROJ; ++p) {
+        const ggml_tensor * t = pool[lvl][p];
+        if (p == LLAMA_HOBBIT_DOWN) {
+            // [n_ff, n_embd]: those columns of every row
+            const size_t col = ggml_row_size(t->type, row0);
+            c.off[p]  += col;
+            c.src[p]  += col;
+            c.n[p]     = ggml_row_size(t->type, row1 - row0);
+            c.rows[p]  = (size_t) t->ne[1];
+            c.pitch[p] = t->nb[1];
+        } else {
+            // [n_embd, n_ff]: those rows
+            c.off[p] += size_t(row0)*t->nb[1];
+            c.src[p] += size_t(row0)*t->nb[1];
+            c.n[p]    = size_t(row1 - row0)*t->nb[1];
+        }
+        c.bytes += c.n[p]*c.rows[p];
+    }
+    return true;
+}
+
+int64_t llama_hobbit_cache::split_row(int il, int lvl) const {
+    if (lvl >= LLAMA_HOBBIT_N_LVL || (lvl == LLAMA_HOBBIT_LO && !has_lo)) {
+        return 0;
+    }
+    const llama_hobbit_cpu_weights w = cpu_weights(il, lvl);
+    const int n_slices = llama_hobbit_cpu_expert_slices(w);
+    const int head     = llama_hobbit_cpu_split_slices(n_slices);
+    return head > 0 && head < n_slices ? llama_hobbit_cpu_slice_row(w, head, n_slices) : 0;
+}
+
+bool llama_hobbit_cache::submit_split_part(const llama_hobbit_load_ptr & job) {
+    llama_hobbit_copy c;
+    const int slot = slots.entry(job->idx).slot;
+    if (!copier_takes(job) || job->split_row <= 0 ||
+            !host_copy_rows(job->il, job->expert, job->lvl, slot, job->split_row, pool[job->lvl][LLAMA_HOBBIT_GATE]->ne[1], c)) {
+        return false;
+    }
+    job->submitted_at = std::chrono::steady_clock::now();
+    job->part_event   = copier.submit(c);
+    job->head_bytes   = job->bytes - c.bytes;
+    if (!job->part_event) {
+        return false;
+    }
+    loader.demand_started(); // finished when the whole expert has landed (complete_copy)
+    return true;
+}
+
+void llama_hobbit_cache::submit_split_head(const llama_hobbit_load_ptr & job) {
+    llama_hobbit_copy c;
+    const int slot = slots.entry(job->idx).slot;
+    if (host_copy_rows(job->il, job->expert, job->lvl, slot, 0, job->split_row, c)) {
+        job->copy_event = copier.submit(c);
+    }
+    job->direct   = job->copy_event != nullptr;
+    job->copy_seq = job->direct ? ++copy_seq : 0;
+    if (!job->direct) {
+        // no event for it: an I/O thread copies the whole expert (the part already there gets
+        // the same bytes again, so what the GPU reads of it does not change)
+        loader.demand_finished();
+        loader.submit(job);
+    }
+}
+
+void llama_hobbit_cache::wait_split_parts(std::unique_lock<std::mutex> & lk, std::vector<llama_hobbit_load_ptr> & loads,
+                                          llama_hobbit_split_wait & w) {
+    for (size_t i = 0; i < loads.size();) {
+        const llama_hobbit_load_ptr job = loads[i];
+        if (!job->part_event) {
+            ++i;
+            continue;
+        }
+        ggml_backend_event_t ev = job->part_event;
+        job->part_event = nullptr;
+        lk.unlock();
+        const double blocked = copier.wait(ev);
+        lk.lock();
+        w.bytes  += job->bytes - job->head_bytes;
+        w.done_at = std::max(w.done_at, std::chrono::steady_clock::now());
+        w.timed   = w.timed && blocked > 0.02; // it was still running: it ended now
+        loads.erase(loads.begin() + i);
+        if (job->copy_event) {
+            copier_prefetches.push_back(job); // lands with the prefetches: nobody waits for it now
+        }
+    }
+}
+
 bool llama_hobbit_cache::submit_copy(const llama_hobbit_load_ptr & job) {
     llama_hobbit_copy c;
     if (!copier_takes(job) || !host_copy(job->il, job->expert, job->lvl, slots.entry(job->idx).slot, c)) {
@@ -309,10 +402,15 @@ bool llama_hobbit_cache::submit_copy(const llama_hobbit_load_ptr & job) {
 }
 
 void llama_hobbit_cache::complete_copy(std::unique_lock<std::mutex> & lk, const llama_hobbit_load_ptr & job) {
-    ggml_backend_event_t ev = job->copy_event;
+    ggml_backend_event_t ev   = job->copy_event;
+    ggml_backend_event_t part = job->part_event; // a split miss's first part, if its wave did not wait for it
     job->copy_event = nullptr; // this context waits for it; no one else does
+    job->part_event = nullptr;
     lk.unlock();
     const double blocked = copier.wait(ev);
+    if (part) {
+        copier.wait(part); // queued before ev: done, back to the pool
+    }
     const auto   now     = std::chrono::steady_clock::now();
     lk.lock();
     job->read_ms = std::chrono::duration<double, std::milli>(now - job->submitted_at).count();
@@ -357,7 +455,7 @@ void llama_hobbit_cache::complete_prefetch_copies(std::unique_lock<std::mutex> &
 size_t llama_hobbit_cache::prefetch_copy_backlog() const {
     size_t n = 0;
     for (const auto & job : copier_prefetches) {
-        n += job->copy_event && job->copy_seq > copy_seq_done ? job->bytes : 0;
+        n += job->copy_event && job->copy_seq > copy_seq_done ? (job->head_bytes ? job->head_bytes : job->bytes) : 0;
     }
     return n;
 }
@@ -480,8 +578,9 @@ void llama_hobbit_cache::expire_prefetches(int il) {
 
 bool llama_hobbit_cache::take_back_prefetch(std::unique_lock<std::mutex> & lk, int idx) {
     auto it = in_flight.find(idx);
-    if (it != in_flight.end() && it->second->prefetch() && it->second->copy_event) {
-        const llama_hobbit_load_ptr job = it->second; // queued on the copier: its room is free once it lands
+    if (it != in_flight.end() && it->second->copy_event && (it->second->prefetch() || it->second->split_row > 0)) {
+        // a prefetch or a split miss's first rows queued on the copier: its room is free once it lands
+        const llama_hobbit_load_ptr job = it->second;
         complete_copy(lk, job);
         return true;
     }
@@ -538,9 +637,9 @@ void llama_hobbit_cache::guarded(llama_hobbit_context & hctx, int il, ggml_tenso
 }
 
 void llama_hobbit_cache::serve_wave(llama_hobbit_context & hctx, int il, int wave, int n_waves,
-                                    const llama_hobbit_routes & routes, ggml_tensor * ids, bool cpu) {
+                                    const llama_hobbit_routes & routes, ggml_tensor * ids, bool cpu, bool split) {
     guarded(hctx, il, ids, [&](std::unique_lock<std::mutex> & lk, std::chrono::steady_clock::time_point) {
-        serve_wave_locked(lk, hctx, il, wave, n_waves, routes, ids, cpu);
+        serve_wave_locked(lk, hctx, il, wave, n_waves, routes, ids, cpu, split);
     });
 }
 
@@ -567,7 +666,7 @@ void llama_hobbit_cache::finish_wave(llama_hobbit_context & hctx, int il, int wa
     });
 }
 
-void llama_hobbit_cache::plan_cpu(llama_hobbit_context & hctx, const llama_hobbit_policy & pol) {
+void llama_hobbit_cache::plan_cpu(llama_hobbit_context & hctx, const llama_hobbit_policy & pol, bool split) {
     // the misses of the layer, most important first, at the level the policy wants for each
     llama_hobbit_job & job = hctx.job;
     hctx.cpu_probe = false;
@@ -577,21 +676,34 @@ void llama_hobbit_cache::plan_cpu(llama_hobbit_context & hctx, const llama_hobbi
             continue; // a hit (or on its way): served from its slot
         }
         const int lvl = llama_hobbit_miss_level(pol, slots.has_lo, job.need[e]);
-        misses.push_back({ e, lvl, store.entry_bytes(lvl) });
+        const int64_t row = split ? split_row(job.il, lvl) : 0;
+        const double share = row > 0 ? double(row)/double(pool[lvl][LLAMA_HOBBIT_GATE]->ne[1]) : 0.0;
+        misses.push_back({ e, lvl, store.entry_bytes(lvl), share });
     }
     if (misses.empty()) {
         return;
     }
-    std::vector<bool> to_cpu = pol.cpu_compute == 2 ? std::vector<bool>(misses.size(), true)
-                             : llama_hobbit_plan_cpu(cost, misses, loader.bytes_ahead_of_demand() + prefetch_copy_backlog());
-    hctx.cpu_probe = pol.cpu_compute != 2 && cost.probed;
+    // cpu_compute 2: every miss on the CPU; 3: every miss split where it can be (diagnostics)
+    std::vector<uint8_t> place;
+    if (pol.cpu_compute == 2 || pol.cpu_compute == 3) {
+        for (const auto & m : misses) {
+            place.push_back(pol.cpu_compute == 3 && m.split > 0.0 ? LLAMA_HOBBIT_PLACE_SPLIT : LLAMA_HOBBIT_PLACE_CPU);
+        }
+    } else {
+        place = llama_hobbit_plan_cpu(cost, misses, loader.bytes_ahead_of_demand() + prefetch_copy_backlog());
+    }
+    hctx.cpu_probe = pol.cpu_compute == 1 && cost.probed;
     for (size_t i = 0; i < misses.size(); ++i) {
         // a type or shape the CPU path's kernel cannot slice is always copied
-        to_cpu[i] = to_cpu[i] && llama_hobbit_cpu_expert_slices(cpu_weights(job.il, misses[i].lvl)) > 0;
+        if (place[i] != LLAMA_HOBBIT_PLACE_COPY && llama_hobbit_cpu_expert_slices(cpu_weights(job.il, misses[i].lvl)) == 0) {
+            place[i] = LLAMA_HOBBIT_PLACE_COPY;
+        }
     }
     std::vector<int> rest;
     for (size_t i = 0; i < misses.size(); ++i) {
-        if (to_cpu[i]) {
+        if (place[i] == LLAMA_HOBBIT_PLACE_SPLIT) {
+            job.cpu[misses[i].expert] = 2; // loaded as any miss, its CPU rows accounted once its level is known
+        } else if (place[i] == LLAMA_HOBBIT_PLACE_CPU) {
             const llama_hobbit_miss & m = misses[i];
             job.level[m.expert] = (int8_t) m.lvl;
             job.wave[m.expert]  = 0;
@@ -601,7 +713,7 @@ void llama_hobbit_cache::plan_cpu(llama_hobbit_context & hctx, const llama_hobbi
         }
     }
     for (int e : job.pending) {
-        if (!job.cpu[e]) {
+        if (job.cpu[e] != 1) {
             rest.push_back(e);
         }
     }
@@ -610,7 +722,7 @@ void llama_hobbit_cache::plan_cpu(llama_hobbit_context & hctx, const llama_hobbi
 
 void llama_hobbit_cache::serve_wave_locked(std::unique_lock<std::mutex> & lk, llama_hobbit_context & hctx, int il,
                                            int wave, int n_waves, const llama_hobbit_routes & routes, ggml_tensor * ids,
-                                           bool cpu) {
+                                           bool cpu, bool split) {
     // the slots of the previous wave or layer are no longer read: the graph has moved on (and
     // copies a graph that stopped early left are waited for)
     drain_copies(lk, hctx.loads);
@@ -638,7 +750,7 @@ void llama_hobbit_cache::serve_wave_locked(std::unique_lock<std::mutex> & lk, ll
     }
     hctx.cpu_bytes[0] = hctx.cpu_bytes[1] = 0;
     if (cpu && pol.cpu_compute && wave == 0 && n_waves == 1) {
-        plan_cpu(hctx, pol);
+        plan_cpu(hctx, pol, split);
     }
     stats.n_waves++;
     const llama_hobbit_clock now = clock_at(il);
@@ -675,14 +787,26 @@ void llama_hobbit_cache::serve_wave_locked(std::unique_lock<std::mutex> & lk, ll
     hctx.loads.clear();
     hctx.waits.clear();
     hctx.submitted_at = std::chrono::steady_clock::now();
+    std::vector<llama_hobbit_load_ptr> split_heads;
     for (const auto & d : hctx.decisions) {
         hctx.pins.push_back(d.idx);
         if (d.action == LLAMA_HOBBIT_LOAD) {
             stats.cache_bytes += store.entry_bytes(d.lvl);
             stats.cache_peak_bytes = std::max(stats.cache_peak_bytes, stats.cache_bytes);
             hctx.loads.push_back(make_load(d.idx, 0));
-            if (!submit_copy(hctx.loads.back())) {
-                loader.submit(hctx.loads.back());
+            const llama_hobbit_load_ptr load = hctx.loads.back();
+            if (cpu && job.cpu[d.expert] == 2) {
+                // a split miss: its GPU rows first, its CPU rows after the other copies
+                load->split_row = split_row(il, d.lvl);
+                if (submit_split_part(load)) {
+                    split_heads.push_back(load);
+                    continue;
+                }
+                load->split_row = 0;
+                job.cpu[d.expert] = 0; // the copier cannot take it: loaded whole, computed by the GPU
+            }
+            if (!submit_copy(load)) {
+                loader.submit(load);
             }
         } else if (d.action == LLAMA_HOBBIT_WAIT) {
             auto it = in_flight.find(d.idx);
@@ -693,16 +817,28 @@ void llama_hobbit_cache::serve_wave_locked(std::unique_lock<std::mutex> & lk, ll
         }
     }
     submit_prefetch_copies();
+    for (const auto & load : split_heads) {
+        submit_split_head(load); // needed by no layer of this pass: behind the prefetches
+    }
 
     if (cpu) {
-        // the CPU path's expert ids (planes paths + lvl), and its routes in the books; the slots
-        // follow in finish_wave, once the CPU's experts are computed and the loads are in
-        const int64_t paths = ids->ne[2]/2;
+        // the CPU path's expert ids (the last planes, one a level), and its routes in the books;
+        // the slots follow in finish_wave, once the CPU's experts are computed and the loads are in
+        const int64_t cpu_plane = ids->ne[2] - (has_lo ? 2 : 1);
+        for (int e = 0; e < n_expert; ++e) {
+            if (job.cpu[e] == 2 && job.level[e] >= 0) {
+                // the CPU's rows of a split miss: those before its split row
+                const size_t head = store.entry_bytes(job.level[e]) *
+                    size_t(split_row(il, job.level[e]))/size_t(pool[job.level[e]][LLAMA_HOBBIT_GATE]->ne[1]);
+                hctx.cpu_bytes[job.level[e]] += head;
+                stats.cpu_bytes              += head;
+            }
+        }
         for (int64_t t = 0; t < routes.n_tokens; ++t) {
             for (int64_t r = 0; r < routes.n_used; ++r) {
                 const int e = routes.expert(r, t);
-                if (job.cpu[e]) {
-                    id_at(ids, int(paths + job.level[e]), r, t) = e;
+                if (job.cpu[e] && job.level[e] >= 0) {
+                    id_at(ids, int(cpu_plane + job.level[e]), r, t) = e;
                 }
             }
         }
@@ -717,7 +853,11 @@ void llama_hobbit_cache::finish_wave_locked(std::unique_lock<std::mutex> & lk, l
     const int n_waves = job.n_waves;
 
     // wait for this wave's reads and for copies others are reading (a prefetch on the copier's
-    // stream is waited for here, by whichever wave needs it first)
+    // stream is waited for here, by whichever wave needs it first); of a split miss, for the
+    // rows the GPU computes
+    llama_hobbit_split_wait parts;
+    parts.done_at = hctx.submitted_at;
+    wait_split_parts(lk, hctx.loads, parts);
     drain_copies(lk, hctx.loads);
     drain_copies(lk, hctx.waits);
     cv.wait(lk, [&]() {
@@ -733,9 +873,9 @@ void llama_hobbit_cache::finish_wave_locked(std::unique_lock<std::mutex> & lk, l
         }
         return true;
     });
-    size_t copied = 0;
-    auto last_done = hctx.submitted_at;
-    bool timed = true; // the copies' end is known (a copier's copy that ended before its wait is not)
+    size_t copied = parts.bytes; // and the bus's rate: what the wave waited for over the time it took
+    auto last_done = parts.done_at;
+    bool timed = parts.timed; // the copies' end is known (a copier's copy that ended before its wait is not)
     for (const auto & l : hctx.loads) {
         if (!l->ok) {
             hctx.fail(l->err);
@@ -782,11 +922,14 @@ void llama_hobbit_cache::finish_wave_locked(std::unique_lock<std::mutex> & lk, l
             const int e = routes.expert(r, t);
             const int lvl = job.level[e];
             int outcome = -1;
-            if (lvl >= 0 && job.cpu[e]) {
+            if (lvl >= 0 && job.cpu[e] == 1) {
                 (lvl == LLAMA_HOBBIT_HI ? stats.cpu_hi : stats.cpu_lo)++;
                 outcome = lvl == LLAMA_HOBBIT_HI ? LLAMA_HOBBIT_CPU_HI : LLAMA_HOBBIT_CPU_LO;
             } else if (lvl >= 0 && job.wave[e] == wave) {
-                id_at(ids, lvl, r, t) = slots.entry(slots.index(il, e, lvl)).slot;
+                // a split miss: the split plane of its level (after hi|lo), its other rows on the CPU
+                const bool split = job.cpu[e] == 2;
+                id_at(ids, split ? (has_lo ? 2 : 1) + lvl : lvl, r, t) = slots.entry(slots.index(il, e, lvl)).slot;
+                stats.cpu_split += split ? 1 : 0;
                 if (job.loaded[e]) {
                     (lvl == LLAMA_HOBBIT_HI ? stats.loads_hi : stats.loads_lo)++;
                     outcome = lvl == LLAMA_HOBBIT_HI ? LLAMA_HOBBIT_LOAD_HI : LLAMA_HOBBIT_LOAD_LO;
@@ -1008,9 +1151,9 @@ bool llama_hobbit_cache::set_policy(const llama_hobbit_policy & pol, std::string
                           (pol.prefetch_depth >= 0 && pol.prefetch_depth <= LLAMA_HOBBIT_PREFETCH_MAX);
     if (!(pol.skip_threshold >= 0.0f) || !(pol.hi_threshold >= pol.skip_threshold) ||
             !(pol.upgrade_threshold >= 0.0f) || !ev || !weights_ok || !depth_ok ||
-            pol.prefetch_width < 0 || pol.prefetch_width > n_expert || pol.cpu_compute < 0 || pol.cpu_compute > 2) {
+            pol.prefetch_width < 0 || pol.prefetch_width > n_expert || pol.cpu_compute < 0 || pol.cpu_compute > 3) {
         err = format("hobbit: invalid policy (need 0 <= skip_threshold <= hi_threshold, upgrade_threshold >= 0, "
-                     "a known eviction, weights >= 0, prefetch_depth -1..%d, 0 <= prefetch_width <= %d, cpu_compute 0, 1 or 2)",
+                     "a known eviction, weights >= 0, prefetch_depth -1..%d, 0 <= prefetch_width <= %d, cpu_compute 0..3)",
                      LLAMA_HOBBIT_PREFETCH_MAX, n_expert);
         return false;
     }

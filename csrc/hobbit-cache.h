@@ -28,6 +28,7 @@
 #include "ggml.h"
 #include "ggml-backend.h"
 
+#include <chrono>
 #include <condition_variable>
 #include <cstdint>
 #include <deque>
@@ -46,6 +47,13 @@ struct llama_hobbit_router_logits {
     const char * data;
     size_t       nb1;
     int64_t      n_tokens;
+};
+
+// what a wave waited for of its split misses' copies (the rows the GPU computes)
+struct llama_hobbit_split_wait {
+    size_t bytes = 0;
+    std::chrono::steady_clock::time_point done_at{};
+    bool   timed = true;
 };
 
 struct llama_hobbit_cache {
@@ -130,6 +138,16 @@ struct llama_hobbit_cache {
                n_waves == 1 && n_tokens <= CPU_PATH_MAX_TOKENS;
     }
     int cpu_path_mode = -1; // hobbit.cpu_path: -1 auto, 0 never, 1 always
+
+    // a graph with a CPU path may also split misses between the CPU and the GPU (hobbit-planner.h):
+    // it then has a path over views of each level's pools from split_row(il, lvl) on
+    int split_mode = 1; // hobbit.split: 1 (default) the planner may split a miss, 0 never
+    bool split_paths(int64_t n_tokens, int n_waves) const {
+        return split_mode != 0 && cpu_path(n_tokens, n_waves);
+    }
+    // the FFN row from which the GPU computes a split miss of layer il at level lvl (the CPU the
+    // rows before it); 0 if that level cannot be split
+    int64_t split_row(int il, int lvl) const;
     bool all_hi_fit = false; // the slots hold every routed expert at hi at once (then every miss loads at hi)
 
     // the host tier's projections of layer il at level lvl, for the CPU path (null when not held)
@@ -144,14 +162,17 @@ struct llama_hobbit_cache {
     // serve wave `wave` of layer il for one context: plan, load, wait, and write the slot of
     // each route into ids ([n_used, n_tokens, hi|lo], -1 where a path does not serve the route).
     // Never throws; a failure is recorded in the context and every id left -1.
-    // With `cpu` (a graph with a CPU path: ids is [n_used, n_tokens, 2*paths]) the planner may
-    // give misses to the CPU, whose expert ids go to planes paths + lvl; it returns once the
-    // loads are submitted, and finish_wave waits for them and writes the slots.
+    // With `cpu` (a graph with a CPU path: ids is [n_used, n_tokens, GPU planes + paths]) the
+    // planner may give misses to the CPU, whose expert ids go to the last planes (one a level);
+    // with `split` too (the GPU planes are hi|lo|split hi|split lo) it may split misses, whose
+    // ids go to a CPU plane and, in finish_wave, a split plane. It returns once the loads are
+    // submitted, and finish_wave waits for them and writes the slots.
     void serve_wave(llama_hobbit_context & hctx, int il, int wave, int n_waves,
-                    const llama_hobbit_routes & routes, ggml_tensor * ids, bool cpu = false);
+                    const llama_hobbit_routes & routes, ggml_tensor * ids, bool cpu = false, bool split = false);
 
     // after serve_wave with `cpu`, once the CPU's experts are computed: wait for the wave's loads
-    // and write the slot of each route into ids ([n_used, n_tokens, hi|lo]). Never throws.
+    // (a split miss's first part) and write the slot of each route into ids ([n_used, n_tokens,
+    // the GPU planes]). Never throws.
     void finish_wave(llama_hobbit_context & hctx, int il, int wave, const llama_hobbit_routes & routes, ggml_tensor * ids);
 
     // predict the experts of the next layers from their routers' logits on layer il's input,
@@ -175,10 +196,10 @@ private:
     template <typename F>
     void guarded(llama_hobbit_context & hctx, int il, ggml_tensor * ids, F && body);
     void serve_wave_locked(std::unique_lock<std::mutex> & lk, llama_hobbit_context & hctx, int il, int wave,
-                           int n_waves, const llama_hobbit_routes & routes, ggml_tensor * ids, bool cpu);
+                           int n_waves, const llama_hobbit_routes & routes, ggml_tensor * ids, bool cpu, bool split);
     void finish_wave_locked(std::unique_lock<std::mutex> & lk, llama_hobbit_context & hctx, int il, int wave,
                             const llama_hobbit_routes & routes, ggml_tensor * ids);
-    void plan_cpu(llama_hobbit_context & hctx, const llama_hobbit_policy & pol);
+    void plan_cpu(llama_hobbit_context & hctx, const llama_hobbit_policy & pol, bool split);
     void prefetch_locked(llama_hobbit_context & hctx, int il, int gating, const std::vector<llama_hobbit_router_logits> & logits);
     void release_locked(llama_hobbit_context & hctx);
     void note_evicted(const std::vector<int> & evicted);
@@ -207,6 +228,16 @@ private:
     // the copy of expert e of layer il at level lvl from the host tier into slot `slot` of its
     // pool (false: the host tier does not hold it)
     bool host_copy(int il, int e, int lvl, int slot, llama_hobbit_copy & c) const;
+    // ... of its FFN rows [row0, row1) only: those rows of gate and up, those columns of down
+    bool host_copy_rows(int il, int e, int lvl, int slot, int64_t row0, int64_t row1, llama_hobbit_copy & c) const;
+    // a split miss's copies (job->split_row set): the rows from split_row on now, with
+    // job->part_event after them (false: the copier cannot take it, nothing was queued) ...
+    bool submit_split_part(const llama_hobbit_load_ptr & job);
+    // ... and the first rows, once the wave's other copies and prefetches are queued (job->copy_event)
+    void submit_split_head(const llama_hobbit_load_ptr & job);
+    // wait for the first part of each split miss of a wave's loads; they then land like prefetches
+    void wait_split_parts(std::unique_lock<std::mutex> & lk, std::vector<llama_hobbit_load_ptr> & loads,
+                          llama_hobbit_split_wait & w);
     void complete_copy(std::unique_lock<std::mutex> & lk, const llama_hobbit_load_ptr & job);
     void drain_copies(std::unique_lock<std::mutex> & lk, const std::vector<llama_hobbit_load_ptr> & jobs);
     llama_hobbit_clock clock_at(int il) const;

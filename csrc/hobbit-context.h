@@ -32,6 +32,7 @@ struct llama_hobbit_op {
     int gating  = 0; // enum llama_expert_gating_func_type of the model
     std::vector<int> targets;
     bool cpu_path = false; // the graph has a CPU path for this wave (a route op and a wait op)
+    bool split    = false; // ... and split paths (hobbit-planner.h)
     int64_t n_embd = 0;    // CPU path: the width of the layer's input
     bool    gelu   = false; // CPU path: the experts' activation is GELU (else SiLU)
 };

@@ -18,12 +18,16 @@
 
 struct ggml_tensor;
 
-// one expert's copy: each projection's bytes from host memory into a tensor at an offset
+// one expert's copy: each projection's bytes from host memory into a tensor at an offset, as
+// one range, or as `rows` ranges of n bytes `pitch` apart on both sides (some columns of a
+// matrix: a split miss's part of the down projection, hobbit-planner.h)
 struct llama_hobbit_copy {
     ggml_tensor * dst[LLAMA_HOBBIT_N_PROJ];
     size_t        off[LLAMA_HOBBIT_N_PROJ];
     const char *  src[LLAMA_HOBBIT_N_PROJ];
     size_t        n[LLAMA_HOBBIT_N_PROJ];
+    size_t        rows[LLAMA_HOBBIT_N_PROJ]  = { 1, 1, 1 };
+    size_t        pitch[LLAMA_HOBBIT_N_PROJ] = {};
     size_t        bytes; // of the three
 };
 

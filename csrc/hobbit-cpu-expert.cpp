@@ -52,15 +52,19 @@ int llama_hobbit_cpu_expert_slices(const llama_hobbit_cpu_weights & w) {
     return (int) std::min<int64_t>(LLAMA_HOBBIT_CPU_SLICES, n_ff/unit);
 }
 
+int64_t llama_hobbit_cpu_slice_row(const llama_hobbit_cpu_weights & w, int s, int n_slices) {
+    const int64_t unit = cpu_slice_unit(w.down);
+    return int64_t(s)*(w.gate->ne[1]/unit)/n_slices*unit;
+}
+
 void llama_hobbit_cpu_expert_slice(const llama_hobbit_cpu_weights & w, int e, bool use_gelu, const float * x, int s,
                                    int n_slices, float * partial, std::vector<char> & scratch) {
     const ggml_tensor * gate = w.gate;
     const ggml_tensor * up   = w.up;
     const ggml_tensor * down = w.down;
-    const int64_t n_embd = gate->ne[0], n_ff = gate->ne[1];
-    const int64_t unit   = cpu_slice_unit(down);
-    const int64_t n_unit = n_ff/unit;
-    const int64_t j0 = s*n_unit/n_slices*unit, j1 = (s + 1)*n_unit/n_slices*unit, len = j1 - j0;
+    const int64_t n_embd = gate->ne[0];
+    const int64_t j0 = llama_hobbit_cpu_slice_row(w, s, n_slices), j1 = llama_hobbit_cpu_slice_row(w, s + 1, n_slices);
+    const int64_t len = j1 - j0;
 
     const auto * tg = ggml_get_type_traits_cpu(gate->type);
     const auto * td = ggml_get_type_traits_cpu(down->type);

@@ -39,6 +39,11 @@ constexpr int LLAMA_HOBBIT_CPU_SLICES = 16;
 // cannot compute these types or shapes
 int llama_hobbit_cpu_expert_slices(const llama_hobbit_cpu_weights & w);
 
+// the first FFN row of slice s of n_slices of w (n_ff for s = n_slices): a split miss's CPU
+// computes the slices before llama_hobbit_cpu_split_slices(n_slices), the GPU the rows from there on
+int64_t llama_hobbit_cpu_slice_row(const llama_hobbit_cpu_weights & w, int s, int n_slices);
+constexpr int llama_hobbit_cpu_split_slices(int n_slices) { return n_slices/2; }
+
 // slice s of n_slices of expert e on input x (n_embd floats): adds nothing, writes partial
 // (n_embd floats). scratch is the calling thread's; it grows as needed (may throw bad_alloc).
 void llama_hobbit_cpu_expert_slice(const llama_hobbit_cpu_weights & w, int e, bool gelu, const float * x, int s,

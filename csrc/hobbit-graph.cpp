@@ -9,11 +9,14 @@
 //
 // On the GPU tier with a host tier, a decode's graph also has a CPU path (hobbit-planner.h):
 //
-//     selected, weights ──► hobbit_route (submits the copies, does not wait) ──► ids [.., hi|lo|cpu hi|cpu lo]
+//     selected, weights ──► hobbit_route (submits the copies, does not wait) ──► ids [.., hi|lo[|split hi|split lo]|cpu hi|cpu lo]
 //     ids, cur ──► hobbit_cpu_experts (CPU threads, from the host tier; hobbit-cpu-expert.h, hobbit-workers.h) ──► cpu out
-//     selected, weights, ids, cpu out ──► hobbit_wait (waits for the copies) ──► ids [.., hi|lo] + cpu out ──► GPU paths
+//     selected, weights, ids, cpu out ──► hobbit_wait (waits for the copies) ──► ids [.., hi|lo[|split hi|split lo]] + cpu out ──► GPU paths
 //
-// so the CPU computes the misses the planner gave it while the others are copied into VRAM. On
+// so the CPU computes the misses the planner gave it while the others are copied into VRAM. With
+// split paths (hobbit.split), each level also has a path over views of its pools from a split
+// row on, for the misses the planner split: the CPU computes their rows before it, and the GPU
+// the others from a slot whose copy of those rows was queued first. On
 // the GPU tier the CPU ops' inputs (the selected experts, the weights, the layer's input, the
 // next layers' logits) are concatenated on the GPU and reach the host in one copy
 // (bundle_for_host), and the wait op's slot ids and CPU experts reach the GPU in one.
@@ -69,14 +72,20 @@ static llama_hobbit_routes routes_of(const ggml_tensor * dst) {
     return routes;
 }
 
-// the routes a CPU path computes: in the planes n_paths + lvl of the route op's ids
-static std::vector<llama_hobbit_cpu_route> cpu_routes(const ggml_tensor * ids, int n_paths) {
+// the levels of a cache: its paths of expert matmuls (hi, and lo if it has one)
+static int n_levels(const llama_hobbit_cache & cache) {
+    return cache.has_lo ? 2 : 1;
+}
+
+// the routes a CPU path computes: in the last n_lvl planes of the route op's ids, one a level
+static std::vector<llama_hobbit_cpu_route> cpu_routes(const ggml_tensor * ids, int n_lvl) {
     std::vector<llama_hobbit_cpu_route> out;
-    for (int lvl = 0; lvl < n_paths; ++lvl) {
+    const int64_t base = ids->ne[2] - n_lvl;
+    for (int lvl = 0; lvl < n_lvl; ++lvl) {
         for (int64_t t = 0; t < ids->ne[1]; ++t) {
             for (int64_t r = 0; r < ids->ne[0]; ++r) {
                 const int32_t e = *(const int32_t *) ((const char *) ids->data + r*ids->nb[0] + t*ids->nb[1] +
-                                                      (n_paths + lvl)*ids->nb[2]);
+                                                      (base + lvl)*ids->nb[2]);
                 if (e >= 0) {
                     out.push_back({ (int) t, (int) r, lvl, e });
                 }
@@ -97,7 +106,7 @@ static void llama_hobbit_route_op(ggml_tensor * dst, int ith, int nth, void * us
         hctx.cpu_workers.wake(); // while the policy plans: the CPU experts op may need them
     }
     hctx.wave_started(op->il, op->wave);
-    hctx.cache->serve_wave(hctx, op->il, op->wave, op->n_waves, routes_of(dst), dst, op->cpu_path);
+    hctx.cache->serve_wave(hctx, op->il, op->wave, op->n_waves, routes_of(dst), dst, op->cpu_path, op->split);
     if (!op->cpu_path) {
         hctx.wave_served(op->il, op->wave);
         return;
@@ -120,7 +129,6 @@ static void llama_hobbit_cpu_experts_op(ggml_tensor * dst, int ith, int nth, voi
     llama_hobbit_context & hctx = *op->hctx;
     const ggml_tensor * ids = dst->src[0];
     const ggml_tensor * cur = dst->src[1];
-    const int n_paths = int(ids->ne[2]/2);
     const int64_t n_embd = dst->ne[0];
     for (int64_t t = 0; t < dst->ne[2]; ++t) {
         for (int64_t r = 0; r < dst->ne[1]; ++r) {
@@ -130,12 +138,13 @@ static void llama_hobbit_cpu_experts_op(ggml_tensor * dst, int ith, int nth, voi
     if (hctx.failed) {
         return;
     }
-    const std::vector<llama_hobbit_cpu_route> routes = cpu_routes(ids, n_paths);
+    const std::vector<llama_hobbit_cpu_route> routes = cpu_routes(ids, n_levels(*hctx.cache));
     if (routes.empty()) {
         return;
     }
     std::vector<llama_hobbit_cpu_weights> weights(routes.size());
     std::vector<int> n_slices(routes.size());
+    std::vector<int> n_mine(routes.size()); // the slices the CPU computes: all, or a split miss's first
     for (size_t i = 0; i < routes.size(); ++i) {
         weights[i]  = hctx.cache->cpu_weights(op->il, routes[i].lvl);
         n_slices[i] = llama_hobbit_cpu_expert_slices(weights[i]);
@@ -143,6 +152,8 @@ static void llama_hobbit_cpu_experts_op(ggml_tensor * dst, int ith, int nth, voi
             hctx.fail("hobbit: the CPU cannot compute these experts' type");
             return;
         }
+        const bool split = hctx.job.cpu[routes[i].expert] == 2;
+        n_mine[i] = split ? llama_hobbit_cpu_split_slices(n_slices[i]) : n_slices[i];
     }
     // the units of work: each route's slices, dealt out to the threads in turn (an expert of few
     // slices leaves no thread idle while another has work)
@@ -151,7 +162,7 @@ static void llama_hobbit_cpu_experts_op(ggml_tensor * dst, int ith, int nth, voi
         hctx.cpu_partials.resize(routes.size()*LLAMA_HOBBIT_CPU_SLICES*size_t(n_embd));
         hctx.cpu_busy.assign(std::max(1, hctx.n_threads), 0.0);
         for (size_t k = 0; k < routes.size(); ++k) {
-            for (int s = 0; s < n_slices[k]; ++s) {
+            for (int s = 0; s < n_mine[k]; ++s) {
                 units.emplace_back((int) k, s);
             }
         }
@@ -189,7 +200,7 @@ static void llama_hobbit_cpu_experts_op(ggml_tensor * dst, int ith, int nth, voi
     for (size_t i = 0; i < routes.size(); ++i) {
         const llama_hobbit_cpu_route & c = routes[i];
         float * out = (float *) ((char *) dst->data + c.route*dst->nb[1] + c.token*dst->nb[2]);
-        for (int s = 0; s < n_slices[i]; ++s) {
+        for (int s = 0; s < n_mine[i]; ++s) {
             const float * p = hctx.cpu_partials.data() + (i*LLAMA_HOBBIT_CPU_SLICES + s)*size_t(n_embd);
             for (int64_t k = 0; k < n_embd; ++k) {
                 out[k] += p[k];
@@ -199,7 +210,8 @@ static void llama_hobbit_cpu_experts_op(ggml_tensor * dst, int ith, int nth, voi
 }
 
 // the most slot ids a wait op hands to the GPU (a decode of CPU_PATH_MAX_TOKENS tokens with up to
-// 32 routes a token on two paths); a graph whose ids would not fit has no CPU path
+// 32 routes a token on two paths, or 16 on four with the split paths); a graph whose ids would not
+// fit has no CPU path (or no split paths)
 static constexpr int64_t WAIT_IDS_MAX = 256;
 
 // after the CPU path's experts: wait for the copies, then hand the slots to the GPU paths. Its
@@ -215,9 +227,10 @@ static void llama_hobbit_wait_op(ggml_tensor * dst, int ith, int nth, void * use
     llama_hobbit_context & hctx = *op->hctx;
     const ggml_tensor * route_ids = dst->src[2];
     const ggml_tensor * cpu       = dst->src[3];
-    const int64_t n_used = route_ids->ne[0], n_tokens = route_ids->ne[1], n_paths = route_ids->ne[2]/2;
+    const int64_t n_used = route_ids->ne[0], n_tokens = route_ids->ne[1];
+    const int64_t n_paths = route_ids->ne[2] - n_levels(*hctx.cache); // the GPU's planes
     const int64_t n_ids  = n_used*n_tokens*n_paths;
-    ggml_tensor slot_ids = {}; // the layout finish_wave writes: int32 [n_used, n_tokens, paths]
+    ggml_tensor slot_ids = {}; // the layout finish_wave writes: int32 [n_used, n_tokens, GPU planes]
     slot_ids.type  = GGML_TYPE_I32;
     slot_ids.ne[0] = n_used;
     slot_ids.ne[1] = n_tokens;
@@ -389,6 +402,28 @@ ggml_tensor * llama_hobbit_build_moe_ffn(
     const std::vector<int> targets = cache.next_moe_layers(il, LLAMA_HOBBIT_PREFETCH_MAX);
     host_inputs host = { selected, weights, cur, next_logits(cache, ctx, targets, cur) };
     const bool cpu_path = cache.cpu_path(n_tokens, n_waves) && n_used*n_tokens*n_paths <= WAIT_IDS_MAX;
+    // split paths: a level's pools from its split row on (gate and up: those rows; down: those
+    // columns), for the misses whose first rows the CPU computes (hobbit-planner.h)
+    int64_t split_rows[LLAMA_HOBBIT_N_LVL] = {};
+    bool split = cpu_path && cache.split_paths(n_tokens, n_waves) && 2*n_used*n_tokens*n_paths <= WAIT_IDS_MAX;
+    for (int lvl = 0; split && lvl < n_paths; ++lvl) {
+        split_rows[lvl] = cache.split_row(il, lvl);
+        split = split_rows[lvl] > 0;
+    }
+    const int n_planes = n_paths*(split ? 2 : 1); // the GPU's: hi|lo, then split hi|split lo
+    // the pools of level lvl from its split row on: rows of gate and up, columns of down
+    ggml_tensor * split_as[LLAMA_HOBBIT_N_PROJ];
+    auto split_pools = [&](int lvl) {
+        const int64_t k = split_rows[lvl];
+        for (int p = 0; p < LLAMA_HOBBIT_N_PROJ; ++p) {
+            ggml_tensor * t = cache.pool[lvl][p];
+            split_as[p] = p == LLAMA_HOBBIT_DOWN
+                ? ggml_view_3d(ctx, t, t->ne[0] - k, t->ne[1], t->ne[2], t->nb[1], t->nb[2], ggml_row_size(t->type, k))
+                : ggml_view_3d(ctx, t, t->ne[0], t->ne[1] - k, t->ne[2], t->nb[1], t->nb[2], size_t(k)*t->nb[1]);
+        }
+        return split_as;
+    };
+
     if (cache.gpu) {
         host = bundle_for_host(ctx, host, cpu_path);
     }
@@ -397,12 +432,13 @@ ggml_tensor * llama_hobbit_build_moe_ffn(
     for (int wave = 0; wave < n_waves; ++wave) {
         llama_hobbit_op * op = hctx->op(il, wave, n_waves);
         op->cpu_path = cpu_path;
+        op->split    = split;
 
         // after the prefetch op (first wave) or the previous wave's matmuls
         ggml_tensor * after   = wave == 0 ? prefetch : experts;
         ggml_tensor * args[3] = { host.selected, host.weights, after };
-        ggml_tensor * ids = ggml_custom_4d(ctx, GGML_TYPE_I32, n_used, n_tokens, op->cpu_path ? 2*n_paths : n_paths, 1,
-                args, after ? 3 : 2, llama_hobbit_route_op, 1, op);
+        ggml_tensor * ids = ggml_custom_4d(ctx, GGML_TYPE_I32, n_used, n_tokens, op->cpu_path ? n_planes + n_paths : n_paths,
+                1, args, after ? 3 : 2, llama_hobbit_route_op, 1, op);
         ggml_format_name(ids, "hobbit_route-%d.%d", il, wave);
 
         if (op->cpu_path) {
@@ -415,13 +451,13 @@ ggml_tensor * llama_hobbit_build_moe_ffn(
             ggml_format_name(cpu, "hobbit_cpu_experts-%d.%d", il, wave);
             // the wait op's output reaches the GPU in one copy (the cont, the first GPU op after
             // the CPU ops); the GPU splits it into the slot ids and the CPU's experts
-            const int64_t n_ids = n_used*n_tokens*n_paths;
+            const int64_t n_ids = n_used*n_tokens*n_planes;
             ggml_tensor * wait_args[4] = { host.selected, host.weights, ids, cpu };
             ggml_tensor * handed = ggml_custom_4d(ctx, GGML_TYPE_F32, n_ids + n_embd*n_used*n_tokens, 1, 1, 1,
                     wait_args, 4, llama_hobbit_wait_op, 1, op);
             ggml_format_name(handed, "hobbit_wait-%d.%d", il, wave);
             handed = ggml_cont(ctx, handed);
-            ids = ggml_cast(ctx, ggml_view_3d(ctx, handed, n_used, n_tokens, n_paths, n_used*sizeof(float),
+            ids = ggml_cast(ctx, ggml_view_3d(ctx, handed, n_used, n_tokens, n_planes, n_used*sizeof(float),
                                               n_used*n_tokens*sizeof(float), 0), GGML_TYPE_I32);
             ggml_tensor * cpu_out = ggml_view_3d(ctx, handed, n_embd, n_used, n_tokens, n_embd*sizeof(float),
                                                  n_embd*n_used*sizeof(float), n_ids*sizeof(float));
@@ -430,9 +466,10 @@ ggml_tensor * llama_hobbit_build_moe_ffn(
             ids = ggml_cont(ctx, ids); // on the GPU: the ids of both paths reach it in one copy
         }
 
-        for (int lvl = 0; lvl < n_paths; ++lvl) {
-            ggml_tensor * ids_lvl = ggml_view_2d(ctx, ids, n_used, n_tokens, ids->nb[1], lvl*ids->nb[2]);
-            ggml_tensor * down    = path(cache.pool[lvl], ids_lvl);
+        for (int plane = 0; plane < (op->cpu_path ? n_planes : n_paths); ++plane) {
+            const int lvl = plane % n_paths;
+            ggml_tensor * ids_lvl = ggml_view_2d(ctx, ids, n_used, n_tokens, ids->nb[1], plane*ids->nb[2]);
+            ggml_tensor * down    = path(plane < n_paths ? cache.pool[lvl] : split_pools(lvl), ids_lvl);
             experts = experts ? ggml_add(ctx, experts, down) : down;
         }
     }

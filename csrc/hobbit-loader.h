@@ -50,6 +50,11 @@ struct llama_hobbit_load {
     // event to wait for (nullptr once waited), when it was queued, and whether its end was seen
     // (the wait blocked), which makes its time a measurement of the bus
     ggml_backend_event_t copy_event = nullptr;
+    // a split miss (hobbit-planner.h): the rows from split_row on are copied first and this event
+    // follows them (nullptr once waited); the first rows' bytes follow later (head_bytes)
+    ggml_backend_event_t part_event = nullptr;
+    int64_t     split_row  = 0;
+    size_t      head_bytes = 0;
     bool        direct  = false;
     uint64_t    copy_seq = 0;   // its place on the copier's stream
     bool        timed   = false;

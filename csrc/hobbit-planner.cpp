@@ -1,5 +1,7 @@
 #include "hobbit-planner.h"
 
+#include <algorithm>
+
 namespace {
 
 constexpr double EMA = 0.2; // weight of a new measurement in the running averages
@@ -41,35 +43,48 @@ void llama_hobbit_cost_model::note_cpu(int lvl, size_t bytes, double ms, bool pr
     }
 }
 
-std::vector<bool> llama_hobbit_plan_cpu(llama_hobbit_cost_model & model, const std::vector<llama_hobbit_miss> & misses,
-                                        size_t backlog_bytes) {
-    std::vector<bool> to_cpu(misses.size(), false);
-    double t_copy = double(backlog_bytes)/model.copy_bytes_per_ms(); // ms until the bus is free
+std::vector<uint8_t> llama_hobbit_plan_cpu(llama_hobbit_cost_model & model, const std::vector<llama_hobbit_miss> & misses,
+                                           size_t backlog_bytes) {
+    std::vector<uint8_t> place(misses.size(), LLAMA_HOBBIT_PLACE_COPY);
+    const double copy_rate = model.copy_bytes_per_ms();
+    double t_copy = double(backlog_bytes)/copy_rate; // ms until the bus is free
     double t_cpu  = 0.0;
+    bool any = false;
     for (size_t i = 0; i < misses.size(); ++i) {
-        const double copy_done = t_copy + double(misses[i].bytes)/model.copy_bytes_per_ms();
-        const double cpu_done  = t_cpu  + double(misses[i].bytes)/model.cpu_bytes_per_ms(misses[i].lvl);
-        if (cpu_done < copy_done) {
-            to_cpu[i] = true;
-            t_cpu = cpu_done;
+        const llama_hobbit_miss & m = misses[i];
+        const double cpu_rate  = model.cpu_bytes_per_ms(m.lvl);
+        const double bytes     = double(m.bytes);
+        const double copy_done = t_copy + bytes/copy_rate;
+        const double cpu_done  = t_cpu  + bytes/cpu_rate;
+        // split: the CPU's rows and the copy of the others run at once (the rows the CPU
+        // computed are copied after the layer's other copies: they hold up none of them)
+        const double split_cpu  = t_cpu  + m.split*bytes/cpu_rate;
+        const double split_copy = t_copy + (1.0 - m.split)*bytes/copy_rate;
+        const double split_done = std::max(split_cpu, split_copy);
+        if (m.split > 0.0 && split_done < copy_done && split_done < cpu_done) {
+            place[i] = LLAMA_HOBBIT_PLACE_SPLIT;
+            t_cpu    = split_cpu;
+            t_copy   = split_copy;
+            any      = true;
+        } else if (cpu_done < copy_done) {
+            place[i] = LLAMA_HOBBIT_PLACE_CPU;
+            t_cpu    = cpu_done;
+            any      = true;
         } else {
             t_copy = copy_done;
         }
     }
     if (misses.empty()) {
-        return to_cpu;
-    }
-    bool any = false;
-    for (bool c : to_cpu) {
-        any = any || c;
+        return place;
     }
     model.probed = false;
     if (!any && ++model.without_cpu >= llama_hobbit_cost_model::PROBE_EVERY) {
-        to_cpu.back() = true; // a probe of the CPU's rate
+        place.back() = LLAMA_HOBBIT_PLACE_CPU; // a probe of the CPU's rate
         model.probed = true;
+        any = true;
     }
-    if (to_cpu.back() || any) {
+    if (any) {
         model.without_cpu = 0;
     }
-    return to_cpu;
+    return place;
 }

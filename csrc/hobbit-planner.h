@@ -8,11 +8,19 @@
 // whichever would finish it sooner, from running averages of the measured copy and CPU rates.
 // The precision of each miss (hi, lo, or a skip) is the routing policy's; the planner only
 // picks where it is served. A tie goes to the copy, which also fills the cache.
+//
+// A layer often has a single miss, and then one of the two sits idle. So a miss can also be
+// split: the CPU computes the first rows of its FFN (a share of its bytes) from the host tier
+// while the rest of its rows are copied and the GPU computes them from the slot (a path over
+// views of the pools, hobbit-graph.cpp); the two partial sums add up to the expert's output.
+// The rows the CPU computed are copied after the layer's other copies, so that the slot ends
+// up holding the whole expert, cached as any copy.
 #pragma once
 
 #include "hobbit-store.h"
 
 #include <cstddef>
+#include <cstdint>
 #include <vector>
 
 struct llama_hobbit_cost_model {
@@ -46,14 +54,24 @@ struct llama_hobbit_cost_model {
     void note_cpu(int lvl, size_t bytes, double ms, bool probe = false);
 };
 
-// one miss to place: its bytes at the level the policy chose for it
+// one miss to place: its bytes at the level the policy chose for it, and the share of them the
+// CPU computes if it is split (0: it cannot be)
 struct llama_hobbit_miss {
     int    expert;
     int    lvl;
     size_t bytes;
+    double split = 0.0;
 };
 
-// for misses in order of importance, whether each is computed on the CPU (true) or copied
-// (false); `backlog_bytes`: copies already queued ahead of them (prefetches being read)
-std::vector<bool> llama_hobbit_plan_cpu(llama_hobbit_cost_model & model, const std::vector<llama_hobbit_miss> & misses,
-                                        size_t backlog_bytes);
+// where a miss is served
+enum llama_hobbit_place : uint8_t {
+    LLAMA_HOBBIT_PLACE_COPY  = 0, // copied into a slot, computed by the GPU
+    LLAMA_HOBBIT_PLACE_CPU   = 1, // computed by the CPU from the host tier, not cached
+    LLAMA_HOBBIT_PLACE_SPLIT = 2, // its first rows by the CPU, the others copied first and computed by the GPU
+};
+
+// for misses in order of importance, where each is served (enum llama_hobbit_place): each goes
+// where it would be done soonest, a tie to the copy, then to the CPU; `backlog_bytes`: copies
+// already queued ahead of them (prefetches being read)
+std::vector<uint8_t> llama_hobbit_plan_cpu(llama_hobbit_cost_model & model, const std::vector<llama_hobbit_miss> & misses,
+                                           size_t backlog_bytes);

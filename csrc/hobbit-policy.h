@@ -72,7 +72,8 @@ struct llama_hobbit_job {
     std::vector<int8_t> wave;     // [n_expert] wave that served it
     std::vector<int8_t> loaded;   // [n_expert] its first route counts a load
     std::vector<int8_t> prefetched; // [n_expert] served by a prefetched copy (its depth), else 0
-    std::vector<int8_t> cpu;        // [n_expert] computed on the CPU from the host tier (GPU tier), not cached
+    std::vector<int8_t> cpu;        // [n_expert] GPU tier: 1 computed on the CPU from the host tier, not cached;
+                                    // 2 split: its first rows on the CPU, the others copied (hobbit-planner.h)
 
     // start a layer evaluation from its routes
     void init(int il, int n_waves, int n_expert, const llama_hobbit_routes & routes, float skip_threshold);

@@ -85,6 +85,7 @@ class StatsStruct(ctypes.Structure):
         ("resident", ctypes.c_int32),
         ("passes_at_depth", ctypes.c_uint64 * (PREFETCH_MAX + 1)),
         ("cpu_threads_min", ctypes.c_int32),
+        ("cpu_split", ctypes.c_uint64),
     ]
 
 

@@ -8,6 +8,9 @@
 #   .whl/                wheels of the Python packages the converter needs besides torch
 #
 #   scripts/gpu-pack.sh [--build]    (env: BUILD=build-cuda, B, CUDA_ARCH=90, PY_VERSION=3.12)
+#   scripts/gpu-pack.sh --source     .carry/src.tar.xz instead of builds: vendor/llama.cpp pruned
+#                                    (scripts/prune-cuda-src.sh), which gpu-remote.sh builds there
+#                                    (16 cores: minutes, where this 2-core machine takes an hour)
 #
 # --build first builds $BUILD with scripts/test-cuda.sh (BUILD_ONLY=1), with
 # GGML_CUDA_NO_VMM=ON (no CUDA driver library to link without a GPU). Both folders are
@@ -18,17 +21,27 @@ cd "$(dirname "$0")/.."
 build=${BUILD:-build-cuda}
 src=vendor/llama.cpp
 [ -f "$src/convert_hf_to_gguf.py" ] || { echo "gpu-pack: $src is missing; run make vendor" >&2; exit 1; }
-if [ "${1:-}" = "--build" ]; then
+if [ "${1:-}" = "--source" ]; then
+    mkdir -p .carry .whl
+    rm -f .carry/bc-a.tar.xz .carry/bc-b.tar.xz
+    tmp=$(mktemp -d)
+    scripts/prune-cuda-src.sh "$tmp/llama.cpp" >/dev/null
+    tar -C "$tmp/llama.cpp" -cJf .carry/src.tar.xz .
+    rm -rf "$tmp"
+elif [ "${1:-}" = "--build" ]; then
     BUILD_ONLY=1 BUILD="$build" CMAKE_ARGS="-DGGML_CUDA_NO_VMM=ON -DGGML_CCACHE=ON ${CMAKE_ARGS:-}" \
         scripts/test-cuda.sh
 fi
-[ -x "$build/bin/hobbit-gpu" ] || { echo "gpu-pack: no $build/bin/hobbit-gpu; run with --build" >&2; exit 1; }
-mkdir -p .carry .whl
-(cd "$build" && tar -cJf ../.carry/bc-a.tar.xz bin/hobbit-gpu bin/libllama.so* bin/libllama-common.so* \
-    bin/libggml* bin/test-backend-ops)
-rm -f .carry/bc-b.tar.xz
-if [ -n "${B:-}" ]; then
-    (cd "$B" && tar -cJf "$OLDPWD/.carry/bc-b.tar.xz" bin/hobbit-gpu bin/libllama.so*)
+if [ "${1:-}" != "--source" ]; then
+    [ -x "$build/bin/hobbit-gpu" ] || { echo "gpu-pack: no $build/bin/hobbit-gpu; run with --build" >&2; exit 1; }
+    mkdir -p .carry .whl
+    rm -f .carry/src.tar.xz
+    (cd "$build" && tar -cJf ../.carry/bc-a.tar.xz bin/hobbit-gpu bin/libllama.so* bin/libllama-common.so* \
+        bin/libggml* bin/test-backend-ops)
+    rm -f .carry/bc-b.tar.xz
+    if [ -n "${B:-}" ]; then
+        (cd "$B" && tar -cJf "$OLDPWD/.carry/bc-b.tar.xz" bin/hobbit-gpu bin/libllama.so*)
+    fi
 fi
 tar -C "$src" -cJf .carry/conv.tar.xz convert_hf_to_gguf.py conversion gguf-py models/ggml-vocab-gpt-2.gguf
 py=${PY_VERSION:-3.12}

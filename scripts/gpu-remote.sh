@@ -7,6 +7,8 @@
 #
 #   bash scripts/gpu-remote.sh
 #
+# With .carry/src.tar.xz (gpu-pack.sh --source) it builds build A there first.
+#
 # env: OUT (where logs and tables go; default /tmp/out), NO_TEST=1, NO_BENCH=1, TEST_BUILD (b if
 #      packed, else a), RUNS (3), ROWS and EXTRA (HOBBIT_BENCH_ROWS / HOBBIT_BENCH_EXTRA),
 #      ORDER ("a b": the benches, one build each, in this order; "a b a b" alternates),
@@ -20,8 +22,19 @@ OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
 python3 -m pip install -q --no-index --no-deps .whl/*.whl 2>&1 | grep -v -i "warning\|notice" | tail -3
 mkdir -p vendor/llama.cpp && tar -C vendor/llama.cpp -xJf .carry/conv.tar.xz
-# build B is build A with bc-b's files (libllama, hobbit-gpu) over it
-mkdir -p build-a && tar -C build-a -xJf .carry/bc-a.tar.xz
+if [ -f .carry/src.tar.xz ]; then
+    # gpu-pack.sh --source: build A here from the pruned source (kept while the machine is warm:
+    # a second call rebuilds only what changed)
+    mkdir -p /tmp/hobbit-src && tar -C /tmp/hobbit-src -xJf .carry/src.tar.xz
+    say "building build-a from the pruned source"
+    HOBBIT_LLAMA_DIR=/tmp/hobbit-src BUILD=/tmp/hobbit-build JOBS=$(nproc) BUILD_ONLY=1 scripts/test-cuda.sh \
+        || { say "build failed"; exit 1; }
+    mkdir -p build-a && cp -a /tmp/hobbit-build/bin build-a/
+    say "built"
+else
+    # build B is build A with bc-b's files (libllama, hobbit-gpu) over it
+    mkdir -p build-a && tar -C build-a -xJf .carry/bc-a.tar.xz
+fi
 if [ -f .carry/bc-b.tar.xz ]; then
     rm -rf build-b && cp -a build-a build-b && tar -C build-b -xJf .carry/bc-b.tar.xz
 fi

@@ -11,7 +11,8 @@
 #   5. a failed read of an expert on its way to VRAM fails one generation with a clean error,
 #      and the others are right (LD_PRELOAD fault injector, tests/faultinject.c);
 #   6. the planner computes misses on the CPU (and not when told not to; every miss on the CPU
-#      at hi generates what the non-HOBBIT run does), and the unified-memory
+#      at hi generates what the non-HOBBIT run does, and so does every miss split between the
+#      CPU and the GPU), and the unified-memory
 #      path (forced: hobbit.unified=1) matches the non-HOBBIT run at a full budget.
 #
 #   scripts/test-cuda.sh            (env: HOBBIT_LLAMA_DIR, BUILD, MODEL, CUDA_ARCH, JOBS; SKIP_BUILD=1
@@ -143,6 +144,20 @@ check cpuall-ngl99-25 99 25% 1 hobbit.lo_type=none hobbit.prefetch_depth=0 hobbi
 [ "$(cpu_routes cpuall-ngl99-25)" -gt 0 ] 2>/dev/null && [ "$(gens stock-ngl99)" == "$(gens cpuall-ngl99-25)" ] \
     && echo "ok: $(cpu_routes cpuall-ngl99-25) routes on the CPU, equal to the non-HOBBIT run" \
     || fail "every miss on the CPU at hi differs from the non-HOBBIT run (or none went there)"
+# a split miss (hobbit.split): the CPU computes an expert's first rows, the GPU the others over
+# views of the pools, from a slot whose rows the GPU reads were copied first; every miss split
+# (cpu_compute 3) at hi generates what the non-HOBBIT run does, and with lo too it never fails
+split_routes() { sed -n 's/.*, split \([0-9]*\)$/\1/p' "$build.$1.out" | tail -1; }
+check splitall-ngl99-25 99 25% 1 hobbit.lo_type=none hobbit.prefetch_depth=0 hobbit.cpu_compute=3 || true
+[ "$(split_routes splitall-ngl99-25)" -gt 0 ] 2>/dev/null && [ "$(gens stock-ngl99)" == "$(gens splitall-ngl99-25)" ] \
+    && echo "ok: $(split_routes splitall-ngl99-25) routes split, equal to the non-HOBBIT run" \
+    || fail "every miss split at hi differs from the non-HOBBIT run (or none was split)"
+check splitmixed-ngl99-25 99 25% 2 hobbit.cpu_compute=3 || true
+[ "$(split_routes splitmixed-ngl99-25)" -gt 0 ] 2>/dev/null && ! grep -q "error:" "$build.splitmixed-ngl99-25.out" \
+    && echo "ok: $(split_routes splitmixed-ngl99-25) routes split with hi and lo" || fail "split with hi and lo failed"
+check nosplit-ngl99-25 99 25% 1 hobbit.split=0 || true
+[ "$(split_routes nosplit-ngl99-25)" == "0" ] && echo "ok: none split with hobbit.split=0" || fail "split routes with hobbit.split=0"
+echo "planner's split routes at 25%: $(split_routes mixed-ngl99-25)"
 check unified-ngl99-25 99 25% 2 hobbit.unified=1 || true
 grep -q "error:" "$build.unified-ngl99-25.out" && fail "a generation failed (unified memory, 25%)"
 

@@ -38,12 +38,15 @@ LLAMA_API const char * llama_hobbit_source_id(void);
 //                              loads read the file into them, nothing is copied
 //   hobbit.policy       (str)  initial eviction: lru, lfu, fld, least-stale, hobbit (default)
 //   hobbit.prefetch_depth (int) initial prefetch depth: -1 auto (default), 0 off, 1..3
-//   hobbit.cpu_compute  (int)  initial cpu_compute of the policy: 1 (default), 0, 2
+//   hobbit.cpu_compute  (int)  initial cpu_compute of the policy: 1 (default), 0, 2, 3
 //   hobbit.cpu_path     (int)  GPU tier: a decode graph's CPU path, where the CPU computes
 //                              misses: -1 (default) when a host tier is kept and the slots do not
 //                              hold every hi expert, 0 never, 1 always (to measure what it costs)
 //   hobbit.graph_copies (int)  GPU tier with a host tier: 1 (default) the graph's thread queues a
 //                              decode's copies on a stream of their own, 0 the I/O threads copy
+//   hobbit.split        (int)  GPU tier, a graph with a CPU path: 1 (default) the planner may
+//                              split a miss, the CPU computing its first FFN rows while the
+//                              others are copied and computed by the GPU; 0 never
 // Any other hobbit.* key is refused. The routed experts are then not resident: they are read
 // from the file into the cache's slot pools on demand, under the policy below, which can be
 // changed at any time. Several contexts may share one HOBBIT model, also from several threads.
@@ -82,7 +85,9 @@ struct llama_hobbit_policy {
     int32_t cpu_compute;       // GPU tier with a host tier: 1 (default) a decode's misses may be computed
                                // on the CPU from host RAM while others are copied (the planner picks
                                // from measured rates); 0: every miss is copied; 2: every miss of
-                               // a decode is computed on the CPU (a diagnostic: the CPU path alone)
+                               // a decode is computed on the CPU (a diagnostic: the CPU path alone);
+                               // 3: every miss of a decode is split between the CPU and the GPU
+                               // where it can be (a diagnostic of hobbit.split)
 };
 
 struct llama_hobbit_stats {
@@ -137,6 +142,8 @@ struct llama_hobbit_stats {
     uint64_t passes_at_depth[LLAMA_HOBBIT_PREFETCH_MAX + 1]; // GPU tier, auto depth: decode passes timed at
                                // each prefetch depth (the depth trial's choices)
     int32_t  cpu_threads_min;  // GPU tier: fewest threads a wave's CPU experts ran on (0: none ran)
+    uint64_t cpu_split;        // GPU tier: of the loads, routes split between the CPU (an expert's first rows,
+                               // from the host tier) and the GPU (the other rows, copied first; hobbit.split)
 };
 
 // true if the model was loaded in HOBBIT mode

@@ -75,11 +75,13 @@ std::vector<float> ggml_expert(const expert_set & w, int e, bool gelu, const std
     return res;
 }
 
-// the same in double precision on the dequantized weights
-std::vector<double> reference(const expert_set & w, int e, bool gelu, const std::vector<float> & x) {
+// the same in double precision on the dequantized weights, over the FFN rows [j0, j1) (all: -1)
+std::vector<double> reference(const expert_set & w, int e, bool gelu, const std::vector<float> & x,
+                              int64_t j0 = 0, int64_t j1 = -1) {
     const int64_t n_embd = w.gate->ne[0], n_ff = w.gate->ne[1];
-    std::vector<double> act(n_ff), out(n_embd, 0.0);
-    for (int64_t j = 0; j < n_ff; ++j) {
+    j1 = j1 < 0 ? n_ff : j1;
+    std::vector<double> act(n_ff, 0.0), out(n_embd, 0.0);
+    for (int64_t j = j0; j < j1; ++j) {
         double g = 0.0, u = 0.0;
         for (int64_t i = 0; i < n_embd; ++i) {
             g += double(w.gate_d[(e*n_ff + j)*n_embd + i])*x[i];
@@ -129,14 +131,25 @@ bool run_case(ggml_type type_up, ggml_type type_down, int64_t n_embd, int64_t n_
     bool ok = n_slices >= 1 && n_slices <= LLAMA_HOBBIT_CPU_SLICES;
     double worst_ggml = 0.0, worst_ref = 0.0;
     std::vector<char> scratch;
+    // a split miss: the CPU computes the slices before split_slices, i.e. the rows before the
+    // split row, which is a whole number of down's blocks inside the FFN
+    const int head = llama_hobbit_cpu_split_slices(n_slices);
+    const int64_t split_row = llama_hobbit_cpu_slice_row(cw, head, n_slices);
+    ok = ok && llama_hobbit_cpu_slice_row(cw, 0, n_slices) == 0 && llama_hobbit_cpu_slice_row(cw, n_slices, n_slices) == n_ff;
+    ok = ok && (n_slices < 2 || (split_row > 0 && split_row < n_ff && split_row % ggml_blck_size(type_down) == 0));
+    double worst_head = 0.0;
     for (int e = 0; e < n_expert && ok; ++e) {
-        std::vector<float> sum(n_embd, 0.0f), partial(n_embd);
+        std::vector<float> sum(n_embd, 0.0f), partial(n_embd), head_sum(n_embd, 0.0f);
         for (int s = 0; s < n_slices; ++s) {
             std::fill(partial.begin(), partial.end(), NAN);
             llama_hobbit_cpu_expert_slice(cw, e, gelu, x.data(), s, n_slices, partial.data(), scratch);
             for (int64_t i = 0; i < n_embd; ++i) {
                 sum[i] += partial[i];
+                head_sum[i] += s < head ? partial[i] : 0.0f;
             }
+        }
+        if (head > 0) {
+            worst_head = std::max(worst_head, nmse(head_sum, reference(w, e, gelu, x, 0, split_row)));
         }
         const std::vector<float> g = ggml_expert(w, e, gelu, x, backend);
         const std::vector<double> gd(g.begin(), g.end());
@@ -145,10 +158,12 @@ bool run_case(ggml_type type_up, ggml_type type_down, int64_t n_embd, int64_t n_
     }
     // ggml's GELU reads a table of fp16 values; this kernel computes it exactly
     const double ggml_tol = gelu ? 1e-4 : 1e-6;
-    ok = ok && std::isfinite(worst_ggml) && worst_ggml < ggml_tol && std::isfinite(worst_ref) && worst_ref < 5e-3;
-    printf("  cpu expert: up=%-5s down=%-5s n_ff=%-5lld %s slices=%-2d nmse vs ggml %.2e, vs f64 %.2e %s\n",
+    ok = ok && std::isfinite(worst_ggml) && worst_ggml < ggml_tol && std::isfinite(worst_ref) && worst_ref < 5e-3 &&
+         std::isfinite(worst_head) && worst_head < 5e-3;
+    printf("  cpu expert: up=%-5s down=%-5s n_ff=%-5lld %s slices=%-2d nmse vs ggml %.2e, vs f64 %.2e, "
+           "rows before %lld vs f64 %.2e %s\n",
            ggml_type_name(type_up), ggml_type_name(type_down), (long long) n_ff, gelu ? "gelu" : "silu", n_slices,
-           worst_ggml, worst_ref, ok ? "OK" : "FAIL");
+           worst_ggml, worst_ref, (long long) split_row, worst_head, ok ? "OK" : "FAIL");
     ggml_backend_buffer_free(w.buf);
     ggml_free(w.ctx);
     return ok;

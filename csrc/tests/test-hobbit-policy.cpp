@@ -376,7 +376,7 @@ static void test_planner_balances_copies_and_cpu() {
     llama_hobbit_cost_model m;
     // nothing measured: both at the default rate, so the first misses use both
     {
-        const std::vector<bool> c = llama_hobbit_plan_cpu(m, { { 3, 0, hi }, { 5, 1, lo } }, 0);
+        const std::vector<uint8_t> c = llama_hobbit_plan_cpu(m, { { 3, 0, hi }, { 5, 1, lo } }, 0);
         CHECK(!c[0]); // a tie goes to the copy
         CHECK(c[1]);
     }
@@ -385,7 +385,7 @@ static void test_planner_balances_copies_and_cpu() {
     m.copy_rate = 50e6;
     m.cpu_rate[0] = 25e6;
     {
-        const std::vector<bool> c = llama_hobbit_plan_cpu(m, { { 0, 0, hi }, { 1, 0, hi }, { 2, 0, hi } }, 0);
+        const std::vector<uint8_t> c = llama_hobbit_plan_cpu(m, { { 0, 0, hi }, { 1, 0, hi }, { 2, 0, hi } }, 0);
         CHECK(!c[0]);
         CHECK(!c[1]);
         CHECK(c[2]);
@@ -395,10 +395,10 @@ static void test_planner_balances_copies_and_cpu() {
     m.cpu_rate[1] = 0.0; // lo not measured yet: as fast as hi on the CPU
     CHECK_EQ(m.cpu_bytes_per_ms(1), (long long) 1e6);
     {
-        const std::vector<bool> c = llama_hobbit_plan_cpu(m, { { 0, 0, hi }, { 1, 1, lo } }, 0);
+        const std::vector<uint8_t> c = llama_hobbit_plan_cpu(m, { { 0, 0, hi }, { 1, 1, lo } }, 0);
         CHECK(!c[0]);
         CHECK(!c[1]);
-        const std::vector<bool> d = llama_hobbit_plan_cpu(m, { { 0, 0, hi } }, size_t(2000)*hi);
+        const std::vector<uint8_t> d = llama_hobbit_plan_cpu(m, { { 0, 0, hi } }, size_t(2000)*hi);
         CHECK(d[0]);
     }
     // the running averages move towards what is measured
@@ -420,7 +420,7 @@ static void test_planner_balances_copies_and_cpu() {
     slow.cpu_rate[0] = 0.1e6;
     int probes = 0;
     for (int i = 0; i < 3*llama_hobbit_cost_model::PROBE_EVERY; ++i) {
-        const std::vector<bool> c = llama_hobbit_plan_cpu(slow, { { 0, 0, hi }, { 1, 0, hi } }, 0);
+        const std::vector<uint8_t> c = llama_hobbit_plan_cpu(slow, { { 0, 0, hi }, { 1, 0, hi } }, 0);
         CHECK(!c[0]);
         probes += c[1] ? 1 : 0;
     }
@@ -442,6 +442,41 @@ static void test_planner_balances_copies_and_cpu() {
     CHECK(!llama_hobbit_plan_cpu(p, { { 0, 0, hi } }, 0).empty() && !p.probed);
     // no misses, no probe
     CHECK(llama_hobbit_plan_cpu(slow, {}, 0).empty());
+}
+
+// a miss split between the CPU and the bus is done when the later of its two parts is: the
+// planner splits where that beats both whole placements, and only misses that can be split
+static void test_planner_splits_a_lone_miss() {
+    const size_t hi = 25u << 20, lo = 13u << 20;
+    llama_hobbit_cost_model m;
+    m.copy_rate   = 50e6; // bytes per ms
+    m.cpu_rate[0] = 50e6;
+    m.cpu_rate[1] = 50e6;
+    // one miss: either whole placement takes it all; split in halves, half of that
+    CHECK_EQ(llama_hobbit_plan_cpu(m, { { 0, 0, hi, 0.5 } }, 0)[0], LLAMA_HOBBIT_PLACE_SPLIT);
+    CHECK_EQ(llama_hobbit_plan_cpu(m, { { 0, 0, hi, 0.0 } }, 0)[0], LLAMA_HOBBIT_PLACE_COPY); // cannot be split
+    // two misses, the second not splittable: the first is split (both channels 0.26 ms), the
+    // second then ties between them and goes to the copy
+    {
+        const std::vector<uint8_t> c = llama_hobbit_plan_cpu(m, { { 0, 0, hi, 0.5 }, { 1, 1, lo, 0.0 } }, 0);
+        CHECK_EQ(c[0], LLAMA_HOBBIT_PLACE_SPLIT);
+        CHECK_EQ(c[1], LLAMA_HOBBIT_PLACE_COPY);
+    }
+    // the CPU at half the bus's rate: with 60% of it, the CPU's part takes longer than the
+    // whole copy; with a quarter, the split is done first
+    m.cpu_rate[0] = 25e6;
+    CHECK_EQ(llama_hobbit_plan_cpu(m, { { 0, 0, hi, 0.6 } }, 0)[0], LLAMA_HOBBIT_PLACE_COPY);
+    CHECK_EQ(llama_hobbit_plan_cpu(m, { { 0, 0, hi, 0.25 } }, 0)[0], LLAMA_HOBBIT_PLACE_SPLIT);
+    // a bus far behind: the whole miss on the CPU beats waiting for the bus with half of it
+    CHECK_EQ(llama_hobbit_plan_cpu(m, { { 0, 0, hi, 0.5 } }, size_t(100)*hi)[0], LLAMA_HOBBIT_PLACE_CPU);
+    // a split counts as work for the CPU: no probe is due after it
+    llama_hobbit_cost_model q;
+    q.copy_rate = 50e6;
+    q.cpu_rate[0] = 50e6;
+    q.without_cpu = llama_hobbit_cost_model::PROBE_EVERY - 1;
+    CHECK_EQ(llama_hobbit_plan_cpu(q, { { 0, 0, hi, 0.5 } }, 0)[0], LLAMA_HOBBIT_PLACE_SPLIT);
+    CHECK(!q.probed);
+    CHECK_EQ(q.without_cpu, 0);
 }
 
 // the GPU tier's auto depth by measurement: it settles on the depth whose passes are fastest,
@@ -509,6 +544,7 @@ static void test_depth_trial_follows_measured_pass_times() {
 
 int main() {
     test_planner_balances_copies_and_cpu();
+    test_planner_splits_a_lone_miss();
     test_depth_trial_follows_measured_pass_times();
     test_auto_depth_follows_loads_against_compute();
     test_shares_are_independent_of_scaling();

@@ -275,7 +275,7 @@ int cmd_check(int argc, char ** argv) {
         const int want_tier = ngl > 0 ? 1 : 0;
         printf("stats: tier %d%s%s, routes %llu = hits %llu/%llu + loads %llu/%llu + skipped %llu + cpu %llu/%llu, "
                "%.1f MiB moved, host tier %.1f MiB, %.1f MiB read from the file, slots %.1f MiB (peak %.1f) "
-               "of a %.1f MiB budget, %llu prefetches (%llu used), %llu failed loads\n",
+               "of a %.1f MiB budget, %llu prefetches (%llu used), %llu failed loads, split %llu\n",
                s.tier, s.unified ? " (unified memory)" : "", s.resident ? " (resident)" : "",
                (unsigned long long) s.routes_total,
                (unsigned long long) s.hits_hi, (unsigned long long) s.hits_lo, (unsigned long long) s.loads_hi,
@@ -283,7 +283,12 @@ int cmd_check(int argc, char ** argv) {
                (unsigned long long) s.cpu_lo, s.bytes_loaded/1048576.0, s.host_tier_bytes/1048576.0,
                s.bytes_read/1048576.0, s.cache_capacity_bytes/1048576.0, s.cache_peak_bytes/1048576.0,
                s.budget_bytes/1048576.0, (unsigned long long) s.prefetch_issued,
-               (unsigned long long) s.prefetch_used, (unsigned long long) s.failed_loads);
+               (unsigned long long) s.prefetch_used, (unsigned long long) s.failed_loads,
+               (unsigned long long) s.cpu_split);
+        if (s.cpu_split > s.loads_hi + s.loads_lo) {
+            printf("FAIL: more split routes than loads\n");
+            good = false;
+        }
         // the routes of a wave whose load failed are seen but not served
         const bool adds_up = routes == s.routes_total || (s.failed_loads > 0 && routes < s.routes_total);
         if (!adds_up || s.routes_total == 0) {
@@ -458,13 +463,13 @@ row_result run_row(const char * path, int ngl, kv_list & kv, std::vector<llama_m
         char buf[768];
         const double per = 1.0/std::max(1, n_gen);
         const double routes = std::max<double>(1.0, double(s.routes_total));
-        snprintf(buf, sizeof(buf), "decode: %s %.3f, CPU %.3f, skipped %.3f, %.1f MiB %s, %.1f MiB read by the CPU path and "
+        snprintf(buf, sizeof(buf), "decode: %s %.3f, CPU %.3f, split %.3f, skipped %.3f, %.1f MiB %s, %.1f MiB read by the CPU path and "
                  "%.2f ms stalled per token, "
                  "%.2f ms between layers and %.2f on CPU experts per token, "
                  "%.1f GB/s a stream, planner's copy %.1f / CPU %.1f GB/s (CPU experts op %.1f GB/s, >= %d threads), %llu prefetches (%llu used), decode passes at "
                  "depth 0-3 %llu/%llu/%llu/%llu; slots %.0f MiB%s",
                  s.tier ? "VRAM hits" : "hits", double(s.hits_hi + s.hits_lo)/routes, double(s.cpu_hi + s.cpu_lo)/routes,
-                 double(s.skipped)/routes,
+                 double(s.cpu_split)/routes, double(s.skipped)/routes,
                  s.bytes_loaded/1048576.0*per, s.unified ? "read" : (s.tier ? "copied" : "read"), s.cpu_bytes/1048576.0*per,
                  s.load_stall_ms*per,
                  s.between_ms*per, s.cpu_ms*per,
@@ -565,6 +570,8 @@ int cmd_bench(int argc, char ** argv) {
         // the default of hobbit_py and the CLI: a thread per physical core (THREADS here)
         { "HOBBIT-gpu, planner, auto prefetch, -t " + std::to_string(threads) + " (the default threads)", mixed, { b }, {},
           threads },
+        { "HOBBIT-gpu, planner, auto prefetch, no split (hobbit.split=0), -t " + std::to_string(threads), mixed,
+          { b, "hobbit.split=0" }, {}, threads },
         { "HOBBIT-gpu, planner, auto prefetch, copies by the I/O threads, -t 8", mixed, { b, "hobbit.graph_copies=0" },
           {}, 8 },
         { "HOBBIT-gpu, unified memory forced (diagnostic: the GPU reads pinned host slots), -t 8", mixed,
