@@ -30,7 +30,7 @@ constexpr const char * KV_CPU     = "hobbit.cpu_compute";  // int: initial cpu_c
 constexpr const char * KV_CPU_PATH = "hobbit.cpu_path";    // int: GPU tier: a decode graph's CPU path: -1 (default) auto, 0 never, 1 always
 constexpr const char * KV_GRAPH_COPIES = "hobbit.graph_copies"; // int: GPU tier: 1 (default) the graph's thread queues demand copies, 0 the I/O threads
 constexpr const char * KV_RESIDENT = "hobbit.resident";    // int: GPU tier: 1 (default) when every hi expert fits, each is placed once and the graph indexes them
-constexpr const char * KV_SPLIT   = "hobbit.split";       // int: GPU tier: 1 (default) the planner may split a miss between CPU and GPU, 0 never
+constexpr const char * KV_SPLIT   = "hobbit.split";       // int: GPU tier: 1 the planner may split a miss between CPU and GPU, 0 (default) never
 constexpr const char * KV_TYPES   = "hobbit.expert_types"; // file key: requested types of the expert levels
 
 const char * const KNOWN_KEYS[] = { KV_BUDGET, KV_HI_TYPE, KV_LO_TYPE, KV_DIRECT, KV_IO, KV_GPU, KV_HOST, KV_UNIFIED,
@@ -338,7 +338,7 @@ std::shared_ptr<llama_hobbit_cache> attach_impl(const llama_model & model, llama
     int64_t cpu_path = -1;
     override_int(ml, KV_CPU_PATH, cpu_path);
     cache->cpu_path_mode = cpu_path < 0 ? -1 : (cpu_path > 0 ? 1 : 0);
-    int64_t split = 1;
+    int64_t split = 0; // off: slower on the benchmark machine (BENCHMARKS.md, ninth session)
     override_int(ml, KV_SPLIT, split);
     cache->split_mode = split != 0 ? 1 : 0;
     cache->start_loader((int) io_threads);

@@ -148,16 +148,19 @@ check cpuall-ngl99-25 99 25% 1 hobbit.lo_type=none hobbit.prefetch_depth=0 hobbi
 # views of the pools, from a slot whose rows the GPU reads were copied first; every miss split
 # (cpu_compute 3) at hi generates what the non-HOBBIT run does, and with lo too it never fails
 split_routes() { sed -n 's/.*, split \([0-9]*\)$/\1/p' "$build.$1.out" | tail -1; }
-check splitall-ngl99-25 99 25% 1 hobbit.lo_type=none hobbit.prefetch_depth=0 hobbit.cpu_compute=3 || true
+check splitall-ngl99-25 99 25% 1 hobbit.lo_type=none hobbit.prefetch_depth=0 hobbit.cpu_compute=3 hobbit.split=1 || true
 [ "$(split_routes splitall-ngl99-25)" -gt 0 ] 2>/dev/null && [ "$(gens stock-ngl99)" == "$(gens splitall-ngl99-25)" ] \
     && echo "ok: $(split_routes splitall-ngl99-25) routes split, equal to the non-HOBBIT run" \
     || fail "every miss split at hi differs from the non-HOBBIT run (or none was split)"
-check splitmixed-ngl99-25 99 25% 2 hobbit.cpu_compute=3 || true
+check splitmixed-ngl99-25 99 25% 2 hobbit.cpu_compute=3 hobbit.split=1 || true
 [ "$(split_routes splitmixed-ngl99-25)" -gt 0 ] 2>/dev/null && ! grep -q "error:" "$build.splitmixed-ngl99-25.out" \
     && echo "ok: $(split_routes splitmixed-ngl99-25) routes split with hi and lo" || fail "split with hi and lo failed"
-check nosplit-ngl99-25 99 25% 1 hobbit.split=0 || true
-[ "$(split_routes nosplit-ngl99-25)" == "0" ] && echo "ok: none split with hobbit.split=0" || fail "split routes with hobbit.split=0"
-echo "planner's split routes at 25%: $(split_routes mixed-ngl99-25)"
+check planner-split-ngl99-25 99 25% 1 hobbit.split=1 || true
+echo "the planner split $(split_routes planner-split-ngl99-25) routes at 25% with hobbit.split=1"
+[ "$(split_routes mixed-ngl99-25)" == "0" ] && echo "ok: none split by default (hobbit.split=0)" || fail "split routes by default"
+check splitnone-ngl99-25 99 25% 1 hobbit.lo_type=none hobbit.prefetch_depth=0 hobbit.cpu_compute=3 || true
+[ "$(split_routes splitnone-ngl99-25)" == "0" ] && echo "ok: cpu_compute 3 splits nothing without hobbit.split=1" \
+    || fail "cpu_compute 3 split routes with hobbit.split=0"
 check unified-ngl99-25 99 25% 2 hobbit.unified=1 || true
 grep -q "error:" "$build.unified-ngl99-25.out" && fail "a generation failed (unified memory, 25%)"
 

@@ -44,9 +44,11 @@ LLAMA_API const char * llama_hobbit_source_id(void);
 //                              hold every hi expert, 0 never, 1 always (to measure what it costs)
 //   hobbit.graph_copies (int)  GPU tier with a host tier: 1 (default) the graph's thread queues a
 //                              decode's copies on a stream of their own, 0 the I/O threads copy
-//   hobbit.split        (int)  GPU tier, a graph with a CPU path: 1 (default) the planner may
-//                              split a miss, the CPU computing its first FFN rows while the
-//                              others are copied and computed by the GPU; 0 never
+//   hobbit.split        (int)  GPU tier, a graph with a CPU path: 1 the planner may split a
+//                              miss, the CPU computing its first FFN rows while the others are
+//                              copied and computed by the GPU; 0 (default) never: where the
+//                              CPU's reads and the copies share the host's memory bandwidth it
+//                              was slower (BENCHMARKS.md)
 // Any other hobbit.* key is refused. The routed experts are then not resident: they are read
 // from the file into the cache's slot pools on demand, under the policy below, which can be
 // changed at any time. Several contexts may share one HOBBIT model, also from several threads.
@@ -87,7 +89,7 @@ struct llama_hobbit_policy {
                                // from measured rates); 0: every miss is copied; 2: every miss of
                                // a decode is computed on the CPU (a diagnostic: the CPU path alone);
                                // 3: every miss of a decode is split between the CPU and the GPU
-                               // where it can be (a diagnostic of hobbit.split)
+                               // where it can be (a diagnostic of hobbit.split=1, which it needs)
 };
 
 struct llama_hobbit_stats {

@@ -570,8 +570,8 @@ int cmd_bench(int argc, char ** argv) {
         // the default of hobbit_py and the CLI: a thread per physical core (THREADS here)
         { "HOBBIT-gpu, planner, auto prefetch, -t " + std::to_string(threads) + " (the default threads)", mixed, { b }, {},
           threads },
-        { "HOBBIT-gpu, planner, auto prefetch, no split (hobbit.split=0), -t " + std::to_string(threads), mixed,
-          { b, "hobbit.split=0" }, {}, threads },
+        { "HOBBIT-gpu, planner, auto prefetch, misses split (hobbit.split=1), -t " + std::to_string(threads), mixed,
+          { b, "hobbit.split=1" }, {}, threads },
         { "HOBBIT-gpu, planner, auto prefetch, copies by the I/O threads, -t 8", mixed, { b, "hobbit.graph_copies=0" },
           {}, 8 },
         { "HOBBIT-gpu, unified memory forced (diagnostic: the GPU reads pinned host slots), -t 8", mixed,
