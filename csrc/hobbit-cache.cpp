@@ -101,7 +101,7 @@ void llama_hobbit_cache::init_pools(ggml_backend_buffer_type_t buft, uint64_t bu
     // reads too, are then read into through the staging buffer when O_DIRECT is on).
     size_t unit_align = !gpu && store.any_direct() ? llama_hobbit_store::DIRECT_ALIGN : 64;
     if (gpu) {
-        for (int lvl = 0; lvl < (has_lo ? 2 : 1); ++lvl) {
+        for (int lvl = 0; lvl < n_levels(); ++lvl) {
             for (int p = 0; p < LLAMA_HOBBIT_N_PROJ; ++p) {
                 unit_align = std::lcm(unit_align, ggml_type_size(pool[lvl][p]->type));
             }
@@ -186,7 +186,7 @@ void llama_hobbit_cache::init_pools(ggml_backend_buffer_type_t buft, uint64_t bu
         }
         ggml_backend_buffer_set_usage(buf[p], GGML_BACKEND_BUFFER_USAGE_WEIGHTS);
         char * base = (char *) ggml_backend_buffer_get_base(buf[p]);
-        for (int lvl = 0; lvl < (has_lo ? 2 : 1); ++lvl) {
+        for (int lvl = 0; lvl < n_levels(); ++lvl) {
             ggml_tensor * t = pool[lvl][p];
             const int span = lvl == LLAMA_HOBBIT_HI ? hi_span : 1;
             t->ne[2] = int64_t(n_units)/span;
@@ -339,10 +339,10 @@ bool llama_hobbit_cache::submit_split_part(const llama_hobbit_load_ptr & job) {
     }
     job->submitted_at = std::chrono::steady_clock::now();
     job->part_event   = copier.submit(c);
-    job->head_bytes   = job->bytes - c.bytes;
     if (!job->part_event) {
         return false;
     }
+    job->head_bytes = job->bytes - c.bytes;
     loader.demand_started(); // finished when the whole expert has landed (complete_copy)
     return true;
 }
@@ -702,7 +702,7 @@ void llama_hobbit_cache::plan_cpu(llama_hobbit_context & hctx, const llama_hobbi
     std::vector<int> rest;
     for (size_t i = 0; i < misses.size(); ++i) {
         if (place[i] == LLAMA_HOBBIT_PLACE_SPLIT) {
-            job.cpu[misses[i].expert] = 2; // loaded as any miss, its CPU rows accounted once its level is known
+            job.cpu[misses[i].expert] = 2; // loaded as any miss, its CPU rows accounted once its copy is queued
         } else if (place[i] == LLAMA_HOBBIT_PLACE_CPU) {
             const llama_hobbit_miss & m = misses[i];
             job.level[m.expert] = (int8_t) m.lvl;
@@ -800,6 +800,8 @@ void llama_hobbit_cache::serve_wave_locked(std::unique_lock<std::mutex> & lk, ll
                 load->split_row = split_row(il, d.lvl);
                 if (submit_split_part(load)) {
                     split_heads.push_back(load);
+                    hctx.cpu_bytes[d.lvl] += load->head_bytes; // the rows the CPU computes
+                    stats.cpu_bytes       += load->head_bytes;
                     continue;
                 }
                 load->split_row = 0;
@@ -824,16 +826,7 @@ void llama_hobbit_cache::serve_wave_locked(std::unique_lock<std::mutex> & lk, ll
     if (cpu) {
         // the CPU path's expert ids (the last planes, one a level), and its routes in the books;
         // the slots follow in finish_wave, once the CPU's experts are computed and the loads are in
-        const int64_t cpu_plane = ids->ne[2] - (has_lo ? 2 : 1);
-        for (int e = 0; e < n_expert; ++e) {
-            if (job.cpu[e] == 2 && job.level[e] >= 0) {
-                // the CPU's rows of a split miss: those before its split row
-                const size_t head = store.entry_bytes(job.level[e]) *
-                    size_t(split_row(il, job.level[e]))/size_t(pool[job.level[e]][LLAMA_HOBBIT_GATE]->ne[1]);
-                hctx.cpu_bytes[job.level[e]] += head;
-                stats.cpu_bytes              += head;
-            }
-        }
+        const int64_t cpu_plane = ids->ne[2] - n_levels();
         for (int64_t t = 0; t < routes.n_tokens; ++t) {
             for (int64_t r = 0; r < routes.n_used; ++r) {
                 const int e = routes.expert(r, t);
@@ -928,7 +921,7 @@ void llama_hobbit_cache::finish_wave_locked(std::unique_lock<std::mutex> & lk, l
             } else if (lvl >= 0 && job.wave[e] == wave) {
                 // a split miss: the split plane of its level (after hi|lo), its other rows on the CPU
                 const bool split = job.cpu[e] == 2;
-                id_at(ids, split ? (has_lo ? 2 : 1) + lvl : lvl, r, t) = slots.entry(slots.index(il, e, lvl)).slot;
+                id_at(ids, split ? n_levels() + lvl : lvl, r, t) = slots.entry(slots.index(il, e, lvl)).slot;
                 stats.cpu_split += split ? 1 : 0;
                 if (job.loaded[e]) {
                     (lvl == LLAMA_HOBBIT_HI ? stats.loads_hi : stats.loads_lo)++;

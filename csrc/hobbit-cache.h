@@ -62,6 +62,7 @@ struct llama_hobbit_cache {
     int  n_expert      = 0;
     int  n_expert_used = 0;
     bool has_lo        = false;
+    int  n_levels() const { return has_lo ? 2 : 1; } // the levels in use (hi, and lo if any): a path each
     std::string type_name[LLAMA_HOBBIT_N_LVL]; // requested type of each level used
     std::vector<bool> serves;                  // [il] the layer's routed experts come from the cache
     int n_served = 0;                          // layers it serves (set by init_pools)

@@ -44,11 +44,8 @@ ggml_backend_event_t llama_hobbit_copier::submit(const llama_hobbit_copy & c) {
     ggml_backend_event_t ev = free_events.back();
     free_events.pop_back();
     for (int p = 0; p < LLAMA_HOBBIT_N_PROJ; ++p) {
-        if (c.rows[p] > 1) {
-            ggml_backend_tensor_set_2d_async(backend, c.dst[p], c.src[p], c.off[p], c.n[p], c.rows[p], c.pitch[p], c.pitch[p]);
-        } else if (c.n[p] > 0) {
-            ggml_backend_tensor_set_async(backend, c.dst[p], c.src[p], c.off[p], c.n[p]);
-        }
+        // one row: a plain async set (ggml_backend_tensor_set_2d_async's own case)
+        ggml_backend_tensor_set_2d_async(backend, c.dst[p], c.src[p], c.off[p], c.n[p], c.rows[p], c.pitch[p], c.pitch[p]);
     }
     ggml_backend_event_record(ev, backend);
     return ev;

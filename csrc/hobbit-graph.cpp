@@ -72,11 +72,6 @@ static llama_hobbit_routes routes_of(const ggml_tensor * dst) {
     return routes;
 }
 
-// the levels of a cache: its paths of expert matmuls (hi, and lo if it has one)
-static int n_levels(const llama_hobbit_cache & cache) {
-    return cache.has_lo ? 2 : 1;
-}
-
 // the routes a CPU path computes: in the last n_lvl planes of the route op's ids, one a level
 static std::vector<llama_hobbit_cpu_route> cpu_routes(const ggml_tensor * ids, int n_lvl) {
     std::vector<llama_hobbit_cpu_route> out;
@@ -138,7 +133,7 @@ static void llama_hobbit_cpu_experts_op(ggml_tensor * dst, int ith, int nth, voi
     if (hctx.failed) {
         return;
     }
-    const std::vector<llama_hobbit_cpu_route> routes = cpu_routes(ids, n_levels(*hctx.cache));
+    const std::vector<llama_hobbit_cpu_route> routes = cpu_routes(ids, hctx.cache->n_levels());
     if (routes.empty()) {
         return;
     }
@@ -228,13 +223,13 @@ static void llama_hobbit_wait_op(ggml_tensor * dst, int ith, int nth, void * use
     const ggml_tensor * route_ids = dst->src[2];
     const ggml_tensor * cpu       = dst->src[3];
     const int64_t n_used = route_ids->ne[0], n_tokens = route_ids->ne[1];
-    const int64_t n_paths = route_ids->ne[2] - n_levels(*hctx.cache); // the GPU's planes
-    const int64_t n_ids  = n_used*n_tokens*n_paths;
+    const int64_t n_planes = route_ids->ne[2] - hctx.cache->n_levels(); // the GPU's
+    const int64_t n_ids    = n_used*n_tokens*n_planes;
     ggml_tensor slot_ids = {}; // the layout finish_wave writes: int32 [n_used, n_tokens, GPU planes]
     slot_ids.type  = GGML_TYPE_I32;
     slot_ids.ne[0] = n_used;
     slot_ids.ne[1] = n_tokens;
-    slot_ids.ne[2] = n_paths;
+    slot_ids.ne[2] = n_planes;
     slot_ids.ne[3] = 1;
     slot_ids.nb[0] = sizeof(int32_t);
     slot_ids.nb[1] = n_used*sizeof(int32_t);
@@ -376,7 +371,7 @@ ggml_tensor * llama_hobbit_build_moe_ffn(
     const int64_t n_embd   = cur->ne[0];
     const int64_t n_tokens = cur->ne[2];
     const int64_t n_used   = selected->ne[0];
-    const int     n_paths  = cache.has_lo ? 2 : 1;
+    const int     n_paths  = cache.n_levels();
     const int     n_waves  = cache.n_waves(n_used, n_tokens);
 
     // one path of expert matmuls: up/gate, GLU, down from the pools `as` with the ids `ids`

@@ -228,7 +228,7 @@ std::shared_ptr<llama_hobbit_cache> attach_impl(const llama_model & model, llama
     cache->store.open(paths, direct_io != 0);
     cache->store.resize(cache->n_layer);
 
-    const int n_lvl = cache->has_lo ? 2 : 1;
+    const int n_lvl = cache->n_levels();
     const int lvl_file[2] = { lvl_hi, lvl_lo };
     ggml_type type[2][LLAMA_HOBBIT_N_PROJ] = {};
     int64_t   ne[2][LLAMA_HOBBIT_N_PROJ][2] = {};
