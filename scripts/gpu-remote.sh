@@ -13,7 +13,7 @@
 #      packed, else a), RUNS (3), ROWS and EXTRA (HOBBIT_BENCH_ROWS / HOBBIT_BENCH_EXTRA),
 #      ORDER ("a b": the benches, one build each, in this order; "a b a b" alternates),
 #      SCHED_DEBUG=1 (GGML_SCHED_DEBUG=2 on a check: each split's inputs), BW=1 (the host's
-#      memory bandwidth through torch), BENCH_TIMEOUT and TEST_TIMEOUT (s)
+#      memory bandwidth through torch: scripts/host-bw-probe.py), BENCH_TIMEOUT and TEST_TIMEOUT (s)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 T0=$(date +%s)
@@ -54,19 +54,8 @@ if { [ -z "${NO_BENCH:-}" ] || [ -n "${SCHED_DEBUG:-}" ]; } && [ ! -f "$model" ]
     say "bench model made"
 fi
 if [ -n "${BW:-}" ]; then
-    python3 - <<'PY'
-import statistics, time, torch
-x = torch.ones(2 << 30, dtype=torch.int8)
-y = torch.empty_like(x)
-for n in (16, 8):
-    torch.set_num_threads(n)
-    y.copy_(x)  # warm-up: the pages are touched
-    rates = []
-    for _ in range(7):
-        t = time.perf_counter(); y.copy_(x); rates.append(2*x.numel()/(time.perf_counter() - t)/1e9)
-    print(f"host memory, {n} threads: y.copy_(x) of 2 GiB int8, reads+writes: median {statistics.median(rates):.1f} "
-          f"GB/s of 7 (min {min(rates):.1f}, max {max(rates):.1f})")
-PY
+    python3 scripts/host-bw-probe.py --threads 16
+    python3 scripts/host-bw-probe.py --threads 8 --rounds 3
     say "bandwidth probe done"
 fi
 tb=${TEST_BUILD:-$([ -d build-b ] && echo b || echo a)}
