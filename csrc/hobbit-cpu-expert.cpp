@@ -24,10 +24,6 @@ int64_t cpu_slice_unit(const ggml_tensor * down) {
     return std::max<int64_t>(ggml_blck_size(down->type), ggml_blck_size(vd));
 }
 
-size_t cpu_align64(size_t n) {
-    return (n + 63) & ~size_t(63);
-}
-
 } // namespace
 
 int llama_hobbit_cpu_expert_slices(const llama_hobbit_cpu_weights & w) {
@@ -57,29 +53,30 @@ int64_t llama_hobbit_cpu_slice_row(const llama_hobbit_cpu_weights & w, int s, in
     return int64_t(s)*(w.gate->ne[1]/unit)/n_slices*unit;
 }
 
-void llama_hobbit_cpu_expert_slice(const llama_hobbit_cpu_weights & w, int e, bool use_gelu, const float * x, int s,
-                                   int n_slices, float * partial, std::vector<char> & scratch) {
+int64_t llama_hobbit_cpu_row_unit(const llama_hobbit_cpu_weights & w) {
+    return cpu_slice_unit(w.down);
+}
+
+size_t llama_hobbit_cpu_x_bytes(const llama_hobbit_cpu_weights & w) {
+    return ggml_row_size(ggml_get_type_traits_cpu(w.gate->type)->vec_dot_type, w.gate->ne[0]);
+}
+
+size_t llama_hobbit_cpu_act_bytes(const llama_hobbit_cpu_weights & w, int64_t n_rows) {
+    return ggml_row_size(ggml_get_type_traits_cpu(w.down->type)->vec_dot_type, n_rows);
+}
+
+void llama_hobbit_cpu_quantize_x(const llama_hobbit_cpu_weights & w, const float * x, void * xq) {
+    const ggml_type vg = ggml_get_type_traits_cpu(w.gate->type)->vec_dot_type;
+    ggml_get_type_traits_cpu(vg)->from_float(x, xq, w.gate->ne[0]);
+}
+
+void llama_hobbit_cpu_expert_rows(const llama_hobbit_cpu_weights & w, int e, bool use_gelu, const void * xq,
+                                  int64_t j0, int64_t j1, void * actq, float * act) {
     const ggml_tensor * gate = w.gate;
     const ggml_tensor * up   = w.up;
-    const ggml_tensor * down = w.down;
     const int64_t n_embd = gate->ne[0];
-    const int64_t j0 = llama_hobbit_cpu_slice_row(w, s, n_slices), j1 = llama_hobbit_cpu_slice_row(w, s + 1, n_slices);
-    const int64_t len = j1 - j0;
-
     const auto * tg = ggml_get_type_traits_cpu(gate->type);
-    const auto * td = ggml_get_type_traits_cpu(down->type);
-    const ggml_type vg = tg->vec_dot_type, vd = td->vec_dot_type;
-
-    // scratch: x in gate's vec_dot type | the slice's activations | those in down's vec_dot type
-    const size_t xq_bytes = cpu_align64(ggml_row_size(vg, n_embd));
-    const size_t act_bytes = cpu_align64(size_t(len)*sizeof(float));
-    scratch.resize(xq_bytes + act_bytes + ggml_row_size(vd, len) + 64);
-    char * base = (char *) cpu_align64((size_t) scratch.data());
-    char * xq   = base;
-    float * act = (float *) (base + xq_bytes);
-    char * aq   = base + xq_bytes + act_bytes;
-
-    ggml_get_type_traits_cpu(vg)->from_float(x, xq, n_embd);
+    const ggml_type vd = ggml_get_type_traits_cpu(w.down->type)->vec_dot_type;
     const char * g_rows = (const char *) gate->data + e*gate->nb[2];
     const char * u_rows = (const char *) up->data   + e*up->nb[2];
     for (int64_t j = j0; j < j1; ++j) {
@@ -88,9 +85,15 @@ void llama_hobbit_cpu_expert_slice(const llama_hobbit_cpu_weights & w, int e, bo
         tg->vec_dot((int) n_embd, &u, 0, u_rows + j*up->nb[1],   0, xq, 0, 1);
         act[j - j0] = (use_gelu ? cpu_gelu(g) : cpu_silu(g))*u;
     }
-    ggml_get_type_traits_cpu(vd)->from_float(act, aq, len);
-    const char * d_rows = (const char *) down->data + e*down->nb[2] + ggml_row_size(down->type, j0);
-    for (int64_t i = 0; i < n_embd; ++i) {
-        td->vec_dot((int) len, &partial[i], 0, d_rows + i*down->nb[1], 0, aq, 0, 1);
+    ggml_get_type_traits_cpu(vd)->from_float(act, (char *) actq + ggml_row_size(vd, j0), j1 - j0);
+}
+
+void llama_hobbit_cpu_expert_down(const llama_hobbit_cpu_weights & w, int e, const void * actq, int64_t n_rows,
+                                  int64_t i0, int64_t i1, float * out) {
+    const ggml_tensor * down = w.down;
+    const auto * td = ggml_get_type_traits_cpu(down->type);
+    const char * d_rows = (const char *) down->data + e*down->nb[2];
+    for (int64_t i = i0; i < i1; ++i) {
+        td->vec_dot((int) n_rows, &out[i], 0, d_rows + i*down->nb[1], 0, actq, 0, 1);
     }
 }

@@ -3,13 +3,17 @@
 // They are computed straight from the host tier's pinned copies by one graph op on all of the
 // CPU backend's threads (hobbit-graph.cpp), instead of three mul_mat_id, a GLU and an add per
 // level: a decode's layer then pays for one op, and for nothing when no route goes to the CPU.
-// The FFN dimension of an expert is cut into slices of whole blocks; slice s computes
+// An expert is computed in two passes, each cut into chunks that the threads take as they come
+// (a thread that starts late takes fewer):
 //
-//     partial_s = down[:, s] . act(gate[s, :] . x) * (up[s, :] . x)
+//     rows  [j0, j1) of the FFN:   act[j] = act(gate[j, :] . x) * (up[j, :] . x)
+//     rows  [i0, i1) of the output: out[i] = down[i, :] . act
 //
 // with the CPU backend's own dot products (x and the activations quantized to the weights'
-// vec_dot type, as ggml's mul_mat does), and the partials are summed in slice order, so the
-// result does not depend on the number of threads.
+// vec_dot type, as ggml's mul_mat does). Both read whole rows from the host tier, and each
+// output is one dot product over its row, so the result does not depend on the chunks or the
+// number of threads. The FFN is also cut into slices of whole blocks, whose boundaries are
+// where a split miss (hobbit-planner.h) hands its rows from the CPU to the GPU.
 #pragma once
 
 #include "ggml.h"
@@ -44,7 +48,22 @@ int llama_hobbit_cpu_expert_slices(const llama_hobbit_cpu_weights & w);
 int64_t llama_hobbit_cpu_slice_row(const llama_hobbit_cpu_weights & w, int s, int n_slices);
 constexpr int llama_hobbit_cpu_split_slices(int n_slices) { return n_slices/2; }
 
-// slice s of n_slices of expert e on input x (n_embd floats): adds nothing, writes partial
-// (n_embd floats). scratch is the calling thread's; it grows as needed (may throw bad_alloc).
-void llama_hobbit_cpu_expert_slice(const llama_hobbit_cpu_weights & w, int e, bool gelu, const float * x, int s,
-                                   int n_slices, float * partial, std::vector<char> & scratch);
+// rows of the FFN are cut at multiples of this (down's blocks and the activations' quantization)
+int64_t llama_hobbit_cpu_row_unit(const llama_hobbit_cpu_weights & w);
+
+// bytes of x quantized for gate and up, and of n_rows activations quantized for down
+size_t llama_hobbit_cpu_x_bytes(const llama_hobbit_cpu_weights & w);
+size_t llama_hobbit_cpu_act_bytes(const llama_hobbit_cpu_weights & w, int64_t n_rows);
+
+// x (n_embd floats) quantized into xq (llama_hobbit_cpu_x_bytes)
+void llama_hobbit_cpu_quantize_x(const llama_hobbit_cpu_weights & w, const float * x, void * xq);
+
+// the FFN rows [j0, j1) of expert e (j0 a multiple of llama_hobbit_cpu_row_unit, j1 too or the
+// FFN's end): their activations, quantized into actq at row j0's place. act: j1 - j0 floats of scratch
+void llama_hobbit_cpu_expert_rows(const llama_hobbit_cpu_weights & w, int e, bool gelu, const void * xq,
+                                  int64_t j0, int64_t j1, void * actq, float * act);
+
+// the outputs [i0, i1) of expert e from the activations of its first n_rows FFN rows (all of
+// them, or a split miss's rows before its split row): out[i] = down[i, :n_rows] . act
+void llama_hobbit_cpu_expert_down(const llama_hobbit_cpu_weights & w, int e, const void * actq, int64_t n_rows,
+                                  int64_t i0, int64_t i1, float * out);

@@ -1,6 +1,6 @@
 // HOBBIT: a routed expert computed on the CPU from its quantized weights (hobbit-cpu-expert.h).
 //
-// The sum of an expert's slices must match two independent computations: ggml's own CPU graph
+// An expert computed in chunks (any chunks: the same bits) must match two independent computations: ggml's own CPU graph
 // (mul_mat, GLU, mul_mat on the same quantized expert: the same dot products, so almost exactly;
 // GELU within its fp16 table's error)
 // and a double-precision reference on the dequantized weights (within quantization error).
@@ -130,24 +130,38 @@ bool run_case(ggml_type type_up, ggml_type type_down, int64_t n_embd, int64_t n_
     const int n_slices = llama_hobbit_cpu_expert_slices(cw);
     bool ok = n_slices >= 1 && n_slices <= LLAMA_HOBBIT_CPU_SLICES;
     double worst_ggml = 0.0, worst_ref = 0.0;
-    std::vector<char> scratch;
-    // a split miss: the CPU computes the slices before split_slices, i.e. the rows before the
-    // split row, which is a whole number of down's blocks inside the FFN
+    // a split miss: the CPU computes the rows before the slice split_slices starts at, which is a
+    // whole number of down's blocks inside the FFN
     const int head = llama_hobbit_cpu_split_slices(n_slices);
     const int64_t split_row = llama_hobbit_cpu_slice_row(cw, head, n_slices);
+    const int64_t unit = llama_hobbit_cpu_row_unit(cw);
     ok = ok && llama_hobbit_cpu_slice_row(cw, 0, n_slices) == 0 && llama_hobbit_cpu_slice_row(cw, n_slices, n_slices) == n_ff;
-    ok = ok && (n_slices < 2 || (split_row > 0 && split_row < n_ff && split_row % ggml_blck_size(type_down) == 0));
+    ok = ok && (n_slices < 2 || (split_row > 0 && split_row < n_ff && split_row % unit == 0));
+    ok = ok && unit % ggml_blck_size(type_down) == 0;
     double worst_head = 0.0;
-    for (int e = 0; e < n_expert && ok; ++e) {
-        std::vector<float> sum(n_embd, 0.0f), partial(n_embd), head_sum(n_embd, 0.0f);
-        for (int s = 0; s < n_slices; ++s) {
-            std::fill(partial.begin(), partial.end(), NAN);
-            llama_hobbit_cpu_expert_slice(cw, e, gelu, x.data(), s, n_slices, partial.data(), scratch);
-            for (int64_t i = 0; i < n_embd; ++i) {
-                sum[i] += partial[i];
-                head_sum[i] += s < head ? partial[i] : 0.0f;
-            }
+    bool same_for_any_chunks = true;
+    // the expert over its first n_rows FFN rows, the rows in chunks of `chunk` units (0: one
+    // chunk) and the outputs in chunks of out_chunk
+    std::vector<char> xq(llama_hobbit_cpu_x_bytes(cw));
+    auto expert = [&](int e, int64_t n_rows, int64_t chunk, int64_t out_chunk) {
+        std::vector<char> aq(llama_hobbit_cpu_act_bytes(cw, n_rows));
+        std::vector<float> act((size_t(n_rows))), out(n_embd, NAN);
+        llama_hobbit_cpu_quantize_x(cw, x.data(), xq.data());
+        const int64_t rows = chunk > 0 ? chunk*unit : n_rows;
+        for (int64_t j = 0; j < n_rows; j += rows) {
+            llama_hobbit_cpu_expert_rows(cw, e, gelu, xq.data(), j, std::min(n_rows, j + rows), aq.data(), act.data());
         }
+        for (int64_t i = 0; i < n_embd; i += out_chunk) {
+            llama_hobbit_cpu_expert_down(cw, e, aq.data(), n_rows, i, std::min(n_embd, i + out_chunk), out.data());
+        }
+        return out;
+    };
+    for (int e = 0; e < n_expert && ok; ++e) {
+        const std::vector<float> sum = expert(e, n_ff, 0, n_embd);
+        for (int64_t chunk : { 1, 3 }) { // chunks of the FFN and of the outputs change nothing
+            same_for_any_chunks = same_for_any_chunks && expert(e, n_ff, chunk, 7) == sum;
+        }
+        const std::vector<float> head_sum = head > 0 ? expert(e, split_row, 1, 5) : std::vector<float>();
         if (head > 0) {
             worst_head = std::max(worst_head, nmse(head_sum, reference(w, e, gelu, x, 0, split_row)));
         }
@@ -159,11 +173,12 @@ bool run_case(ggml_type type_up, ggml_type type_down, int64_t n_embd, int64_t n_
     // ggml's GELU reads a table of fp16 values; this kernel computes it exactly
     const double ggml_tol = gelu ? 1e-4 : 1e-6;
     ok = ok && std::isfinite(worst_ggml) && worst_ggml < ggml_tol && std::isfinite(worst_ref) && worst_ref < 5e-3 &&
-         std::isfinite(worst_head) && worst_head < 5e-3;
+         std::isfinite(worst_head) && worst_head < 5e-3 && same_for_any_chunks;
     printf("  cpu expert: up=%-5s down=%-5s n_ff=%-5lld %s slices=%-2d nmse vs ggml %.2e, vs f64 %.2e, "
-           "rows before %lld vs f64 %.2e %s\n",
+           "rows before %lld vs f64 %.2e, chunks %s %s\n",
            ggml_type_name(type_up), ggml_type_name(type_down), (long long) n_ff, gelu ? "gelu" : "silu", n_slices,
-           worst_ggml, worst_ref, (long long) split_row, worst_head, ok ? "OK" : "FAIL");
+           worst_ggml, worst_ref, (long long) split_row, worst_head, same_for_any_chunks ? "agree" : "DIFFER",
+           ok ? "OK" : "FAIL");
     ggml_backend_buffer_free(w.buf);
     ggml_free(w.ctx);
     return ok;
