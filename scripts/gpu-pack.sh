@@ -10,7 +10,9 @@
 #   scripts/gpu-pack.sh [--build]    (env: BUILD=build-cuda, B, CUDA_ARCH=90, PY_VERSION=3.12)
 #   scripts/gpu-pack.sh --source     .carry/src.tar.xz instead of builds: vendor/llama.cpp pruned
 #                                    (scripts/prune-cuda-src.sh), which gpu-remote.sh builds there
-#                                    (16 cores: minutes, where this 2-core machine takes an hour)
+#                                    (16 cores: minutes, where this 2-core machine takes an hour);
+#                                    with B_REV=REV also .carry/csrc-b.tar.xz, csrc/ of commit REV,
+#                                    which gpu-remote.sh builds as build B (an A/B of the engine)
 #
 # --build first builds $BUILD with scripts/test-cuda.sh (BUILD_ONLY=1), with
 # GGML_CUDA_NO_VMM=ON (no CUDA driver library to link without a GPU). Both folders are
@@ -28,6 +30,11 @@ if [ "${1:-}" = "--source" ]; then
     scripts/prune-cuda-src.sh "$tmp/llama.cpp" >/dev/null
     tar -C "$tmp/llama.cpp" -cJf .carry/src.tar.xz .
     rm -rf "$tmp"
+    rm -f .carry/csrc-b.tar.xz
+    if [ -n "${B_REV:-}" ]; then
+        # build B: the engine's sources of that commit, built there over build A's objects
+        git archive --format=tar "$B_REV" csrc | xz -9 > .carry/csrc-b.tar.xz
+    fi
 elif [ "${1:-}" = "--build" ]; then
     BUILD_ONLY=1 BUILD="$build" CMAKE_ARGS="-DGGML_CUDA_NO_VMM=ON -DGGML_CCACHE=ON ${CMAKE_ARGS:-}" \
         scripts/test-cuda.sh

@@ -7,7 +7,8 @@
 #
 #   bash scripts/gpu-remote.sh
 #
-# With .carry/src.tar.xz (gpu-pack.sh --source) it builds build A there first.
+# With .carry/src.tar.xz (gpu-pack.sh --source) it builds build A there first, and with
+# .carry/csrc-b.tar.xz (gpu-pack.sh --source, B_REV=REV) build B from that commit's csrc/.
 #
 # env: OUT (where logs and tables go; default /tmp/out), NO_TEST=1, NO_BENCH=1, TEST_BUILD (b if
 #      packed, else a), RUNS (3), ROWS and EXTRA (HOBBIT_BENCH_ROWS / HOBBIT_BENCH_EXTRA),
@@ -31,6 +32,16 @@ if [ -f .carry/src.tar.xz ]; then
         || { say "build failed"; exit 1; }
     mkdir -p build-a && cp -a /tmp/hobbit-build/bin build-a/
     say "built"
+    if [ -f .carry/csrc-b.tar.xz ]; then
+        # build B: csrc/ of another commit (gpu-pack.sh B_REV=...), rebuilt over build A's objects
+        rm -rf /tmp/hobbit-csrc-a && cp -a csrc /tmp/hobbit-csrc-a && rm -rf csrc
+        tar -xJf .carry/csrc-b.tar.xz
+        cmake --build /tmp/hobbit-build -j "$(nproc)" --target llama hobbit-gpu > /tmp/hobbit-build-b.log 2>&1 \
+            || { tail -20 /tmp/hobbit-build-b.log; say "build B failed"; }
+        rm -rf build-b && mkdir -p build-b && cp -a /tmp/hobbit-build/bin build-b/
+        rm -rf csrc && cp -a /tmp/hobbit-csrc-a csrc
+        say "built build-b"
+    fi
 else
     # build B is build A with bc-b's files (libllama, hobbit-gpu) over it
     mkdir -p build-a && tar -C build-a -xJf .carry/bc-a.tar.xz
