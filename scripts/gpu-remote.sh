@@ -35,12 +35,12 @@ if [ -f .carry/src.tar.xz ]; then
     if [ -f .carry/csrc-b.tar.xz ]; then
         # build B: csrc/ of another commit (gpu-pack.sh B_REV=...), rebuilt over build A's objects
         rm -rf /tmp/hobbit-csrc-a && cp -a csrc /tmp/hobbit-csrc-a && rm -rf csrc
-        tar -xJf .carry/csrc-b.tar.xz
+        tar -m -xJf .carry/csrc-b.tar.xz # -m: now as their time, so that they are rebuilt
         cmake --build /tmp/hobbit-build -j "$(nproc)" --target llama hobbit-gpu > /tmp/hobbit-build-b.log 2>&1 \
             || { tail -20 /tmp/hobbit-build-b.log; say "build B failed"; }
         rm -rf build-b && mkdir -p build-b && cp -a /tmp/hobbit-build/bin build-b/
-        rm -rf csrc && cp -a /tmp/hobbit-csrc-a csrc
-        say "built build-b"
+        rm -rf csrc && cp -r /tmp/hobbit-csrc-a csrc # new times: a later build here rebuilds A
+        say "built build-b: $(grep -c 'Building' /tmp/hobbit-build-b.log) objects rebuilt"
     fi
 else
     # build B is build A with bc-b's files (libllama, hobbit-gpu) over it
