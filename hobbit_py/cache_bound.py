@@ -139,6 +139,19 @@ def replay_static(steps: list[Step], slots: int) -> Replay:
     return Replay("static (most used pinned)", hits, sum(len(s.routes) for s in steps), tuple(misses))
 
 
+def reuse_next_token(steps: list[Step]) -> float:
+    """How often an expert routed at a token is routed again at the same layer of the next token."""
+    by_layer: dict[int, list[set[int]]] = {}
+    for s in steps:
+        by_layer.setdefault(s.layer, []).append({e for e, _ in s.routes})
+    again = total = 0
+    for sets in by_layer.values():
+        for now, following in zip(sets, sets[1:]):
+            total += len(now)
+            again += len(now & following)
+    return again/total if total else 0.0
+
+
 def miss_mib(replay: Replay, hi_mib: float, lo_mib: float, hi_threshold: float) -> float:
     """The MiB the misses take from the host tier at the policy's levels."""
     return sum(hi_mib if share >= hi_threshold else lo_mib for share in replay.miss_shares)
@@ -178,9 +191,12 @@ def main(argv: list[str] | None = None) -> int:
     n_tokens = len({e.token for e in trace.events if e.phase == "decode"})
     budget_mib = args.budget*trace.n_layer*trace.n_expert*args.hi_mib
     hi_slots, lo_slots = int(budget_mib/args.hi_mib + 1e-9), int(budget_mib/args.lo_mib + 1e-9)
+    used = max((len(s.routes) for s in steps), default=0)
     print(f"{args.trace}: {n_tokens} decoded tokens, {trace.n_layer} layers x {trace.n_expert} experts; "
           f"a {budget_mib:.0f} MiB budget holds {hi_slots} experts at hi or {lo_slots} at lo. "
-          f"MiB a token: each miss at the policy's level (hi from a share of {args.hi_threshold})")
+          f"MiB a token: each miss at the policy's level (hi from a share of {args.hi_threshold}). "
+          f"An expert routed at a token is routed again at the next: {reuse_next_token(steps):.3f} "
+          f"(by chance: {used/trace.n_expert:.3f})")
     print()
     print("| entries | cache | hit rate | misses / token | MiB / token |")
     print("|---|---|---|---|---|")

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from hobbit_py.cache_bound import Step, decode_steps, miss_mib, replay_belady, replay_lru, replay_static
+from hobbit_py.cache_bound import (Step, decode_steps, miss_mib, replay_belady, replay_lru, replay_static,
+                                   reuse_next_token)
 from hobbit_py.trace import RouteEvent, write_trace
 
 
@@ -81,6 +82,14 @@ def test_the_routes_of_a_layer_are_not_evicted_for_each_other() -> None:
     replay = replay_lru(steps, 1)
     assert replay.hits == 1 and replay.miss_shares == (0.7, 0.3, 0.2)
     assert miss_mib(replay, hi_mib=20.0, lo_mib=10.0, hi_threshold=0.5) == 40.0
+
+
+def test_reuse_at_the_next_token() -> None:
+    # layer 0: {1, 2} then {1, 3} then {4, 5}: 1 of 2, then 0 of 2 routed again; layer 1 always the same
+    steps = [Step(0, ((1, 0.5), (2, 0.5))), Step(1, ((0, 0.5), (7, 0.5))),
+             Step(0, ((1, 0.5), (3, 0.5))), Step(1, ((0, 0.5), (7, 0.5))),
+             Step(0, ((4, 0.5), (5, 0.5))), Step(1, ((7, 0.5), (0, 0.5)))]
+    assert reuse_next_token(steps) == (1 + 0 + 2 + 2) / 8
 
 
 def test_decode_steps_order_and_phase() -> None:
