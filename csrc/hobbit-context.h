@@ -55,7 +55,6 @@ struct llama_hobbit_context {
     size_t cpu_bytes[LLAMA_HOBBIT_N_LVL] = {};            // expert bytes the wave gave to the CPU
     bool   cpu_probe = false;                             // ... as a probe of its rate (hobbit-planner.h)
     std::vector<char> cpu_scratch;    // the CPU experts op's x and activations, quantized, per route
-    std::vector<double> cpu_busy;     // ... each thread's time computing them (ms)
     double cpu_busy_ms = 0.0;         // the wave's longest: its CPU experts' time once the threads run
     int    cpu_threads = 0;           // the threads that computed the wave's CPU experts (0: none)
     llama_hobbit_workers cpu_workers; // the threads that compute them with the graph's thread

@@ -1,9 +1,13 @@
 #include "hobbit-cpu-expert.h"
+#include "hobbit-workers.h"
 
 #include "ggml-cpu.h"
 
 #include <algorithm>
+#include <atomic>
+#include <chrono>
 #include <cmath>
+#include <utility>
 
 namespace {
 
@@ -96,4 +100,87 @@ void llama_hobbit_cpu_expert_down(const llama_hobbit_cpu_weights & w, int e, con
     for (int64_t i = i0; i < i1; ++i) {
         td->vec_dot((int) n_rows, &out[i], 0, d_rows + i*down->nb[1], 0, actq, 0, 1);
     }
+}
+
+namespace {
+
+constexpr int64_t FFN_CHUNK = 128; // FFN rows a chunk of the first pass (rounded up to whole units)
+constexpr int64_t OUT_CHUNK = 8;   // output rows a chunk of the second
+
+size_t align64(size_t n) {
+    return (n + 63) & ~size_t(63);
+}
+
+} // namespace
+
+llama_hobbit_cpu_run llama_hobbit_cpu_experts(const std::vector<llama_hobbit_cpu_task> & tasks, bool gelu,
+                                              int n_threads, llama_hobbit_workers & pool, std::vector<char> & scratch) {
+    llama_hobbit_cpu_run run;
+    if (tasks.empty()) {
+        return run;
+    }
+    // each task's x and activations, quantized, in the scratch; the units of work of each pass:
+    // (task, first row)
+    std::vector<size_t> xq(tasks.size()), aq(tasks.size());
+    std::vector<int64_t> chunk(tasks.size());
+    std::vector<std::pair<size_t, int64_t>> ffn_units, out_units;
+    size_t bytes = 0;
+    for (size_t k = 0; k < tasks.size(); ++k) {
+        const llama_hobbit_cpu_task & t = tasks[k];
+        const int64_t unit = llama_hobbit_cpu_row_unit(t.w);
+        chunk[k] = (FFN_CHUNK + unit - 1)/unit*unit;
+        xq[k]    = bytes;
+        bytes   += align64(llama_hobbit_cpu_x_bytes(t.w));
+        aq[k]    = bytes;
+        bytes   += align64(llama_hobbit_cpu_act_bytes(t.w, t.rows));
+        for (int64_t j = 0; j < t.rows; j += chunk[k]) {
+            ffn_units.emplace_back(k, j);
+        }
+        for (int64_t i = 0; i < t.w.gate->ne[0]; i += OUT_CHUNK) {
+            out_units.emplace_back(k, i);
+        }
+    }
+    scratch.resize(bytes + 64);
+    std::vector<double> busy(size_t(std::max(1, n_threads)), 0.0);
+    char * base = (char *) (((uintptr_t) scratch.data() + 63) & ~uintptr_t(63));
+    for (size_t k = 0; k < tasks.size(); ++k) {
+        llama_hobbit_cpu_quantize_x(tasks[k].w, tasks[k].x, base + xq[k]);
+    }
+
+    // each thread times its own share, from when it starts (a thread that slept starts late)
+    std::atomic<bool> out_of_memory{false};
+    std::atomic<size_t> next_ffn{0}, next_out{0};
+    const int threads_ffn = llama_hobbit_parallel(pool, (int) busy.size(), [&](int i, int) {
+        thread_local std::vector<float> act;
+        const auto t_begin = std::chrono::steady_clock::now();
+        try {
+            for (size_t u = next_ffn.fetch_add(1); u < ffn_units.size(); u = next_ffn.fetch_add(1)) {
+                const size_t k = ffn_units[u].first;
+                const llama_hobbit_cpu_task & t = tasks[k];
+                const int64_t j0 = ffn_units[u].second, j1 = std::min(t.rows, j0 + chunk[k]);
+                act.resize(size_t(chunk[k]));
+                llama_hobbit_cpu_expert_rows(t.w, t.expert, gelu, base + xq[k], j0, j1, base + aq[k], act.data());
+            }
+        } catch (const std::exception &) {
+            out_of_memory.store(true);
+        }
+        busy[i] += std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t_begin).count();
+    });
+    if (out_of_memory.load()) {
+        run.out_of_memory = true;
+        return run;
+    }
+    const int threads_out = llama_hobbit_parallel(pool, (int) busy.size(), [&](int i, int) {
+        const auto t_begin = std::chrono::steady_clock::now();
+        for (size_t u = next_out.fetch_add(1); u < out_units.size(); u = next_out.fetch_add(1)) {
+            const size_t k = out_units[u].first;
+            const llama_hobbit_cpu_task & t = tasks[k];
+            const int64_t i0 = out_units[u].second, i1 = std::min(t.w.gate->ne[0], i0 + OUT_CHUNK);
+            llama_hobbit_cpu_expert_down(t.w, t.expert, base + aq[k], t.rows, i0, i1, t.out);
+        }
+        busy[i] += std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t_begin).count();
+    });
+    run.threads = std::min(threads_ffn, threads_out);
+    run.busy_ms = *std::max_element(busy.begin(), busy.end());
+    return run;
 }

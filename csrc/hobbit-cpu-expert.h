@@ -20,6 +20,8 @@
 
 #include <vector>
 
+struct llama_hobbit_workers;
+
 // the three projections of one level of one layer: [ne0, ne1, n_expert] tensors in host memory
 // (gate and up [n_embd, n_ff], down [n_ff, n_embd])
 struct llama_hobbit_cpu_weights {
@@ -67,3 +69,29 @@ void llama_hobbit_cpu_expert_rows(const llama_hobbit_cpu_weights & w, int e, boo
 // them, or a split miss's rows before its split row): out[i] = down[i, :n_rows] . act
 void llama_hobbit_cpu_expert_down(const llama_hobbit_cpu_weights & w, int e, const void * actq, int64_t n_rows,
                                   int64_t i0, int64_t i1, float * out);
+
+// one route the CPU computes: expert `expert` of w on x (n_embd floats), over its first `rows` FFN
+// rows (all of them, or a split miss's before its split row), into out (n_embd floats, overwritten)
+struct llama_hobbit_cpu_task {
+    llama_hobbit_cpu_weights w;
+    int           expert;
+    const float * x;
+    int64_t       rows;
+    float *       out;
+};
+
+// what computing a set of tasks took: the threads it ran on (the fewer of its two passes), the
+// longest compute time of a thread (ms, each from when it started), and whether memory ran out
+// in a thread (then no output is valid)
+struct llama_hobbit_cpu_run {
+    int    threads       = 0;
+    double busy_ms       = 0.0;
+    bool   out_of_memory = false;
+};
+
+// computes every task on up to n_threads threads (llama_hobbit_parallel over pool, the caller
+// one of them): the FFN rows of every task in chunks, then the outputs in chunks, the threads
+// taking each pass's chunks as they come. scratch is kept between calls; growing it may throw
+// std::bad_alloc, before any thread starts.
+llama_hobbit_cpu_run llama_hobbit_cpu_experts(const std::vector<llama_hobbit_cpu_task> & tasks, bool gelu,
+                                              int n_threads, llama_hobbit_workers & pool, std::vector<char> & scratch);

@@ -112,13 +112,9 @@ static void llama_hobbit_route_op(ggml_tensor * dst, int ith, int nth, void * us
 }
 
 // the misses the planner gave to the CPU: the graph's thread and llama_hobbit_parallel's workers
-// (hobbit-workers.h) compute them in two passes (hobbit-cpu-expert.h): the FFN rows of every
-// route in chunks, then the output rows of every route in chunks, each pass's chunks taken by
-// the threads as they come. Like every HOBBIT op it is one task, so a layer without CPU routes
+// (hobbit-workers.h) compute them (llama_hobbit_cpu_experts: the FFN rows of every route in
+// chunks, then the outputs). Like every HOBBIT op it is one task, so a layer without CPU routes
 // wakes no other thread.
-static constexpr int64_t CPU_FFN_CHUNK = 128; // FFN rows a chunk of the first pass (rounded up to whole units)
-static constexpr int64_t CPU_OUT_CHUNK = 8;   // output rows a chunk of the second
-
 static void llama_hobbit_cpu_experts_op(ggml_tensor * dst, int ith, int nth, void * userdata) {
     (void) nth;
     if (ith != 0) {
@@ -141,93 +137,38 @@ static void llama_hobbit_cpu_experts_op(ggml_tensor * dst, int ith, int nth, voi
     if (routes.empty()) {
         return;
     }
-    struct cpu_task {
-        llama_hobbit_cpu_weights w;
-        int64_t rows;   // FFN rows the CPU computes: all, or a split miss's before its split row
-        int64_t chunk;  // FFN rows a chunk
-        size_t  xq, aq; // offsets of x and of the activations, quantized, in the scratch
-        float * out;
-    };
-    std::vector<cpu_task> tasks(routes.size());
-    // the units of work of each pass: (task, first row)
-    std::vector<std::pair<int, int64_t>> ffn_units, out_units;
+    llama_hobbit_cpu_run run;
     try {
-        size_t bytes = 0;
-        for (size_t k = 0; k < routes.size(); ++k) {
-            const llama_hobbit_cpu_route & c = routes[k];
-            cpu_task & t = tasks[k];
-            t.w = hctx.cache->cpu_weights(op->il, c.lvl);
-            const int n_slices = llama_hobbit_cpu_expert_slices(t.w);
+        std::vector<llama_hobbit_cpu_task> tasks;
+        for (const llama_hobbit_cpu_route & c : routes) {
+            const llama_hobbit_cpu_weights w = hctx.cache->cpu_weights(op->il, c.lvl);
+            const int n_slices = llama_hobbit_cpu_expert_slices(w);
             if (n_slices == 0) { // the planner never gives such a level to the CPU
                 hctx.fail("hobbit: the CPU cannot compute these experts' type");
                 return;
             }
+            // a split miss: the CPU computes its rows before the split row (hobbit-planner.h)
             const bool split = hctx.job.cpu[c.expert] == 2;
-            t.rows  = llama_hobbit_cpu_slice_row(t.w, split ? llama_hobbit_cpu_split_slices(n_slices) : n_slices, n_slices);
-            const int64_t unit = llama_hobbit_cpu_row_unit(t.w);
-            t.chunk = (CPU_FFN_CHUNK + unit - 1)/unit*unit;
-            t.out   = (float *) ((char *) dst->data + c.route*dst->nb[1] + c.token*dst->nb[2]);
-            t.xq    = bytes;
-            bytes  += (llama_hobbit_cpu_x_bytes(t.w) + 63) & ~size_t(63);
-            t.aq    = bytes;
-            bytes  += (llama_hobbit_cpu_act_bytes(t.w, t.rows) + 63) & ~size_t(63);
-            for (int64_t j = 0; j < t.rows; j += t.chunk) {
-                ffn_units.emplace_back((int) k, j);
-            }
-            for (int64_t i = 0; i < n_embd; i += CPU_OUT_CHUNK) {
-                out_units.emplace_back((int) k, i);
-            }
+            const int64_t rows = llama_hobbit_cpu_slice_row(w, split ? llama_hobbit_cpu_split_slices(n_slices) : n_slices,
+                                                            n_slices);
+            tasks.push_back({ w, c.expert, (const float *) ((const char *) cur->data + c.token*cur->nb[2]), rows,
+                              (float *) ((char *) dst->data + c.route*dst->nb[1] + c.token*dst->nb[2]) });
         }
-        hctx.cpu_scratch.resize(bytes + 64);
-        hctx.cpu_busy.assign(std::max(1, hctx.n_threads), 0.0);
+        run = llama_hobbit_cpu_experts(tasks, op->gelu, std::max(1, hctx.n_threads), hctx.cpu_workers, hctx.cpu_scratch);
     } catch (const std::exception & e) {
         hctx.fail(std::string("hobbit: computing experts on the CPU: ") + e.what());
         return;
     }
-    char * scratch = (char *) (((uintptr_t) hctx.cpu_scratch.data() + 63) & ~uintptr_t(63));
-    for (size_t k = 0; k < routes.size(); ++k) {
-        const float * x = (const float *) ((const char *) cur->data + routes[k].token*cur->nb[2]);
-        llama_hobbit_cpu_quantize_x(tasks[k].w, x, scratch + tasks[k].xq);
-    }
-    std::atomic<bool> out_of_memory{false};
-    std::atomic<size_t> next_ffn{0}, next_out{0};
-    // each thread times its own share: the planner's CPU rate is the threads' once they run.
-    // Threads that slept since the CPU's last work start late (on a VM's idle cores, by up to
-    // milliseconds); counting that start in the rate made one slow start look like a slow CPU,
-    // which then got no work, so its threads stayed cold and every probe confirmed it.
-    const int n_threads = (int) hctx.cpu_busy.size();
-    const int gelu = op->gelu;
-    int threads_ffn = llama_hobbit_parallel(hctx.cpu_workers, n_threads, [&](int i, int) {
-        thread_local std::vector<float> act;
-        const auto t_begin = std::chrono::steady_clock::now();
-        try {
-            for (size_t u = next_ffn.fetch_add(1); u < ffn_units.size(); u = next_ffn.fetch_add(1)) {
-                const cpu_task & t = tasks[ffn_units[u].first];
-                const int64_t j0 = ffn_units[u].second, j1 = std::min(t.rows, j0 + t.chunk);
-                act.resize(size_t(t.chunk));
-                llama_hobbit_cpu_expert_rows(t.w, routes[ffn_units[u].first].expert, gelu, scratch + t.xq, j0, j1,
-                                             scratch + t.aq, act.data());
-            }
-        } catch (const std::exception &) {
-            out_of_memory.store(true);
-        }
-        hctx.cpu_busy[i] += std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t_begin).count();
-    });
-    if (out_of_memory.load()) {
+    if (run.out_of_memory) {
         hctx.fail("hobbit: computing experts on the CPU: out of memory");
         return;
     }
-    const int threads_out = llama_hobbit_parallel(hctx.cpu_workers, n_threads, [&](int i, int) {
-        const auto t_begin = std::chrono::steady_clock::now();
-        for (size_t u = next_out.fetch_add(1); u < out_units.size(); u = next_out.fetch_add(1)) {
-            const cpu_task & t = tasks[out_units[u].first];
-            const int64_t i0 = out_units[u].second, i1 = std::min(n_embd, i0 + CPU_OUT_CHUNK);
-            llama_hobbit_cpu_expert_down(t.w, routes[out_units[u].first].expert, scratch + t.aq, t.rows, i0, i1, t.out);
-        }
-        hctx.cpu_busy[i] += std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t_begin).count();
-    });
-    hctx.cpu_threads = std::min(threads_ffn, threads_out);
-    hctx.cpu_busy_ms = *std::max_element(hctx.cpu_busy.begin(), hctx.cpu_busy.end());
+    // the planner's CPU rate is the threads' own compute once they run: threads that slept since
+    // the CPU's last work start late (on a VM's idle cores, by up to milliseconds); counting that
+    // start made one slow start look like a slow CPU, which then got no work, so its threads
+    // stayed cold and every probe confirmed it
+    hctx.cpu_threads = run.threads;
+    hctx.cpu_busy_ms = run.busy_ms;
 }
 
 // the most slot ids a wait op hands to the GPU (a decode of CPU_PATH_MAX_TOKENS tokens with up to

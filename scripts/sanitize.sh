@@ -3,9 +3,10 @@
 # - ASan: the slot and policy unit tests, the mul_mat_id CPU test, generation through
 #   llama-completion with budgets small enough to evict and reload constantly (2 compute
 #   threads), and the concurrency test;
-# - TSan: the concurrency test (two contexts of one model decoding at once on two threads,
-#   waiting for each other's pins, while a third reads statistics and rewrites the policy)
-#   with one compute thread per context. ggml's CPU threadpool hands work to its threads with
+# - TSan: the worker pool's and the CPU experts' tests (the GPU tier's CPU path, on HOBBIT's
+#   own workers), and the concurrency test (two contexts of one model decoding at once on two
+#   threads, waiting for each other's pins, while a third reads statistics and rewrites the
+#   policy) with one compute thread per context. ggml's CPU threadpool hands work to its threads with
 #   fences that TSan does not model, so multi-threaded compute reports races in stock ggml ops
 #   (flash attention's work buffer); those runs say nothing about our code.
 set -euo pipefail
@@ -46,6 +47,8 @@ concurrent build-asan 2 1000000
 
 export TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1
 echo "== build-tsan: test-hobbit-workers"; build-tsan/bin/test-hobbit-workers | tail -1
+# the CPU experts op's two passes on four of HOBBIT's own workers (no OpenMP in this build)
+echo "== build-tsan: test-hobbit-cpu-expert"; build-tsan/bin/test-hobbit-cpu-expert | tail -1
 concurrent build-tsan 1 300000
 concurrent build-tsan 1 1000000
 echo "sanitizers: all clean"

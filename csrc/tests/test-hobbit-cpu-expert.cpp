@@ -7,6 +7,7 @@
 // Shapes the CPU backend cannot slice are refused with 0 slices.
 
 #include "hobbit-cpu-expert.h"
+#include "hobbit-workers.h"
 
 #include "ggml.h"
 #include "ggml-alloc.h"
@@ -170,15 +171,44 @@ bool run_case(ggml_type type_up, ggml_type type_down, int64_t n_embd, int64_t n_
         worst_ggml = std::max(worst_ggml, nmse(sum, gd));
         worst_ref  = std::max(worst_ref, nmse(sum, reference(w, e, gelu, x)));
     }
+    // every expert and a split miss's rows at once, on 1 and 4 threads: the bits of one at a time
+    bool same_in_parallel = true;
+    {
+        llama_hobbit_workers pool;
+        std::vector<char> cpu_scratch;
+        std::vector<std::vector<float>> outs(n_expert + 1, std::vector<float>(n_embd));
+        std::vector<llama_hobbit_cpu_task> tasks;
+        for (int e = 0; e < n_expert; ++e) {
+            tasks.push_back({ cw, e, x.data(), n_ff, outs[e].data() });
+        }
+        if (head > 0) {
+            tasks.push_back({ cw, 1, x.data(), split_row, outs[n_expert].data() });
+        }
+        for (int threads : { 1, 4 }) {
+            for (auto & o : outs) {
+                std::fill(o.begin(), o.end(), NAN);
+            }
+            const llama_hobbit_cpu_run run = llama_hobbit_cpu_experts(tasks, gelu, threads, pool, cpu_scratch);
+            same_in_parallel = same_in_parallel && !run.out_of_memory && run.threads >= 1 && run.threads <= threads &&
+                               run.busy_ms >= 0.0;
+            for (int e = 0; e < n_expert; ++e) {
+                same_in_parallel = same_in_parallel && outs[e] == expert(e, n_ff, 0, n_embd);
+            }
+            if (head > 0) {
+                same_in_parallel = same_in_parallel && outs[n_expert] == expert(1, split_row, 0, n_embd);
+            }
+        }
+    }
+    ok = ok && same_in_parallel;
     // ggml's GELU reads a table of fp16 values; this kernel computes it exactly
     const double ggml_tol = gelu ? 1e-4 : 1e-6;
     ok = ok && std::isfinite(worst_ggml) && worst_ggml < ggml_tol && std::isfinite(worst_ref) && worst_ref < 5e-3 &&
          std::isfinite(worst_head) && worst_head < 5e-3 && same_for_any_chunks;
     printf("  cpu expert: up=%-5s down=%-5s n_ff=%-5lld %s slices=%-2d nmse vs ggml %.2e, vs f64 %.2e, "
-           "rows before %lld vs f64 %.2e, chunks %s %s\n",
+           "rows before %lld vs f64 %.2e, chunks %s, threads %s %s\n",
            ggml_type_name(type_up), ggml_type_name(type_down), (long long) n_ff, gelu ? "gelu" : "silu", n_slices,
            worst_ggml, worst_ref, (long long) split_row, worst_head, same_for_any_chunks ? "agree" : "DIFFER",
-           ok ? "OK" : "FAIL");
+           same_in_parallel ? "agree" : "DIFFER", ok ? "OK" : "FAIL");
     ggml_backend_buffer_free(w.buf);
     ggml_free(w.ctx);
     return ok;
