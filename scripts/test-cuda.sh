@@ -18,7 +18,9 @@
 #   scripts/test-cuda.sh            (env: HOBBIT_LLAMA_DIR, BUILD, MODEL, CUDA_ARCH, JOBS; SKIP_BUILD=1
 #                                    uses $BUILD as it is, e.g. a build made elsewhere and carried;
 #                                    BUILD_ONLY=1 stops after step 1, no GPU needed; CMAKE_ARGS adds
-#                                    cmake options, e.g. -DGGML_CUDA_NO_VMM=ON without a GPU)
+#                                    cmake options, e.g. -DGGML_CUDA_NO_VMM=ON without a GPU;
+#                                    TARGETS overrides the build's targets and SKIP_OPS=1 skips
+#                                    step 2, for a quick check of HOBBIT's own code)
 #
 # HOBBIT_LLAMA_DIR may be a pruned copy of vendor/llama.cpp (scripts/prune-cuda-src.sh), to
 # carry it to a GPU machine; MODEL is a small multi-precision GGUF (default: the sanitizer's
@@ -50,13 +52,13 @@ cmake -S csrc -B "$build" $(command -v ninja >/dev/null && echo -G Ninja) -DCMAK
     -DLLAMA_BUILD_IS_DEV=OFF -DGGML_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES="${CUDA_ARCH:-90}" -DGGML_CUDA_FA=OFF \
     -DHOBBIT_LLAMA_DIR="$src" -DHOBBIT_SOURCE_ID="llama-cpp-python-${LLAMA_CPP_PYTHON_VERSION:-unknown}" \
     ${CMAKE_ARGS:-} >"$build.configure.log" 2>&1 || { tail -30 "$build.configure.log"; exit 1; }
-cmake --build "$build" -j "${JOBS:-$(nproc)}" --target llama ggml llama-completion test-backend-ops hobbit-gpu \
+cmake --build "$build" -j "${JOBS:-$(nproc)}" --target ${TARGETS:-llama ggml llama-completion test-backend-ops hobbit-gpu} \
     >"$build.build.log" 2>&1 || { grep -B2 -A12 -m3 "error" "$build.build.log"; exit 1; }
 echo "ok"
 fi
 [ -z "${BUILD_ONLY:-}" ] || exit 0
 
-for op in MUL_MAT_ID MUL_MAT_ID_SKIP; do
+for op in $([ -n "${SKIP_OPS:-}" ] || echo MUL_MAT_ID MUL_MAT_ID_SKIP); do
     echo "== test-backend-ops -o $op -b CUDA0"
     "$build/bin/test-backend-ops" -o "$op" -b CUDA0 >"$build.$op.log" 2>&1
     rc=$?
