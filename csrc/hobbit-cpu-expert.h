@@ -38,11 +38,12 @@ struct llama_hobbit_cpu_route {
     int expert;
 };
 
-// the most slices an expert is cut into
+// the most slices an expert's FFN is cut into (their boundaries are where a split miss can be
+// split; the computation itself goes by chunks)
 constexpr int LLAMA_HOBBIT_CPU_SLICES = 16;
 
 // how many slices the FFN of w is cut into (1..LLAMA_HOBBIT_CPU_SLICES); 0 if the CPU backend
-// cannot compute these types or shapes
+// cannot compute these types or shapes (the planner then never gives w's experts to the CPU)
 int llama_hobbit_cpu_expert_slices(const llama_hobbit_cpu_weights & w);
 
 // the first FFN row of slice s of n_slices of w (n_ff for s = n_slices): a split miss's CPU

@@ -36,7 +36,6 @@
 #include "ggml.h"
 
 #include <algorithm>
-#include <atomic>
 #include <chrono>
 #include <cstring>
 #include <exception>
