@@ -1,7 +1,7 @@
 """What an expert cache of a given size could at best have served, from a route trace.
 
-Replays the decode routes of a trace (`hobbit run --trace`) through caches of whole experts held
-at one size (hi), with eviction by recency (LRU, what B-lru-gpu does), by the offline optimum
+Replays the decode routes of a trace (`hobbit run --trace`) through caches of whole experts, all
+of one size, with eviction by recency (LRU, what B-lru-gpu does), by the offline optimum
 (Belady: the entry used again furthest ahead goes, which no online policy beats on hits) and
 Belady with bypass (a miss whose next use is further ahead than every cached one's is served
 without being cached, as a miss computed on the CPU is), and with the best static placement
@@ -13,7 +13,8 @@ below, as `llama_hobbit_miss_level`).
 
 Two cache sizes are replayed: as many experts as the budget holds at hi, and as many as it holds
 at lo. No cache of the budget holds more entries than the second, so Belady with bypass over it
-bounds what any mix of hi and lo copies can hit (its MiB a token is then a floor).
+bounds what any mix of hi and lo copies can hit. Belady keeps the number of misses least, not
+their bytes: its MiB a token is near the least a cache of that size could take, not a strict floor.
 """
 
 from __future__ import annotations
@@ -61,6 +62,10 @@ def decode_steps(events: list[RouteEvent]) -> list[Step]:
     return [Step(layer, tuple(by_step[(token, layer)])) for token, layer in sorted(by_step)]
 
 
+def _n_routes(steps: list[Step]) -> int:
+    return sum(len(s.routes) for s in steps)
+
+
 def replay_lru(steps: list[Step], slots: int) -> Replay:
     cache: OrderedDict[Key, None] = OrderedDict()
     hits, misses = 0, []
@@ -78,7 +83,7 @@ def replay_lru(steps: list[Step], slots: int) -> Replay:
                 del cache[victims[0]]
             if len(cache) < slots:
                 cache[key] = None
-    return Replay("lru", hits, sum(len(s.routes) for s in steps), tuple(misses))
+    return Replay("lru", hits, _n_routes(steps), tuple(misses))
 
 
 def _next_uses(steps: list[Step]) -> list[dict[Key, int]]:
@@ -120,7 +125,7 @@ def replay_belady(steps: list[Step], slots: int, bypass: bool) -> Replay:
             del cache[furthest]
             cache[key] = following
     name = "belady with bypass" if bypass else "belady"
-    return Replay(name, hits, sum(len(s.routes) for s in steps), tuple(misses))
+    return Replay(name, hits, _n_routes(steps), tuple(misses))
 
 
 def replay_static(steps: list[Step], slots: int) -> Replay:
@@ -136,7 +141,7 @@ def replay_static(steps: list[Step], slots: int) -> Replay:
                 hits += 1
             else:
                 misses.append(share)
-    return Replay("static (most used pinned)", hits, sum(len(s.routes) for s in steps), tuple(misses))
+    return Replay("static (most used pinned)", hits, _n_routes(steps), tuple(misses))
 
 
 def reuse_next_token(steps: list[Step]) -> float:
