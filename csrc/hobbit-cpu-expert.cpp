@@ -28,6 +28,14 @@ int64_t cpu_slice_unit(const ggml_tensor * down) {
     return std::max<int64_t>(ggml_blck_size(down->type), ggml_blck_size(vd));
 }
 
+size_t align64(size_t n) {
+    return (n + 63) & ~size_t(63);
+}
+
+// llama_hobbit_cpu_experts' chunks
+constexpr int64_t FFN_CHUNK = 128; // FFN rows a chunk of the first pass (rounded up to whole units)
+constexpr int64_t OUT_CHUNK = 8;   // output rows a chunk of the second
+
 } // namespace
 
 int llama_hobbit_cpu_expert_slices(const llama_hobbit_cpu_weights & w) {
@@ -101,17 +109,6 @@ void llama_hobbit_cpu_expert_down(const llama_hobbit_cpu_weights & w, int e, con
         td->vec_dot((int) n_rows, &out[i], 0, d_rows + i*down->nb[1], 0, actq, 0, 1);
     }
 }
-
-namespace {
-
-constexpr int64_t FFN_CHUNK = 128; // FFN rows a chunk of the first pass (rounded up to whole units)
-constexpr int64_t OUT_CHUNK = 8;   // output rows a chunk of the second
-
-size_t align64(size_t n) {
-    return (n + 63) & ~size_t(63);
-}
-
-} // namespace
 
 llama_hobbit_cpu_run llama_hobbit_cpu_experts(const std::vector<llama_hobbit_cpu_task> & tasks, bool gelu,
                                               int n_threads, llama_hobbit_workers & pool, std::vector<char> & scratch) {
