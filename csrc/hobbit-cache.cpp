@@ -326,7 +326,7 @@ int64_t llama_hobbit_cache::split_row(int il, int lvl) const {
     }
     const llama_hobbit_cpu_weights w = cpu_weights(il, lvl);
     const int n_slices = llama_hobbit_cpu_expert_slices(w);
-    const int head     = llama_hobbit_cpu_split_slices(n_slices);
+    const int head     = llama_hobbit_cpu_split_slices(n_slices, split_share);
     return head > 0 && head < n_slices ? llama_hobbit_cpu_slice_row(w, head, n_slices) : 0;
 }
 
@@ -744,7 +744,9 @@ void llama_hobbit_cache::serve_wave_locked(std::unique_lock<std::mutex> & lk, ll
         stats.n_calls++;
         stats.routes_total += uint64_t(routes.n_used*routes.n_tokens);
         stats.between_ms   += hctx.between_ms;
+        stats.gpu_gap_ms   += hctx.gpu_gap_ms;
         hctx.between_ms     = 0.0;
+        hctx.gpu_gap_ms     = 0.0;
         job.init(il, n_waves, n_expert, routes, pol.skip_threshold);
         note_prediction(hctx, il, routes);
     }

@@ -143,6 +143,7 @@ struct llama_hobbit_cache {
     // a graph with a CPU path may also split misses between the CPU and the GPU (hobbit-planner.h):
     // it then has a path over views of each level's pools from split_row(il, lvl) on
     int split_mode = 0; // hobbit.split: 1 the planner may split a miss, 0 (default) never
+    double split_share = 0.5; // hobbit.split_cpu_pct: the share of a split miss's rows the CPU computes
     bool split_paths(int64_t n_tokens, int n_waves) const {
         return split_mode != 0 && cpu_path(n_tokens, n_waves);
     }

@@ -15,6 +15,9 @@ void llama_hobbit_context::wave_started(int il, int wave) {
         const double ms = std::chrono::duration<double, std::milli>(now - served_at).count();
         compute_ms = compute_ms < 0.0 ? ms : 0.8*compute_ms + 0.2*ms;
         between_ms += ms;
+        if (inputs_at > served_at) {
+            gpu_gap_ms += std::chrono::duration<double, std::milli>(inputs_at - served_at).count();
+        }
     }
     started_at = now;
 }

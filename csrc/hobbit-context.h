@@ -70,6 +70,7 @@ struct llama_hobbit_context {
     double accuracy[LLAMA_HOBBIT_PREFETCH_MAX] = { 1.0, 1.0, 1.0 }; // running averages per depth
     double compute_ms = -1.0;        // running average of compute between two MoE layers (-1: none yet)
     double between_ms = 0.0;         // compute between MoE layers not yet added to the cache's stats
+    double gpu_gap_ms = 0.0;         // ... of it, until the host had the next layer's inputs (GPU tier)
     double stall_ms   = -1.0;        // running average of the wait in a layer's first wave (-1: none yet)
     int    il_prev    = INT_MAX;     // the layer served before (one not after it starts a new pass)
     std::chrono::steady_clock::time_point pass_at{}; // when the last pass started
@@ -77,6 +78,7 @@ struct llama_hobbit_context {
     std::chrono::steady_clock::time_point served_at{};  // when the last wave was served
     int served_il = INT_MAX;  // the layer served last (INT_MAX: none yet)
     std::chrono::steady_clock::time_point started_at{}; // when the current wave started
+    std::chrono::steady_clock::time_point inputs_at{};  // when a layer's inputs last reached the host (GPU tier)
 
     void fail(const std::string & msg) {
         if (!failed) {
@@ -91,6 +93,8 @@ struct llama_hobbit_context {
     // time a layer's first wave (for the prefetch depth): before and after serving it
     void wave_started(int il, int wave);
     void wave_served(int il, int wave);
+    // GPU tier: a layer's inputs reached the host (the GPU's work since the last layer is done)
+    void inputs_arrived() { inputs_at = std::chrono::steady_clock::now(); }
 
 private:
     std::vector<std::unique_ptr<llama_hobbit_op>> ops;

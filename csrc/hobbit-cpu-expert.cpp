@@ -65,6 +65,13 @@ int64_t llama_hobbit_cpu_slice_row(const llama_hobbit_cpu_weights & w, int s, in
     return int64_t(s)*(w.gate->ne[1]/unit)/n_slices*unit;
 }
 
+int llama_hobbit_cpu_split_slices(int n_slices, double share) {
+    if (n_slices < 2) {
+        return 0;
+    }
+    return std::clamp((int) std::lround(share*n_slices), 1, n_slices - 1);
+}
+
 int64_t llama_hobbit_cpu_row_unit(const llama_hobbit_cpu_weights & w) {
     return cpu_slice_unit(w.down);
 }

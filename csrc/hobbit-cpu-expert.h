@@ -47,9 +47,12 @@ constexpr int LLAMA_HOBBIT_CPU_SLICES = 16;
 int llama_hobbit_cpu_expert_slices(const llama_hobbit_cpu_weights & w);
 
 // the first FFN row of slice s of n_slices of w (n_ff for s = n_slices): a split miss's CPU
-// computes the slices before llama_hobbit_cpu_split_slices(n_slices), the GPU the rows from there on
+// computes the slices before llama_hobbit_cpu_split_slices(n_slices, share), the GPU the rows from
+// there on
 int64_t llama_hobbit_cpu_slice_row(const llama_hobbit_cpu_weights & w, int s, int n_slices);
-constexpr int llama_hobbit_cpu_split_slices(int n_slices) { return n_slices/2; }
+// the slices of n_slices nearest to `share` of them (the CPU's share of a split miss), at least one
+// and one fewer than all; 0 when there are too few to split
+int llama_hobbit_cpu_split_slices(int n_slices, double share);
 
 // rows of the FFN are cut at multiples of this (down's blocks and the activations' quantization)
 int64_t llama_hobbit_cpu_row_unit(const llama_hobbit_cpu_weights & w);

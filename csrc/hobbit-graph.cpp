@@ -148,8 +148,7 @@ static void llama_hobbit_cpu_experts_op(ggml_tensor * dst, int ith, int nth, voi
             }
             // a split miss: the CPU computes its rows before the split row (hobbit-planner.h)
             const bool split = hctx.job.cpu[c.expert] == 2;
-            const int64_t rows = llama_hobbit_cpu_slice_row(w, split ? llama_hobbit_cpu_split_slices(n_slices) : n_slices,
-                                                            n_slices);
+            const int64_t rows = split ? hctx.cache->split_row(op->il, c.lvl) : llama_hobbit_cpu_slice_row(w, n_slices, n_slices);
             tasks.push_back({ w, c.expert, (const float *) ((const char *) cur->data + c.token*cur->nb[2]), rows,
                               (float *) ((char *) dst->data + c.route*dst->nb[1] + c.token*dst->nb[2]) });
         }
@@ -258,11 +257,12 @@ struct host_inputs {
     std::vector<ggml_tensor *> logits;
 };
 
-// a CPU op that copies its source (the GPU's bundle, once it is on the host) into dst
+// a CPU op that copies its source (the GPU's bundle, once it is on the host) into dst: the first
+// CPU op after the GPU's work since the last layer (the scheduler waited for it)
 static void llama_hobbit_to_host_op(ggml_tensor * dst, int ith, int nth, void * userdata) {
     (void) nth;
-    (void) userdata;
     if (ith == 0) {
+        ((llama_hobbit_context *) userdata)->inputs_arrived();
         memcpy(dst->data, dst->src[0]->data, ggml_nbytes(dst));
     }
 }
@@ -272,7 +272,7 @@ static void llama_hobbit_to_host_op(ggml_tensor * dst, int ith, int nth, void * 
 // they are concatenated on the GPU (the selected experts as floats) into one tensor, which one
 // CPU op (llama_hobbit_to_host_op) takes, so that it reaches the host in one copy, and the other
 // CPU ops read views of that op's output, on the host.
-static host_inputs bundle_for_host(ggml_context * ctx, const host_inputs & in, bool with_cur) {
+static host_inputs bundle_for_host(llama_hobbit_context * hctx, ggml_context * ctx, const host_inputs & in, bool with_cur) {
     const int64_t n_used = in.weights->ne[1], n_tokens = in.weights->ne[2];
     ggml_tensor * w = ggml_is_contiguous(in.weights) ? in.weights : ggml_cont(ctx, in.weights);
     ggml_tensor * all = ggml_concat(ctx, ggml_cast(ctx, in.selected, GGML_TYPE_F32),
@@ -285,7 +285,7 @@ static host_inputs bundle_for_host(ggml_context * ctx, const host_inputs & in, b
     }
     ggml_format_name(all, "hobbit_host_floats");
     ggml_tensor * host = ggml_custom_4d(ctx, GGML_TYPE_F32, all->ne[0], n_tokens, 1, 1, &all, 1,
-                                        llama_hobbit_to_host_op, 1, nullptr);
+                                        llama_hobbit_to_host_op, 1, hctx);
     ggml_format_name(host, "hobbit_to_host");
     host_inputs out = in;
     size_t off = 0;
@@ -386,7 +386,7 @@ ggml_tensor * llama_hobbit_build_moe_ffn(
     };
 
     if (cache.gpu) {
-        host = bundle_for_host(ctx, host, cpu_path);
+        host = bundle_for_host(hctx, ctx, host, cpu_path);
     }
     ggml_tensor * prefetch = build_prefetch(hctx, ctx, il, gating, targets, host.logits);
     ggml_tensor * experts  = nullptr;

@@ -31,10 +31,12 @@ constexpr const char * KV_CPU_PATH = "hobbit.cpu_path";    // int: GPU tier: a d
 constexpr const char * KV_GRAPH_COPIES = "hobbit.graph_copies"; // int: GPU tier: 1 (default) the graph's thread queues demand copies, 0 the I/O threads
 constexpr const char * KV_RESIDENT = "hobbit.resident";    // int: GPU tier: 1 (default) when every hi expert fits, each is placed once and the graph indexes them
 constexpr const char * KV_SPLIT   = "hobbit.split";       // int: GPU tier: 1 the planner may split a miss between CPU and GPU, 0 (default) never
+constexpr const char * KV_SPLIT_CPU = "hobbit.split_cpu_pct"; // int: GPU tier: percent of a split miss's FFN rows the CPU computes (default 50)
 constexpr const char * KV_TYPES   = "hobbit.expert_types"; // file key: requested types of the expert levels
 
 const char * const KNOWN_KEYS[] = { KV_BUDGET, KV_HI_TYPE, KV_LO_TYPE, KV_DIRECT, KV_IO, KV_GPU, KV_HOST, KV_UNIFIED,
-                                     KV_POLICY, KV_DEPTH, KV_CPU, KV_CPU_PATH, KV_GRAPH_COPIES, KV_RESIDENT, KV_SPLIT };
+                                     KV_POLICY, KV_DEPTH, KV_CPU, KV_CPU_PATH, KV_GRAPH_COPIES, KV_RESIDENT, KV_SPLIT,
+                                     KV_SPLIT_CPU };
 
 constexpr int IO_THREADS_DEFAULT = 4; // several reads in flight: NVMe and O_DIRECT want a queue
 constexpr int IO_THREADS_MAX     = 64;
@@ -341,6 +343,12 @@ std::shared_ptr<llama_hobbit_cache> attach_impl(const llama_model & model, llama
     int64_t split = 0; // off: slower on the benchmark machine (BENCHMARKS.md, ninth session)
     override_int(ml, KV_SPLIT, split);
     cache->split_mode = split != 0 ? 1 : 0;
+    int64_t split_cpu_pct = 50;
+    if (override_int(ml, KV_SPLIT_CPU, split_cpu_pct) && (split_cpu_pct < 1 || split_cpu_pct > 99)) {
+        throw std::runtime_error(format("hobbit: %s must be between 1 and 99, got %lld", KV_SPLIT_CPU,
+                (long long) split_cpu_pct));
+    }
+    cache->split_share = double(split_cpu_pct)/100.0;
     cache->start_loader((int) io_threads);
     cache->calibrate_copies();
     int64_t resident = 1;

@@ -86,6 +86,7 @@ class StatsStruct(ctypes.Structure):
         ("passes_at_depth", ctypes.c_uint64 * (PREFETCH_MAX + 1)),
         ("cpu_threads_min", ctypes.c_int32),
         ("cpu_split", ctypes.c_uint64),
+        ("gpu_gap_ms", ctypes.c_double),
     ]
 
 

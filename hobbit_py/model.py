@@ -193,6 +193,7 @@ class Model(llama_cpp.Llama):
             "copy_gbps": cache["copy_gbps"],
             "cpu_gbps": cache["cpu_gbps"],
             "between_ms": cache["between_ms"],
+            "gpu_gap_ms": cache["gpu_gap_ms"],
             "experts_resident": cache["resident"],
             "peak_rss_bytes": peak_rss_bytes(),
         }

@@ -16,6 +16,7 @@ NOTE = {
     "MiB read by the CPU / token": r"([\d.]+) MiB read by the CPU path",
     "stall ms / token": r"([\d.]+) ms stalled",
     "between layers ms / token": r"([\d.]+) ms between layers",
+    "of it until the inputs are on the host": r"\(([\d.]+) until the host had",
     "CPU experts ms / token": r"and ([\d.]+) on CPU experts",
 }
 

@@ -154,6 +154,12 @@ check splitall-ngl99-25 99 25% 1 hobbit.lo_type=none hobbit.prefetch_depth=0 hob
 [ "$(split_routes splitall-ngl99-25)" -gt 0 ] 2>/dev/null && [ "$(gens stock-ngl99)" == "$(gens splitall-ngl99-25)" ] \
     && echo "ok: $(split_routes splitall-ngl99-25) routes split, equal to the non-HOBBIT run" \
     || fail "every miss split at hi differs from the non-HOBBIT run (or none was split)"
+# ... and so it does with the CPU's share of a split at 62% (hobbit.split_cpu_pct)
+check split62-ngl99-25 99 25% 1 hobbit.lo_type=none hobbit.prefetch_depth=0 hobbit.cpu_compute=3 hobbit.split=1 \
+    hobbit.split_cpu_pct=62 || true
+[ "$(split_routes split62-ngl99-25)" -gt 0 ] 2>/dev/null && [ "$(gens stock-ngl99)" == "$(gens split62-ngl99-25)" ] \
+    && echo "ok: $(split_routes split62-ngl99-25) routes split 62/38, equal to the non-HOBBIT run" \
+    || fail "every miss split 62/38 at hi differs from the non-HOBBIT run (or none was split)"
 check splitmixed-ngl99-25 99 25% 2 hobbit.cpu_compute=3 hobbit.split=1 || true
 [ "$(split_routes splitmixed-ngl99-25)" -gt 0 ] 2>/dev/null && ! grep -q "error:" "$build.splitmixed-ngl99-25.out" \
     && echo "ok: $(split_routes splitmixed-ngl99-25) routes split with hi and lo" || fail "split with hi and lo failed"

@@ -356,8 +356,11 @@ def test_load_time_policy_settings(files: dict[str, Path]) -> None:
     stats = capi.get_stats(llm.model)
     assert stats["tier"] == 0 and stats["host_tier_bytes"] == 0
     assert stats["bytes_read"] == stats["bytes_loaded"] > 0
+    assert stats["gpu_gap_ms"] == 0.0  # no hand-overs from a GPU on the CPU tier
     for bad, message in (({"hobbit.policy": "fifo"}, "unknown hobbit.policy fifo"),
-                         ({"hobbit.prefetch_depth": 7}, "invalid policy")):
+                         ({"hobbit.prefetch_depth": 7}, "invalid policy"),
+                         ({"hobbit.split_cpu_pct": 0}, "hobbit.split_cpu_pct must be between 1 and 99, got 0"),
+                         ({"hobbit.split_cpu_pct": 100}, "hobbit.split_cpu_pct must be between 1 and 99, got 100")):
         with pytest.raises(ValueError):
             llama_cpp.Llama(model_path=str(files["mixed"]), n_ctx=64, verbose=False,
                             kv_overrides={"hobbit.budget_bytes": 10**7, **bad})

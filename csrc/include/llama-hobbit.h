@@ -146,6 +146,8 @@ struct llama_hobbit_stats {
     int32_t  cpu_threads_min;  // GPU tier: fewest threads a wave's CPU experts ran on (0: none ran)
     uint64_t cpu_split;        // GPU tier: of the loads, routes split between the CPU (an expert's first rows,
                                // from the host tier) and the GPU (the other rows, copied first; hobbit.split)
+    double   gpu_gap_ms;       // GPU tier: of between_ms, the time until the next layer's inputs reached the host
+                               // (the GPU's work and the copy back); the rest is the CPU ops before the routing
 };
 
 // true if the model was loaded in HOBBIT mode

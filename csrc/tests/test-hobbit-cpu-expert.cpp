@@ -108,8 +108,9 @@ double nmse(const std::vector<float> & a, const std::vector<double> & ref) {
     return ref2 > 0.0 ? err2/ref2 : INFINITY;
 }
 
-bool run_case(ggml_type type_up, ggml_type type_down, int64_t n_embd, int64_t n_ff, bool gelu, ggml_backend_t backend,
-              std::mt19937 & rng) {
+// share: the CPU's share of a split miss's rows (hobbit.split_cpu_pct)
+bool run_case(ggml_type type_up, ggml_type type_down, int64_t n_embd, int64_t n_ff, bool gelu, double share,
+              ggml_backend_t backend, std::mt19937 & rng) {
     const int n_expert = 3;
     expert_set w;
     ggml_init_params params = { ggml_tensor_overhead()*4, nullptr, true };
@@ -133,7 +134,7 @@ bool run_case(ggml_type type_up, ggml_type type_down, int64_t n_embd, int64_t n_
     double worst_ggml = 0.0, worst_ref = 0.0;
     // a split miss: the CPU computes the rows before the slice split_slices starts at, which is a
     // whole number of down's blocks inside the FFN
-    const int head = llama_hobbit_cpu_split_slices(n_slices);
+    const int head = llama_hobbit_cpu_split_slices(n_slices, share);
     const int64_t split_row = llama_hobbit_cpu_slice_row(cw, head, n_slices);
     const int64_t unit = llama_hobbit_cpu_row_unit(cw);
     ok = ok && llama_hobbit_cpu_slice_row(cw, 0, n_slices) == 0 && llama_hobbit_cpu_slice_row(cw, n_slices, n_slices) == n_ff;
@@ -234,6 +235,16 @@ bool refuses_bad_shapes() {
     return ok;
 }
 
+// a split miss's CPU share in slices: the nearest, at least one, one fewer than all
+bool split_shares() {
+    const bool ok = llama_hobbit_cpu_split_slices(16, 0.5) == 8 && llama_hobbit_cpu_split_slices(16, 0.62) == 10 &&
+                    llama_hobbit_cpu_split_slices(16, 0.01) == 1 && llama_hobbit_cpu_split_slices(16, 0.99) == 15 &&
+                    llama_hobbit_cpu_split_slices(3, 0.5) == 2 && llama_hobbit_cpu_split_slices(2, 0.9) == 1 &&
+                    llama_hobbit_cpu_split_slices(1, 0.5) == 0;
+    printf("  cpu expert: split shares %s\n", ok ? "OK" : "FAIL");
+    return ok;
+}
+
 } // namespace
 
 int main() {
@@ -241,12 +252,13 @@ int main() {
     ggml_backend_cpu_set_n_threads(backend, 2);
     std::mt19937 rng(7);
     bool ok = refuses_bad_shapes();
-    ok = run_case(GGML_TYPE_Q8_0, GGML_TYPE_Q8_0, 256, 2048, false, backend, rng) && ok;
-    ok = run_case(GGML_TYPE_Q4_K, GGML_TYPE_Q4_K, 256, 2048, false, backend, rng) && ok;
-    ok = run_case(GGML_TYPE_Q4_0, GGML_TYPE_Q8_0, 256, 512, true, backend, rng) && ok;
-    ok = run_case(GGML_TYPE_F16, GGML_TYPE_F16, 64, 96, false, backend, rng) && ok;
-    ok = run_case(GGML_TYPE_Q8_0, GGML_TYPE_Q8_0, 256, 96, false, backend, rng) && ok; // fewer units than slices
-    ok = run_case(GGML_TYPE_Q8_0, GGML_TYPE_Q4_K, 256, 256, true, backend, rng) && ok; // one slice
+    ok = split_shares() && ok;
+    ok = run_case(GGML_TYPE_Q8_0, GGML_TYPE_Q8_0, 256, 2048, false, 0.5, backend, rng) && ok;
+    ok = run_case(GGML_TYPE_Q4_K, GGML_TYPE_Q4_K, 256, 2048, false, 0.62, backend, rng) && ok;
+    ok = run_case(GGML_TYPE_Q4_0, GGML_TYPE_Q8_0, 256, 512, true, 0.3, backend, rng) && ok;
+    ok = run_case(GGML_TYPE_F16, GGML_TYPE_F16, 64, 96, false, 0.5, backend, rng) && ok;
+    ok = run_case(GGML_TYPE_Q8_0, GGML_TYPE_Q8_0, 256, 96, false, 0.9, backend, rng) && ok; // fewer units than slices
+    ok = run_case(GGML_TYPE_Q8_0, GGML_TYPE_Q4_K, 256, 256, true, 0.5, backend, rng) && ok; // one slice
     ggml_backend_free(backend);
     printf("%s\n", ok ? "all passed" : "FAILED");
     return ok ? 0 : 1;

@@ -460,19 +460,19 @@ row_result run_row(const char * path, int ngl, kv_list & kv, std::vector<llama_m
     }
     if (llama_hobbit_active(model)) {
         const llama_hobbit_stats s = llama_hobbit_get_stats(model);
-        char buf[768];
+        char buf[1024];
         const double per = 1.0/std::max(1, n_gen);
         const double routes = std::max<double>(1.0, double(s.routes_total));
         snprintf(buf, sizeof(buf), "decode: %s %.3f, CPU %.3f, split %.3f, skipped %.3f, %.1f MiB %s, %.1f MiB read by the CPU path and "
                  "%.2f ms stalled per token, "
-                 "%.2f ms between layers and %.2f on CPU experts per token, "
+                 "%.2f ms between layers (%.2f until the host had a layer's inputs) and %.2f on CPU experts per token, "
                  "%.1f GB/s a stream, planner's copy %.1f / CPU %.1f GB/s (CPU experts op %.1f GB/s, >= %d threads), %llu prefetches (%llu used), decode passes at "
                  "depth 0-3 %llu/%llu/%llu/%llu; slots %.0f MiB%s",
                  s.tier ? "VRAM hits" : "hits", double(s.hits_hi + s.hits_lo)/routes, double(s.cpu_hi + s.cpu_lo)/routes,
                  double(s.cpu_split)/routes, double(s.skipped)/routes,
                  s.bytes_loaded/1048576.0*per, s.unified ? "read" : (s.tier ? "copied" : "read"), s.cpu_bytes/1048576.0*per,
                  s.load_stall_ms*per,
-                 s.between_ms*per, s.cpu_ms*per,
+                 s.between_ms*per, s.gpu_gap_ms*per, s.cpu_ms*per,
                  s.read_ms > 0 ? s.bytes_loaded/(s.read_ms*1e6) : 0.0, s.copy_gbps, s.cpu_gbps,
                  s.cpu_ms > 0 ? s.cpu_bytes/(s.cpu_ms*1e6) : 0.0,
                  s.cpu_threads_min,
