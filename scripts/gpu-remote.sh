@@ -11,7 +11,8 @@
 # .carry/csrc-b.tar.xz (gpu-pack.sh --source, B_REV=REV) build B from that commit's csrc/.
 #
 # env: OUT (where logs and tables go; default /tmp/out), NO_TEST=1, NO_BENCH=1, TEST_BUILD (b if
-#      packed, else a), RUNS (3), ROWS and EXTRA (HOBBIT_BENCH_ROWS / HOBBIT_BENCH_EXTRA),
+#      packed, else a), RUNS (3), ROWS and EXTRA (HOBBIT_BENCH_ROWS / HOBBIT_BENCH_EXTRA; EXTRA_a
+#      and EXTRA_b, set even empty, replace EXTRA for that build's benches: rows of keys only one knows),
 #      ORDER ("a b": the benches, one build each, in this order; "a b a b" alternates),
 #      SCHED_DEBUG=1 (GGML_SCHED_DEBUG=2 on a check: each split's inputs), BW=1 (the host's
 #      memory bandwidth through torch: scripts/host-bw-probe.py), BENCH_TIMEOUT and TEST_TIMEOUT (s)
@@ -97,7 +98,8 @@ if [ -z "${NO_BENCH:-}" ]; then
         say "bench $k: build-$b"
         envs=(HOBBIT_BENCH_INTERLEAVE=1 LD_LIBRARY_PATH=$PWD/build-$b/bin:/usr/local/cuda/lib64)
         [ -n "${ROWS:-}" ] && envs+=("HOBBIT_BENCH_ROWS=$ROWS")
-        [ -n "${EXTRA:-}" ] && envs+=("HOBBIT_BENCH_EXTRA=$EXTRA")
+        extra_b="EXTRA_$b"; extra=${!extra_b-${EXTRA:-}} # EXTRA_a / EXTRA_b: that build's own rows
+        [ -n "$extra" ] && envs+=("HOBBIT_BENCH_EXTRA=$extra")
         env "${envs[@]}" timeout "${BENCH_TIMEOUT:-400}" build-$b/bin/hobbit-gpu bench \
             "$model" "$model" 0.25 128 "${RUNS:-3}" 16 > "$OUT/bench-$k-$b.md" 2> "$OUT/bench-$k-$b.log"
         echo "bench $k $b rc=$?"
