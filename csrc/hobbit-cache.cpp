@@ -235,6 +235,20 @@ std::vector<int> llama_hobbit_cache::next_moe_layers(int il, int n) const {
     return out;
 }
 
+int llama_hobbit_cache::graph_depth() {
+    std::lock_guard<std::mutex> lock(mtx);
+    if (resident) {
+        return 0;
+    }
+    if (policy.prefetch_depth == LLAMA_HOBBIT_PREFETCH_AUTO) {
+        // the CPU tier's auto depth follows the predictions' accuracy, so it always predicts;
+        // the GPU tier's times its depths, and the pass after a switch is not timed (the graph
+        // of the first pass at a new depth was built for the old one)
+        return gpu && depth_trial.depth == 0 ? 0 : LLAMA_HOBBIT_PREFETCH_MAX;
+    }
+    return policy.prefetch_depth > 0 ? LLAMA_HOBBIT_PREFETCH_MAX : 0;
+}
+
 llama_hobbit_policy llama_hobbit_cache::effective_policy() const {
     llama_hobbit_policy pol = policy;
     if (all_hi_fit && pol.hi_threshold <= 1.0f) {
@@ -749,6 +763,10 @@ void llama_hobbit_cache::serve_wave_locked(std::unique_lock<std::mutex> & lk, ll
         hctx.gpu_gap_ms     = 0.0;
         job.init(il, n_waves, n_expert, routes, pol.skip_threshold);
         note_prediction(hctx, il, routes);
+        if (hctx.graph_depth == 0) {
+            adapt_depth(hctx); // a graph without predictions has no prefetch op to do it
+            stats.prefetch_depth = hctx.depth;
+        }
     }
     hctx.cpu_bytes[0] = hctx.cpu_bytes[1] = 0;
     if (cpu && pol.cpu_compute && wave == 0 && n_waves == 1) {

@@ -161,6 +161,12 @@ struct llama_hobbit_cache {
     // the next MoE layers after il, up to n of them
     std::vector<int> next_moe_layers(int il, int n) const;
 
+    // how many MoE layers ahead a graph built now predicts (applies their routers to a layer's
+    // router input, for prefetch): none while the depth is 0 for sure (the policy's depth is 0,
+    // or the GPU tier's auto depth runs at 0 between its trials), else every layer prefetch may
+    // reach (predictions beyond the depth in use measure their accuracy)
+    int graph_depth();
+
     // serve wave `wave` of layer il for one context: plan, load, wait, and write the slot of
     // each route into ids ([n_used, n_tokens, hi|lo], -1 where a path does not serve the route).
     // Never throws; a failure is recorded in the context and every id left -1.

@@ -67,6 +67,7 @@ struct llama_hobbit_context {
     std::vector<uint8_t> predicted;  // [il][expert] bit d-1: predicted at depth d
     std::vector<uint8_t> pred_made;  // [il] bit d-1: a prediction at depth d was made for il
     int    depth = 1;                // prefetch depth in use (adapts when the policy says auto)
+    int    graph_depth = LLAMA_HOBBIT_PREFETCH_MAX; // the layers ahead the graph being built predicts (llama_hobbit_graph_key)
     double accuracy[LLAMA_HOBBIT_PREFETCH_MAX] = { 1.0, 1.0, 1.0 }; // running averages per depth
     double compute_ms = -1.0;        // running average of compute between two MoE layers (-1: none yet)
     double between_ms = 0.0;         // compute between MoE layers not yet added to the cache's stats

@@ -360,7 +360,8 @@ ggml_tensor * llama_hobbit_build_moe_ffn(
         return weighted_sum(ctx, path(as, selected), weights, n_embd, n_tokens, n_expert_used);
     }
 
-    const std::vector<int> targets = cache.next_moe_layers(il, LLAMA_HOBBIT_PREFETCH_MAX);
+    // the next layers whose routers see this layer's input, for prefetch (none at depth 0)
+    const std::vector<int> targets = cache.next_moe_layers(il, hctx->graph_depth);
     host_inputs host = { selected, weights, cur, next_logits(cache, ctx, targets, cur) };
     const bool cpu_path = cache.cpu_path(n_tokens, n_waves) && n_used*n_tokens*n_paths <= WAIT_IDS_MAX;
     // split paths: a level's pools from its split row on (gate and up: those rows; down: those

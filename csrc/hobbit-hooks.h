@@ -36,6 +36,11 @@ std::shared_ptr<llama_hobbit_cache> llama_hobbit_attach(const llama_model & mode
 // context creation: the context's state for a HOBBIT model, or nullptr
 std::shared_ptr<llama_hobbit_context> llama_hobbit_context_init(const llama_model & model);
 
+// graph parameters: the key of what in the context's HOBBIT state shapes the graph built next
+// (today: how many layers ahead it predicts, llama_hobbit_cache::graph_depth), which that
+// build then uses; a graph built under another key is not reused. 0 without HOBBIT.
+uint32_t llama_hobbit_graph_key(llama_hobbit_context * hctx);
+
 // around each ubatch's graph compute: begin clears the thread's last error, counts the
 // ubatch's routes when every expert is resident (llama_hobbit_cache::resident) and takes the CPU
 // threads the ubatch is computed with (the CPU experts' workers); end releases the context's

@@ -420,6 +420,14 @@ std::shared_ptr<llama_hobbit_context> llama_hobbit_context_init(const llama_mode
     return std::make_shared<llama_hobbit_context>(model.hobbit);
 }
 
+uint32_t llama_hobbit_graph_key(llama_hobbit_context * hctx) {
+    if (!hctx) {
+        return 0;
+    }
+    hctx->graph_depth = hctx->cache->graph_depth();
+    return 1 + (uint32_t) hctx->graph_depth;
+}
+
 void llama_hobbit_ubatch_begin(llama_hobbit_context * hctx, int64_t n_tokens, int n_threads) {
     if (!hctx) {
         return;

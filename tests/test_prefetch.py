@@ -101,6 +101,37 @@ def test_prefetch_predicts_and_is_used(trained: Path) -> None:
     assert hits["on"] > hits["off"] + 0.1, hits
 
 
+def test_a_depth_change_rebuilds_the_decode_graph(trained: Path) -> None:
+    """At depth 0 the graph applies no router to the next layers' inputs; once the depth is
+    set to 3, the next one-token decodes predict and prefetch (a graph built without
+    predictions is not reused), and set back to 0 they stop."""
+    from hobbit_py import capi
+
+    policy = Policy(expert_budget="30%", prefetch_depth=0)
+    with Model(trained, policy=policy, n_ctx=512, n_threads=2) as model:
+        tokens = model.tokenize_text("The documentation explains how the server stores each table on disk")
+        model.eval(tokens[:4])
+
+        def decode_one_by_one(n: int) -> dict:
+            for t in tokens[4:4 + n]:
+                model.eval([t])  # a ubatch of one token: the decode graph, reused while it may be
+            stats = model.hobbit_stats()
+            model.reset_hobbit_stats()
+            return stats
+
+        off = decode_one_by_one(4)
+        assert off["prefetch_issued"] == 0 and off["predicted_d1"] == 0, off
+        capi.set_policy(model.model, **{**policy.engine_policy(), "prefetch_depth": 3})
+        on = decode_one_by_one(4)
+        # each of the 4 decodes predicts layers 1..4 at depth 1: 2 routes each
+        assert on["predicted_d1"] == 4 * 4 * 2, on
+        assert on["prefetch_issued"] > 0 and on["prefetch_depth"] == 3, on
+        capi.set_policy(model.model, **policy.engine_policy())
+        off_again = decode_one_by_one(4)
+        assert off_again["prefetch_issued"] == 0 and off_again["predicted_d1"] == 0, off_again
+        assert off_again["prefetch_depth"] == 0, off_again
+
+
 @pytest.mark.parametrize("name", ["lru", "lfu", "fld", "least-stale", "hobbit"])
 def test_eviction_rules_differ_and_keep_the_books(files: dict[str, Path], name: str) -> None:
     _, _, s = run(files["mixed"], Policy(expert_budget="25%", policy=name, prefetch_depth=0), n=48)
