@@ -240,6 +240,9 @@ int llama_hobbit_cache::graph_depth() {
     if (resident) {
         return 0;
     }
+    if (always_predict) {
+        return LLAMA_HOBBIT_PREFETCH_MAX;
+    }
     if (policy.prefetch_depth == LLAMA_HOBBIT_PREFETCH_AUTO) {
         // the CPU tier's auto depth follows the predictions' accuracy, so it always predicts;
         // the GPU tier's times its depths, and the pass after a switch is not timed (the graph

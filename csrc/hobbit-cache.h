@@ -166,6 +166,7 @@ struct llama_hobbit_cache {
     // or the GPU tier's auto depth runs at 0 between its trials), else every layer prefetch may
     // reach (predictions beyond the depth in use measure their accuracy)
     int graph_depth();
+    bool always_predict = false; // hobbit.always_predict: graphs predict at depth 0 too (a diagnostic)
 
     // serve wave `wave` of layer il for one context: plan, load, wait, and write the slot of
     // each route into ids ([n_used, n_tokens, hi|lo], -1 where a path does not serve the route).
