@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdlib>
+#include <cstring>
 #include <cmath>
 #include <limits>
 #include <numeric>
@@ -233,6 +234,77 @@ std::vector<int> llama_hobbit_cache::next_moe_layers(int il, int n) const {
         }
     }
     return out;
+}
+
+void llama_hobbit_cache::load_routers() {
+    router_host.assign(n_layer, {});
+    for (int il = 0; il < n_layer; ++il) {
+        const ggml_tensor * w = gate_inp[il];
+        if (!serves[il] || !w) {
+            continue;
+        }
+        const auto * traits = ggml_get_type_traits(w->type);
+        if (w->type != GGML_TYPE_F32 && !traits->to_float) {
+            continue; // no warming for this layer
+        }
+        // a tensor (or a bias) read back as floats, row by row
+        const auto floats = [](const ggml_tensor * t) {
+            std::vector<char> raw(ggml_nbytes(t));
+            ggml_backend_tensor_get(t, raw.data(), 0, raw.size());
+            std::vector<float> out(size_t(ggml_nelements(t)));
+            for (int64_t r = 0; r < ggml_nrows(t); ++r) {
+                const char * row = raw.data() + r*t->nb[1];
+                if (t->type == GGML_TYPE_F32) {
+                    memcpy(out.data() + r*t->ne[0], row, t->ne[0]*sizeof(float));
+                } else {
+                    ggml_get_type_traits(t->type)->to_float(row, out.data() + r*t->ne[0], t->ne[0]);
+                }
+            }
+            return out;
+        };
+        llama_hobbit_router_host & r = router_host[il];
+        r.n_embd   = w->ne[0];
+        r.n_expert = w->ne[1];
+        r.w        = floats(w);
+        if (gate_inp_b[il]) {
+            r.b = floats(gate_inp_b[il]);
+        }
+        if (probs_bias[il]) {
+            r.sel_bias = floats(probs_bias[il]);
+        }
+    }
+}
+
+bool llama_hobbit_cache::warm_target(int il, const float * x, int gating, int & expert, int & lvl) {
+    if (il < 0 || il >= (int) router_host.size() || router_host[il].empty()) {
+        return false;
+    }
+    const llama_hobbit_router_host & r = router_host[il];
+    std::vector<float> logits(size_t(r.n_expert));
+    r.logits(x, logits.data());
+    llama_hobbit_prediction pred;
+    llama_hobbit_predict((const char *) logits.data(), 0, n_expert, 1, n_expert_used, 0, gating,
+                         r.sel_bias.empty() ? nullptr : r.sel_bias.data(), pred);
+    std::vector<uint8_t> cached(size_t(n_expert), 0);
+    llama_hobbit_policy pol;
+    {
+        std::lock_guard<std::mutex> lock(mtx);
+        for (int e = 0; e < n_expert; ++e) {
+            cached[e] = slots.cached_any(il, e) ? 1 : 0;
+        }
+        pol = effective_policy();
+    }
+    expert = llama_hobbit_warm_pick(pred.need, cached);
+    if (expert < 0 || pred.need[expert] < pol.skip_threshold) {
+        return false;
+    }
+    lvl = llama_hobbit_miss_level(pol, slots.has_lo, pred.need[expert]);
+    return llama_hobbit_cpu_expert_slices(cpu_weights(il, lvl)) > 0;
+}
+
+void llama_hobbit_cache::note_warm(bool used) {
+    std::lock_guard<std::mutex> lock(mtx);
+    (used ? stats.warm_used : stats.warm_posted)++;
 }
 
 int llama_hobbit_cache::graph_depth() {

@@ -23,6 +23,7 @@
 #include "hobbit-prefetch.h"
 #include "hobbit-slots.h"
 #include "hobbit-store.h"
+#include "hobbit-warm.h"
 #include "llama-hobbit.h"
 
 #include "ggml.h"
@@ -71,6 +72,18 @@ struct llama_hobbit_cache {
     std::vector<ggml_tensor *> gate_inp;
     std::vector<ggml_tensor *> gate_inp_b;
     std::vector<ggml_tensor *> probs_bias;
+
+    // GPU tier, hobbit.warm=1 (the default): the next layer's predicted CPU miss is read into the CPU's caches
+    // while the GPU computes (hobbit-warm.h), from the routers' copies on the host
+    bool warm = false;
+    std::vector<llama_hobbit_router_host> router_host; // [il]
+    // the routers' host copies (warm); throws if one cannot be read
+    void load_routers();
+    // the expert of layer il (and its level) that the CPU would most likely compute next, from
+    // the previous MoE layer's input x (n_embd floats: il's router applied to it, as prefetch
+    // predicts) and what VRAM holds; false if none or the CPU cannot compute it
+    bool warm_target(int il, const float * x, int gating, int & expert, int & lvl);
+    void note_warm(bool used); // stats: a warm posted (used: the CPU then computed that expert)
 
     llama_hobbit_store store;
 

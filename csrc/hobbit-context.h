@@ -59,6 +59,9 @@ struct llama_hobbit_context {
     int    cpu_threads = 0;           // the threads that computed the wave's CPU experts (0: none)
     llama_hobbit_workers cpu_workers; // the threads that compute them with the graph's thread
     int n_threads = 1;                // the CPU threads of the ubatch being computed (llama_context's)
+    // warming (hobbit-warm.h): the expert of layer warm_il, at warm_lvl, that the workers read ahead
+    // in warm_parts parts (-1: none)
+    int warm_il = -1, warm_expert = -1, warm_lvl = 0, warm_parts = 0;
 
     bool        failed = false; // the ubatch being computed hit a fault
     std::string error;          // the first one

@@ -1,4 +1,5 @@
 #include "hobbit-cpu-expert.h"
+#include "hobbit-warm.h"
 #include "hobbit-workers.h"
 
 #include "ggml-cpu.h"
@@ -7,6 +8,7 @@
 #include <atomic>
 #include <chrono>
 #include <cmath>
+#include <memory>
 #include <utility>
 
 namespace {
@@ -118,7 +120,8 @@ void llama_hobbit_cpu_expert_down(const llama_hobbit_cpu_weights & w, int e, con
 }
 
 llama_hobbit_cpu_run llama_hobbit_cpu_experts(const std::vector<llama_hobbit_cpu_task> & tasks, bool gelu,
-                                              int n_threads, llama_hobbit_workers & pool, std::vector<char> & scratch) {
+                                              int n_threads, llama_hobbit_workers & pool, std::vector<char> & scratch,
+                                              bool own_pool) {
     llama_hobbit_cpu_run run;
     if (tasks.empty()) {
         return run;
@@ -128,6 +131,12 @@ llama_hobbit_cpu_run llama_hobbit_cpu_experts(const std::vector<llama_hobbit_cpu
     std::vector<size_t> xq(tasks.size()), aq(tasks.size());
     std::vector<int64_t> chunk(tasks.size());
     std::vector<std::pair<size_t, int64_t>> ffn_units, out_units;
+    struct static_part {
+        size_t k; // the task
+        int    p; // its part: thread p + 1 computes it first
+        llama_hobbit_part rows;
+    };
+    std::vector<static_part> parts;
     size_t bytes = 0;
     for (size_t k = 0; k < tasks.size(); ++k) {
         const llama_hobbit_cpu_task & t = tasks[k];
@@ -137,6 +146,12 @@ llama_hobbit_cpu_run llama_hobbit_cpu_experts(const std::vector<llama_hobbit_cpu
         bytes   += align64(llama_hobbit_cpu_x_bytes(t.w));
         aq[k]    = bytes;
         bytes   += align64(llama_hobbit_cpu_act_bytes(t.w, t.rows));
+        if (t.parts > 0) {
+            for (int p = 0; p < t.parts; ++p) {
+                parts.push_back({ k, p, llama_hobbit_warm_part(t.w, t.rows, p, t.parts) });
+            }
+            continue;
+        }
         for (int64_t j = 0; j < t.rows; j += chunk[k]) {
             ffn_units.emplace_back(k, j);
         }
@@ -151,20 +166,48 @@ llama_hobbit_cpu_run llama_hobbit_cpu_experts(const std::vector<llama_hobbit_cpu
         llama_hobbit_cpu_quantize_x(tasks[k].w, tasks[k].x, base + xq[k]);
     }
 
+    // the static parts of a pass: each claimed once, first by its own thread (part p: thread p + 1)
+    std::unique_ptr<std::atomic<bool>[]> claimed_ffn(new std::atomic<bool>[parts.size() + 1]());
+    std::unique_ptr<std::atomic<bool>[]> claimed_out(new std::atomic<bool>[parts.size() + 1]());
+    auto own_parts_then_rest = [&](int i, std::atomic<bool> * claimed, const auto & compute_part, const auto & dynamic) {
+        for (size_t s = 0; s < parts.size(); ++s) {
+            if (parts[s].p + 1 == i && !claimed[s].exchange(true)) {
+                compute_part(s);
+            }
+        }
+        dynamic();
+        for (size_t s = 0; s < parts.size(); ++s) {
+            if (!claimed[s].exchange(true)) {
+                compute_part(s);
+            }
+        }
+    };
+    const auto parallel = [&](const std::function<void(int, int)> & fn) {
+        return own_pool ? pool.run((int) busy.size(), fn) : llama_hobbit_parallel(pool, (int) busy.size(), fn);
+    };
+
     // each thread times its own share, from when it starts (a thread that slept starts late)
     std::atomic<bool> out_of_memory{false};
     std::atomic<size_t> next_ffn{0}, next_out{0};
-    const int threads_ffn = llama_hobbit_parallel(pool, (int) busy.size(), [&](int i, int) {
+    const int threads_ffn = parallel([&](int i, int) {
         thread_local std::vector<float> act;
         const auto t_begin = std::chrono::steady_clock::now();
+        const auto ffn_rows = [&](size_t k, int64_t j0, int64_t j1) {
+            act.resize(size_t(chunk[k]));
+            llama_hobbit_cpu_expert_rows(tasks[k].w, tasks[k].expert, gelu, base + xq[k], j0, j1, base + aq[k], act.data());
+        };
         try {
-            for (size_t u = next_ffn.fetch_add(1); u < ffn_units.size(); u = next_ffn.fetch_add(1)) {
-                const size_t k = ffn_units[u].first;
-                const llama_hobbit_cpu_task & t = tasks[k];
-                const int64_t j0 = ffn_units[u].second, j1 = std::min(t.rows, j0 + chunk[k]);
-                act.resize(size_t(chunk[k]));
-                llama_hobbit_cpu_expert_rows(t.w, t.expert, gelu, base + xq[k], j0, j1, base + aq[k], act.data());
-            }
+            own_parts_then_rest(i, claimed_ffn.get(), [&](size_t s) {
+                const size_t k = parts[s].k;
+                for (int64_t j = parts[s].rows.r0; j < parts[s].rows.r1; j += chunk[k]) {
+                    ffn_rows(k, j, std::min(parts[s].rows.r1, j + chunk[k]));
+                }
+            }, [&]() {
+                for (size_t u = next_ffn.fetch_add(1); u < ffn_units.size(); u = next_ffn.fetch_add(1)) {
+                    const size_t k = ffn_units[u].first;
+                    ffn_rows(k, ffn_units[u].second, std::min(tasks[k].rows, ffn_units[u].second + chunk[k]));
+                }
+            });
         } catch (const std::exception &) {
             out_of_memory.store(true);
         }
@@ -174,14 +217,23 @@ llama_hobbit_cpu_run llama_hobbit_cpu_experts(const std::vector<llama_hobbit_cpu
         run.out_of_memory = true;
         return run;
     }
-    const int threads_out = llama_hobbit_parallel(pool, (int) busy.size(), [&](int i, int) {
+    const int threads_out = parallel([&](int i, int) {
         const auto t_begin = std::chrono::steady_clock::now();
-        for (size_t u = next_out.fetch_add(1); u < out_units.size(); u = next_out.fetch_add(1)) {
-            const size_t k = out_units[u].first;
+        own_parts_then_rest(i, claimed_out.get(), [&](size_t s) {
+            const size_t k = parts[s].k;
             const llama_hobbit_cpu_task & t = tasks[k];
-            const int64_t i0 = out_units[u].second, i1 = std::min(t.w.gate->ne[0], i0 + OUT_CHUNK);
-            llama_hobbit_cpu_expert_down(t.w, t.expert, base + aq[k], t.rows, i0, i1, t.out);
-        }
+            for (int64_t o = parts[s].rows.o0; o < parts[s].rows.o1; o += OUT_CHUNK) {
+                llama_hobbit_cpu_expert_down(t.w, t.expert, base + aq[k], t.rows, o, std::min(parts[s].rows.o1, o + OUT_CHUNK),
+                                             t.out);
+            }
+        }, [&]() {
+            for (size_t u = next_out.fetch_add(1); u < out_units.size(); u = next_out.fetch_add(1)) {
+                const size_t k = out_units[u].first;
+                const llama_hobbit_cpu_task & t = tasks[k];
+                const int64_t i0 = out_units[u].second, i1 = std::min(t.w.gate->ne[0], i0 + OUT_CHUNK);
+                llama_hobbit_cpu_expert_down(t.w, t.expert, base + aq[k], t.rows, i0, i1, t.out);
+            }
+        });
         busy[i] += std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t_begin).count();
     });
     run.threads = std::min(threads_ffn, threads_out);

@@ -82,6 +82,8 @@ struct llama_hobbit_cpu_task {
     const float * x;
     int64_t       rows;
     float *       out;
+    int           parts = 0; // > 0: its work is cut into this many static parts (llama_hobbit_warm_part),
+                             // part p computed first by thread p + 1, which read it ahead (hobbit-warm.h)
 };
 
 // what computing a set of tasks took: the threads it ran on (the fewer of its two passes), the
@@ -94,8 +96,12 @@ struct llama_hobbit_cpu_run {
 };
 
 // computes every task on up to n_threads threads (llama_hobbit_parallel over pool, the caller
-// one of them): the FFN rows of every task in chunks, then the outputs in chunks, the threads
-// taking each pass's chunks as they come. scratch is kept between calls; growing it may throw
-// std::bad_alloc, before any thread starts.
+// one of them; with own_pool always pool.run, whose thread i is the same worker each time): the
+// FFN rows of every task in chunks, then the outputs in chunks, the threads taking each pass's
+// chunks as they come, after each thread p + 1 took part p of the tasks with static parts (a part
+// no thread took first is taken as the chunks are). The result does not depend on who computes
+// what. scratch is kept between calls; growing it may throw std::bad_alloc, before any thread
+// starts.
 llama_hobbit_cpu_run llama_hobbit_cpu_experts(const std::vector<llama_hobbit_cpu_task> & tasks, bool gelu,
-                                              int n_threads, llama_hobbit_workers & pool, std::vector<char> & scratch);
+                                              int n_threads, llama_hobbit_workers & pool, std::vector<char> & scratch,
+                                              bool own_pool = false);

@@ -32,6 +32,7 @@
 #include "hobbit-context.h"
 #include "hobbit-cpu-expert.h"
 #include "hobbit-mmid.h"
+#include "hobbit-warm.h"
 
 #include "ggml.h"
 
@@ -129,11 +130,15 @@ static void llama_hobbit_cpu_experts_op(ggml_tensor * dst, int ith, int nth, voi
             memset((char *) dst->data + r*dst->nb[1] + t*dst->nb[2], 0, n_embd*sizeof(float));
         }
     }
+    if (hctx.cache->warm) {
+        hctx.cpu_workers.finish_posted(); // what was read ahead is read; the op needs the workers
+    }
     if (hctx.failed) {
         return;
     }
     const std::vector<llama_hobbit_cpu_route> routes = cpu_routes(ids, hctx.cache->n_levels());
     if (routes.empty()) {
+        hctx.warm_il = -1;
         return;
     }
     llama_hobbit_cpu_run run;
@@ -151,8 +156,16 @@ static void llama_hobbit_cpu_experts_op(ggml_tensor * dst, int ith, int nth, voi
             const int64_t rows = split ? hctx.cache->split_row(op->il, c.lvl) : llama_hobbit_cpu_slice_row(w, n_slices, n_slices);
             tasks.push_back({ w, c.expert, (const float *) ((const char *) cur->data + c.token*cur->nb[2]), rows,
                               (float *) ((char *) dst->data + c.route*dst->nb[1] + c.token*dst->nb[2]) });
+            // the expert the workers read ahead (warm_next): each computes the part it read
+            if (hctx.warm_il == op->il && c.expert == hctx.warm_expert && c.lvl == hctx.warm_lvl && !split) {
+                tasks.back().parts = hctx.warm_parts;
+                hctx.warm_il = -1; // one route takes it
+                hctx.cache->note_warm(true);
+            }
         }
-        run = llama_hobbit_cpu_experts(tasks, op->gelu, std::max(1, hctx.n_threads), hctx.cpu_workers, hctx.cpu_scratch);
+        hctx.warm_il = -1;
+        run = llama_hobbit_cpu_experts(tasks, op->gelu, std::max(1, hctx.n_threads), hctx.cpu_workers, hctx.cpu_scratch,
+                                       hctx.cache->warm);
     } catch (const std::exception & e) {
         hctx.fail(std::string("hobbit: computing experts on the CPU: ") + e.what());
         return;
@@ -167,6 +180,33 @@ static void llama_hobbit_cpu_experts_op(ggml_tensor * dst, int ith, int nth, voi
     // stayed cold and every probe confirmed it
     hctx.cpu_threads = run.threads;
     hctx.cpu_busy_ms = run.busy_ms;
+}
+
+// warming (hobbit-warm.h): once a decode's layer il is served, the workers read the next MoE
+// layer's predicted CPU miss (its router applied to x, this layer's input) into their caches,
+// each its part, while the GPU computes; the next layer's CPU experts op stops them
+static void warm_next(llama_hobbit_context & hctx, int il, int gating, const float * x) {
+    hctx.warm_il = -1;
+    const std::vector<int> next = hctx.cache->next_moe_layers(il, 1);
+    const int n = hctx.n_threads;
+    int expert = -1, lvl = 0;
+    if (next.empty() || n < 2 || !hctx.cache->warm_target(next[0], x, gating, expert, lvl)) {
+        return;
+    }
+    const llama_hobbit_cpu_weights w = hctx.cache->cpu_weights(next[0], lvl);
+    const int parts = n - 1;
+    hctx.warm_il     = next[0];
+    hctx.warm_expert = expert;
+    hctx.warm_lvl    = lvl;
+    hctx.warm_parts  = parts;
+    hctx.cache->note_warm(false);
+    llama_hobbit_workers * pool = &hctx.cpu_workers;
+    pool->post(n, [w, expert, parts, pool](int i, int) {
+        if (i >= 1 && i <= parts) {
+            llama_hobbit_warm_touch(w, expert, llama_hobbit_warm_part(w, w.gate->ne[1], i - 1, parts),
+                                    [pool] { return pool->cancelled(); });
+        }
+    });
 }
 
 // the most slot ids a wait op hands to the GPU (a decode of CPU_PATH_MAX_TOKENS tokens with up to
@@ -210,6 +250,9 @@ static void llama_hobbit_wait_op(ggml_tensor * dst, int ith, int nth, void * use
         out[k] = (float) ids[k];
     }
     memcpy(out + n_ids, cpu->data, ggml_nbytes(cpu));
+    if (hctx.cache->warm && n_tokens == 1 && !hctx.failed) {
+        warm_next(hctx, op->il, op->gating, (const float *) dst->src[4]->data); // src 4: the layer's input
+    }
 }
 
 // the next MoE layers' router logits from this layer's router input (their routers applied to
@@ -395,6 +438,7 @@ ggml_tensor * llama_hobbit_build_moe_ffn(
         llama_hobbit_op * op = hctx->op(il, wave, n_waves);
         op->cpu_path = cpu_path;
         op->split    = split;
+        op->gating   = gating;
 
         // after the prefetch op (first wave) or the previous wave's matmuls
         ggml_tensor * after   = wave == 0 ? prefetch : experts;
@@ -414,9 +458,10 @@ ggml_tensor * llama_hobbit_build_moe_ffn(
             // the wait op's output reaches the GPU in one copy (the cont, the first GPU op after
             // the CPU ops); the GPU splits it into the slot ids and the CPU's experts
             const int64_t n_ids = n_used*n_tokens*n_planes;
-            ggml_tensor * wait_args[4] = { host.selected, host.weights, ids, cpu };
+            // (with warming, the layer's input too: the next layer's router is applied to it)
+            ggml_tensor * wait_args[5] = { host.selected, host.weights, ids, cpu, host.cur };
             ggml_tensor * handed = ggml_custom_4d(ctx, GGML_TYPE_F32, n_ids + n_embd*n_used*n_tokens, 1, 1, 1,
-                    wait_args, 4, llama_hobbit_wait_op, 1, op);
+                    wait_args, cache.warm ? 5 : 4, llama_hobbit_wait_op, 1, op);
             ggml_format_name(handed, "hobbit_wait-%d.%d", il, wave);
             handed = ggml_cont(ctx, handed);
             ids = ggml_cast(ctx, ggml_view_3d(ctx, handed, n_used, n_tokens, n_planes, n_used*sizeof(float),

@@ -33,11 +33,12 @@ constexpr const char * KV_RESIDENT = "hobbit.resident";    // int: GPU tier: 1 (
 constexpr const char * KV_SPLIT   = "hobbit.split";       // int: GPU tier: 1 the planner may split a miss between CPU and GPU, 0 (default) never
 constexpr const char * KV_SPLIT_CPU = "hobbit.split_cpu_pct"; // int: GPU tier: percent of a split miss's FFN rows the CPU computes (default 50)
 constexpr const char * KV_PREDICT = "hobbit.always_predict"; // int: 1 graphs apply the next layers' routers even at depth 0 (diagnostic), 0 (default) not then
+constexpr const char * KV_WARM    = "hobbit.warm";        // int: GPU tier: 1 (default) the CPU reads the next layer's predicted miss ahead (hobbit-warm.h), 0 not
 constexpr const char * KV_TYPES   = "hobbit.expert_types"; // file key: requested types of the expert levels
 
 const char * const KNOWN_KEYS[] = { KV_BUDGET, KV_HI_TYPE, KV_LO_TYPE, KV_DIRECT, KV_IO, KV_GPU, KV_HOST, KV_UNIFIED,
                                      KV_POLICY, KV_DEPTH, KV_CPU, KV_CPU_PATH, KV_GRAPH_COPIES, KV_RESIDENT, KV_SPLIT,
-                                     KV_SPLIT_CPU, KV_PREDICT };
+                                     KV_SPLIT_CPU, KV_PREDICT, KV_WARM };
 
 constexpr int IO_THREADS_DEFAULT = 4; // several reads in flight: NVMe and O_DIRECT want a queue
 constexpr int IO_THREADS_MAX     = 64;
@@ -350,6 +351,12 @@ std::shared_ptr<llama_hobbit_cache> attach_impl(const llama_model & model, llama
                 (long long) split_cpu_pct));
     }
     cache->split_share = double(split_cpu_pct)/100.0;
+    int64_t warm = 1; // 3-6% faster decodes on the benchmark machines (BENCHMARKS.md, twelfth session)
+    override_int(ml, KV_WARM, warm);
+    cache->warm = warm != 0 && cache->host.resident(); // the CPU path's experts are in the host tier
+    if (cache->warm) {
+        cache->load_routers();
+    }
     int64_t always_predict = 0;
     override_int(ml, KV_PREDICT, always_predict);
     cache->always_predict = always_predict != 0;

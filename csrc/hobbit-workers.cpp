@@ -27,6 +27,7 @@ inline void cpu_relax() {
 } // namespace
 
 llama_hobbit_workers::~llama_hobbit_workers() {
+    finish_posted();
     {
         std::lock_guard<std::mutex> lock(mtx);
         stop.store(true);
@@ -81,7 +82,7 @@ void llama_hobbit_workers::wake() {
     cv.notify_all();
 }
 
-int llama_hobbit_workers::run(int n, const std::function<void(int, int)> & fn) {
+int llama_hobbit_workers::start(int n) {
     while ((int) threads.size() < n - 1) {
         if ((int) threads.size() >= start_limit) {
             break; // as a failed start
@@ -95,7 +96,42 @@ int llama_hobbit_workers::run(int n, const std::function<void(int, int)> & fn) {
             break; // the threads that could start do the work
         }
     }
-    n = n < 1 ? 1 : (n - 1 > (int) threads.size() ? (int) threads.size() + 1 : n);
+    return n < 1 ? 1 : (n - 1 > (int) threads.size() ? (int) threads.size() + 1 : n);
+}
+
+void llama_hobbit_workers::finish_posted() {
+    if (!posted_live) {
+        return;
+    }
+    cancel.store(true, std::memory_order_relaxed);
+    while (pending.load(std::memory_order_acquire) != 0) {
+        cpu_relax();
+    }
+    cancel.store(false, std::memory_order_relaxed);
+    posted_live = false;
+}
+
+void llama_hobbit_workers::post(int n, std::function<void(int, int)> fn) {
+    finish_posted();
+    n = start(n);
+    if (n == 1) {
+        return; // no worker: nothing runs in the background
+    }
+    {
+        std::lock_guard<std::mutex> lock(mtx);
+        posted = std::move(fn);
+        job    = &posted;
+        n_job  = n;
+        pending.store((int) threads.size(), std::memory_order_relaxed);
+        gen.fetch_add(1, std::memory_order_release);
+    }
+    posted_live = true;
+    cv.notify_all();
+}
+
+int llama_hobbit_workers::run(int n, const std::function<void(int, int)> & fn) {
+    finish_posted();
+    n = start(n);
     if (n == 1) {
         fn(0, 1);
         return 1;

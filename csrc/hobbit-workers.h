@@ -13,6 +13,11 @@
 // get_rows, the layers on the CPU). Without OpenMP, it is the context's pool below: threads
 // started on first use that spin for SPIN_MS after a job (the next layer's comes sooner in a
 // decode) and then sleep.
+//
+// The pool also takes work in the background (post): the warming of the next layer's
+// predicted CPU miss while the GPU computes (hobbit-warm.h). A worker then reads its share of
+// that expert into its own core's caches, and the CPU experts op computes the same share on
+// the same worker (so the pool, not OpenMP, runs the op when warming is on).
 #pragma once
 
 #include <atomic>
@@ -37,6 +42,15 @@ struct llama_hobbit_workers {
     // ran it alone). fn must not throw. One caller at a time.
     int run(int n, const std::function<void(int, int)> & fn);
 
+    // runs fn(i, n) for every i in [1, n) on the workers and returns at once (the caller takes
+    // no part; n is capped to the workers that could start, plus one); fn should return soon
+    // once cancelled() is true, which the next post() or run() sets before it waits for fn to
+    // end. fn must not throw. One caller at a time, as for run().
+    void post(int n, std::function<void(int, int)> fn);
+
+    // a posted job is asked to stop (its fn polls this)
+    bool cancelled() const { return cancel.load(std::memory_order_relaxed); }
+
     // workers asleep wake up and spin for SPIN_MS (a job is coming): their wake-up overlaps
     // with the caller's work before run()
     void wake();
@@ -47,8 +61,16 @@ struct llama_hobbit_workers {
     // tests: starting a worker beyond this many fails, as when the system has no threads left
     int start_limit = 1 << 30;
 
+    // a posted job that may still run is cancelled and waited for (run and post do this first)
+    void finish_posted();
+
 private:
     void loop(int i, uint64_t seen);
+    int  start(int n); // start workers for a job of n threads; returns the threads it can run on
+
+    std::function<void(int, int)> posted; // the job post() published (kept while it runs)
+    bool                          posted_live = false;
+    std::atomic<bool>             cancel{false};
 
     std::vector<std::thread> threads;
     std::mutex               mtx;

@@ -87,6 +87,8 @@ class StatsStruct(ctypes.Structure):
         ("cpu_threads_min", ctypes.c_int32),
         ("cpu_split", ctypes.c_uint64),
         ("gpu_gap_ms", ctypes.c_double),
+        ("warm_posted", ctypes.c_uint64),
+        ("warm_used", ctypes.c_uint64),
     ]
 
 

@@ -194,6 +194,8 @@ class Model(llama_cpp.Llama):
             "cpu_gbps": cache["cpu_gbps"],
             "between_ms": cache["between_ms"],
             "gpu_gap_ms": cache["gpu_gap_ms"],
+            "warm_posted": cache["warm_posted"],
+            "warm_used": cache["warm_used"],
             "experts_resident": cache["resident"],
             "peak_rss_bytes": peak_rss_bytes(),
         }

@@ -18,6 +18,8 @@ NOTE = {
     "between layers ms / token": r"([\d.]+) ms between layers",
     "of it until the inputs are on the host": r"\(([\d.]+) until the host had",
     "CPU experts ms / token": r"and ([\d.]+) on CPU experts",
+    "layers warmed": r"(\d+) layers warmed",
+    "of them computed by the CPU": r"layers warmed \((\d+) used\)",
 }
 
 

@@ -148,6 +148,9 @@ struct llama_hobbit_stats {
                                // from the host tier) and the GPU (the other rows, copied first; hobbit.split)
     double   gpu_gap_ms;       // GPU tier: of between_ms, the time until the next layer's inputs reached the host
                                // (the GPU's work and the copy back); the rest is the CPU ops before the routing
+    uint64_t warm_posted;      // GPU tier, hobbit.warm: layers whose predicted CPU miss was read into the CPU's
+                               // caches while the GPU computed
+    uint64_t warm_used;        // ... and of them, those whose CPU experts then computed that expert at that level
 };
 
 // true if the model was loaded in HOBBIT mode

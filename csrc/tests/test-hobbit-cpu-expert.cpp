@@ -4,9 +4,11 @@
 // (mul_mat, GLU, mul_mat on the same quantized expert: the same dot products, so almost exactly;
 // GELU within its fp16 table's error)
 // and a double-precision reference on the dequantized weights (within quantization error).
-// Shapes the CPU backend cannot slice are refused with 0 slices.
+// Shapes the CPU backend cannot slice are refused with 0 slices. A warmed expert's static parts
+// (hobbit-warm.h) cover its work once and change no bit, whoever computes them.
 
 #include "hobbit-cpu-expert.h"
+#include "hobbit-warm.h"
 #include "hobbit-workers.h"
 
 #include "ggml.h"
@@ -199,6 +201,33 @@ bool run_case(ggml_type type_up, ggml_type type_down, int64_t n_embd, int64_t n_
                 same_in_parallel = same_in_parallel && outs[n_expert] == expert(1, split_row, 0, n_embd);
             }
         }
+        // the first and last experts in static parts (as a warmed one), each computed first by its
+        // own thread, on the pool or an OpenMP team, more parts than threads or fewer, right after
+        // a warm of those parts was posted on the pool: the same bits
+        for (int threads : { 1, 4 }) {
+            for (int parts : { 3, 5 }) {
+                for (bool own_pool : { false, true }) {
+                    std::vector<llama_hobbit_cpu_task> with_parts = tasks;
+                    with_parts.front().parts = parts;
+                    with_parts[n_expert - 1].parts = parts;
+                    for (auto & o : outs) {
+                        std::fill(o.begin(), o.end(), NAN);
+                    }
+                    pool.post(threads, [&](int i, int) {
+                        if (i >= 1 && i <= parts) {
+                            llama_hobbit_warm_touch(cw, 0, llama_hobbit_warm_part(cw, n_ff, i - 1, parts),
+                                                    [&pool] { return pool.cancelled(); });
+                        }
+                    });
+                    const llama_hobbit_cpu_run run = llama_hobbit_cpu_experts(with_parts, gelu, threads, pool, cpu_scratch,
+                                                                              own_pool);
+                    same_in_parallel = same_in_parallel && !run.out_of_memory && run.threads >= 1;
+                    for (int e = 0; e < n_expert; ++e) {
+                        same_in_parallel = same_in_parallel && outs[e] == expert(e, n_ff, 0, n_embd);
+                    }
+                }
+            }
+        }
     }
     ok = ok && same_in_parallel;
     // ggml's GELU reads a table of fp16 values; this kernel computes it exactly
@@ -245,6 +274,61 @@ bool split_shares() {
     return ok;
 }
 
+// warming: parts cover an expert's FFN rows (in whole units) and outputs once each, a touch reads
+// exactly its part's bytes unless stopped, and the pick is the most needed expert not cached
+bool warm_parts() {
+    ggml_init_params params = { ggml_tensor_overhead()*8, nullptr, true };
+    ggml_context * ctx = ggml_init(params);
+    ggml_tensor * gate = ggml_new_tensor_3d(ctx, GGML_TYPE_Q8_0, 256, 2048, 2);
+    ggml_tensor * up   = ggml_new_tensor_3d(ctx, GGML_TYPE_Q8_0, 256, 2048, 2);
+    ggml_tensor * down = ggml_new_tensor_3d(ctx, GGML_TYPE_Q8_0, 2048, 256, 2);
+    ggml_backend_buffer_t buf = ggml_backend_alloc_ctx_tensors_from_buft(ctx, ggml_backend_cpu_buffer_type());
+    ggml_backend_buffer_clear(buf, 1);
+    const llama_hobbit_cpu_weights w = { gate, up, down };
+    const int64_t unit = llama_hobbit_cpu_row_unit(w);
+    bool ok = unit == 32;
+    for (int64_t rows : { int64_t(2048), int64_t(1024), int64_t(96) }) {
+        for (int n_parts : { 1, 3, 15, 64 }) { // 64 parts of 96 rows: some parts have no rows
+            int64_t next_r = 0, next_o = 0;
+            size_t touched = 0;
+            for (int p = 0; p < n_parts; ++p) {
+                const llama_hobbit_part part = llama_hobbit_warm_part(w, rows, p, n_parts);
+                ok = ok && part.r0 == next_r && part.r1 >= part.r0 && part.r0 % unit == 0 &&
+                     (part.r1 % unit == 0 || part.r1 == rows) && part.o0 == next_o && part.o1 >= part.o0;
+                next_r = part.r1;
+                next_o = part.o1;
+                const size_t bytes = size_t(part.r1 - part.r0)*(gate->nb[1] + up->nb[1]) + size_t(part.o1 - part.o0)*down->nb[1];
+                ok = ok && llama_hobbit_warm_touch(w, 1, part, [] { return false; }) == bytes;
+                touched += bytes;
+            }
+            ok = ok && next_r == rows && next_o == 256 && touched == size_t(rows)*(gate->nb[1] + up->nb[1]) + 256*down->nb[1];
+        }
+    }
+    // stopped at once: nothing read; stopped after the first question: one block of gate and of up
+    const llama_hobbit_part all = llama_hobbit_warm_part(w, 2048, 0, 1);
+    int asked = 0;
+    ok = ok && llama_hobbit_warm_touch(w, 0, all, [] { return true; }) == 0;
+    ok = ok && llama_hobbit_warm_touch(w, 0, all, [&asked] { return asked++ >= 2; }) == 2*(16 << 10);
+    // the pick
+    ok = ok && llama_hobbit_warm_pick({ 0.2f, 0.7f, -1.0f, 0.1f }, { 0, 0, 0, 0 }) == 1;
+    ok = ok && llama_hobbit_warm_pick({ 0.2f, 0.7f, -1.0f, 0.1f }, { 0, 1, 0, 0 }) == 0;
+    ok = ok && llama_hobbit_warm_pick({ 0.2f, 0.7f, -1.0f, 0.1f }, { 1, 1, 0, 1 }) == -1;
+    // a router on the host: W x + b
+    llama_hobbit_router_host r;
+    r.n_embd = 2;
+    r.n_expert = 2;
+    r.w = { 1.0f, 2.0f, -1.0f, 0.5f };
+    r.b = { 0.25f, 0.0f };
+    float logits[2];
+    const float x[2] = { 3.0f, 4.0f };
+    r.logits(x, logits);
+    ok = ok && logits[0] == 11.25f && logits[1] == -1.0f;
+    printf("  cpu expert: warm parts, touches and pick %s\n", ok ? "OK" : "FAIL");
+    ggml_backend_buffer_free(buf);
+    ggml_free(ctx);
+    return ok;
+}
+
 } // namespace
 
 int main() {
@@ -253,6 +337,7 @@ int main() {
     std::mt19937 rng(7);
     bool ok = refuses_bad_shapes();
     ok = split_shares() && ok;
+    ok = warm_parts() && ok;
     ok = run_case(GGML_TYPE_Q8_0, GGML_TYPE_Q8_0, 256, 2048, false, 0.5, backend, rng) && ok;
     ok = run_case(GGML_TYPE_Q4_K, GGML_TYPE_Q4_K, 256, 2048, false, 0.62, backend, rng) && ok;
     ok = run_case(GGML_TYPE_Q4_0, GGML_TYPE_Q8_0, 256, 512, true, 0.3, backend, rng) && ok;

@@ -4,7 +4,9 @@
 // caller is index 0; jobs follow one another with the workers spinning and after they slept;
 // a job may ask for more or fewer threads than the one before; workers that cannot be started
 // leave the job to those that could (the start failure is injected); and the pool is destroyed
-// both idle and right after a job. llama_hobbit_parallel does the same on an OpenMP team where
+// both idle and right after a job. A posted job runs in the background on the workers alone,
+// each of its indices once, until it ends or the next run or post cancels it and waits for it
+// (also the destructor). llama_hobbit_parallel does the same on an OpenMP team where
 // the build has OpenMP (it must then, as ggml's CPU backend does), else on the pool. Run under
 // ThreadSanitizer (a build without OpenMP) by scripts/sanitize.sh.
 
@@ -112,6 +114,60 @@ int main() {
         llama_hobbit_workers none;
         none.start_limit = 0;
         check_job(none, 6, 1); // no worker at all: the caller alone
+    }
+    {
+        // a posted job: indices 1..n-1 on the workers, the caller goes on at once
+        llama_hobbit_workers pool;
+        std::vector<std::atomic<int>> ran(4);
+        std::atomic<int> seen_cancel{0}, running{0};
+        std::atomic<bool> release{false};
+        const std::thread::id caller = std::this_thread::get_id();
+        std::atomic<int> on_caller{0};
+        pool.post(4, [&](int i, int n) {
+            ran[i].fetch_add(n == 4 ? 1 : 100);
+            on_caller.fetch_add(std::this_thread::get_id() == caller ? 1 : 0);
+            running.fetch_add(1);
+            while (!release.load() && !pool.cancelled()) {
+                std::this_thread::yield();
+            }
+            seen_cancel.fetch_add(pool.cancelled() ? 1 : 0);
+        });
+        while (running.load() < 3) { // every worker runs it while the caller is here
+            std::this_thread::yield();
+        }
+        CHECK_EQ(ran[0].load(), 0);
+        // the next run cancels it, waits for it, then runs as always
+        check_job(pool, 4, 4);
+        CHECK_EQ(seen_cancel.load(), 3);
+        CHECK_EQ(on_caller.load(), 0);
+        for (int i = 1; i < 4; ++i) {
+            CHECK_EQ(ran[i].load(), 1);
+        }
+        CHECK(!pool.cancelled()); // cleared for the next one
+        // a job that ends by itself: nothing to cancel, and a post replaces a post
+        std::atomic<int> quick{0};
+        pool.post(4, [&](int, int) { quick.fetch_add(1); });
+        pool.post(3, [&](int, int) { quick.fetch_add(10); });
+        pool.finish_posted();
+        CHECK_EQ(quick.load(), 3 + 2*10);
+        // a one-thread post runs nothing
+        pool.post(1, [&](int, int) { quick.fetch_add(1000); });
+        pool.finish_posted();
+        CHECK_EQ(quick.load(), 23);
+    }
+    {
+        // a pool destroyed with a posted job still running cancels it and waits for it
+        std::atomic<int> ended{0};
+        {
+            llama_hobbit_workers pool;
+            pool.post(4, [&](int, int) {
+                while (!pool.cancelled()) {
+                    std::this_thread::yield();
+                }
+                ended.fetch_add(1);
+            });
+        }
+        CHECK_EQ(ended.load(), 3);
     }
     {
         // llama_hobbit_parallel: an OpenMP team or the pool, the same contract

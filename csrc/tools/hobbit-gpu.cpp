@@ -275,7 +275,7 @@ int cmd_check(int argc, char ** argv) {
         const int want_tier = ngl > 0 ? 1 : 0;
         printf("stats: tier %d%s%s, routes %llu = hits %llu/%llu + loads %llu/%llu + skipped %llu + cpu %llu/%llu, "
                "%.1f MiB moved, host tier %.1f MiB, %.1f MiB read from the file, slots %.1f MiB (peak %.1f) "
-               "of a %.1f MiB budget, %llu prefetches (%llu used), %llu failed loads, split %llu\n",
+               "of a %.1f MiB budget, %llu prefetches (%llu used), %llu failed loads, warm %llu/%llu, split %llu\n",
                s.tier, s.unified ? " (unified memory)" : "", s.resident ? " (resident)" : "",
                (unsigned long long) s.routes_total,
                (unsigned long long) s.hits_hi, (unsigned long long) s.hits_lo, (unsigned long long) s.loads_hi,
@@ -284,7 +284,7 @@ int cmd_check(int argc, char ** argv) {
                s.bytes_read/1048576.0, s.cache_capacity_bytes/1048576.0, s.cache_peak_bytes/1048576.0,
                s.budget_bytes/1048576.0, (unsigned long long) s.prefetch_issued,
                (unsigned long long) s.prefetch_used, (unsigned long long) s.failed_loads,
-               (unsigned long long) s.cpu_split);
+               (unsigned long long) s.warm_posted, (unsigned long long) s.warm_used, (unsigned long long) s.cpu_split);
         if (s.cpu_split > s.loads_hi + s.loads_lo) {
             printf("FAIL: more split routes than loads\n");
             good = false;
@@ -466,7 +466,8 @@ row_result run_row(const char * path, int ngl, kv_list & kv, std::vector<llama_m
         snprintf(buf, sizeof(buf), "decode: %s %.3f, CPU %.3f, split %.3f, skipped %.3f, %.1f MiB %s, %.1f MiB read by the CPU path and "
                  "%.2f ms stalled per token, "
                  "%.2f ms between layers (%.2f until the host had a layer's inputs) and %.2f on CPU experts per token, "
-                 "%.1f GB/s a stream, planner's copy %.1f / CPU %.1f GB/s (CPU experts op %.1f GB/s, >= %d threads), %llu prefetches (%llu used), decode passes at "
+                 "%.1f GB/s a stream, planner's copy %.1f / CPU %.1f GB/s (CPU experts op %.1f GB/s, >= %d threads), %llu prefetches (%llu used), "
+                 "%llu layers warmed (%llu used), decode passes at "
                  "depth 0-3 %llu/%llu/%llu/%llu; slots %.0f MiB%s",
                  s.tier ? "VRAM hits" : "hits", double(s.hits_hi + s.hits_lo)/routes, double(s.cpu_hi + s.cpu_lo)/routes,
                  double(s.cpu_split)/routes, double(s.skipped)/routes,
@@ -477,6 +478,7 @@ row_result run_row(const char * path, int ngl, kv_list & kv, std::vector<llama_m
                  s.cpu_ms > 0 ? s.cpu_bytes/(s.cpu_ms*1e6) : 0.0,
                  s.cpu_threads_min,
                  (unsigned long long) s.prefetch_issued, (unsigned long long) s.prefetch_used,
+                 (unsigned long long) s.warm_posted, (unsigned long long) s.warm_used,
                  (unsigned long long) s.passes_at_depth[0], (unsigned long long) s.passes_at_depth[1],
                  (unsigned long long) s.passes_at_depth[2], (unsigned long long) s.passes_at_depth[3],
                  s.cache_capacity_bytes/1048576.0, s.unified ? " (pinned host memory)" : "");
