@@ -294,6 +294,9 @@ bool llama_hobbit_cache::warm_target(int il, const float * x, int gating, int & 
         }
         pol = effective_policy();
     }
+    if (!pol.cpu_compute) {
+        return false; // every miss is copied: the CPU computes none
+    }
     expert = llama_hobbit_warm_pick(pred.need, cached);
     if (expert < 0 || pred.need[expert] < pol.skip_threshold) {
         return false;

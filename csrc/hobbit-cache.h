@@ -73,9 +73,11 @@ struct llama_hobbit_cache {
     std::vector<ggml_tensor *> gate_inp_b;
     std::vector<ggml_tensor *> probs_bias;
 
-    // GPU tier, hobbit.warm=1 (the default): the next layer's predicted CPU miss is read into the CPU's caches
-    // while the GPU computes (hobbit-warm.h), from the routers' copies on the host
-    bool warm = false;
+    // GPU tier, hobbit.warm=1: the next layer's predicted CPU miss is read into the CPU's caches
+    // while the GPU computes (hobbit-warm.h), from the routers' copies on the host; 2: so, with the
+    // context's workers pinned to cores (warm_pin)
+    bool warm     = false;
+    bool warm_pin = false;
     std::vector<llama_hobbit_router_host> router_host; // [il]
     // the routers' host copies (warm); throws if one cannot be read
     void load_routers();

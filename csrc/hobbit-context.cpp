@@ -3,6 +3,7 @@
 #include <algorithm>
 
 llama_hobbit_context::llama_hobbit_context(std::shared_ptr<llama_hobbit_cache> cache_) : cache(std::move(cache_)) {
+    cpu_workers.pin = cache->warm_pin;
     predicted.assign(size_t(cache->n_layer)*cache->n_expert, 0);
     pred_made.assign(cache->n_layer, 0);
 }

@@ -33,7 +33,7 @@ constexpr const char * KV_RESIDENT = "hobbit.resident";    // int: GPU tier: 1 (
 constexpr const char * KV_SPLIT   = "hobbit.split";       // int: GPU tier: 1 the planner may split a miss between CPU and GPU, 0 (default) never
 constexpr const char * KV_SPLIT_CPU = "hobbit.split_cpu_pct"; // int: GPU tier: percent of a split miss's FFN rows the CPU computes (default 50)
 constexpr const char * KV_PREDICT = "hobbit.always_predict"; // int: 1 graphs apply the next layers' routers even at depth 0 (diagnostic), 0 (default) not then
-constexpr const char * KV_WARM    = "hobbit.warm";        // int: GPU tier: 1 (default) the CPU reads the next layer's predicted miss ahead (hobbit-warm.h), 0 not
+constexpr const char * KV_WARM    = "hobbit.warm";        // int: GPU tier: 1 the CPU reads the next layer's predicted miss ahead (hobbit-warm.h), 2 so with its workers pinned to cores, 0 (default) not
 constexpr const char * KV_TYPES   = "hobbit.expert_types"; // file key: requested types of the expert levels
 
 const char * const KNOWN_KEYS[] = { KV_BUDGET, KV_HI_TYPE, KV_LO_TYPE, KV_DIRECT, KV_IO, KV_GPU, KV_HOST, KV_UNIFIED,
@@ -351,9 +351,14 @@ std::shared_ptr<llama_hobbit_cache> attach_impl(const llama_model & model, llama
                 (long long) split_cpu_pct));
     }
     cache->split_share = double(split_cpu_pct)/100.0;
-    int64_t warm = 1; // 3-6% faster decodes on the benchmark machines (BENCHMARKS.md, twelfth session)
-    override_int(ml, KV_WARM, warm);
-    cache->warm = warm != 0 && cache->host.resident(); // the CPU path's experts are in the host tier
+    // off: 3-6% faster in two starts on the H100 machines, 14% slower and unsteady in a third
+    // (BENCHMARKS.md, twelfth session)
+    int64_t warm = 0;
+    if (override_int(ml, KV_WARM, warm) && (warm < 0 || warm > 2)) {
+        throw std::runtime_error(format("hobbit: %s must be 0, 1 or 2, got %lld", KV_WARM, (long long) warm));
+    }
+    cache->warm     = warm != 0 && cache->host.resident(); // the CPU path's experts are in the host tier
+    cache->warm_pin = warm == 2;
     if (cache->warm) {
         cache->load_routers();
     }

@@ -1,7 +1,13 @@
 #include "hobbit-workers.h"
 
+#include <algorithm>
 #include <chrono>
 #include <system_error>
+
+#ifdef __linux__
+#include <pthread.h>
+#include <sched.h>
+#endif
 
 #ifdef LLAMA_HOBBIT_OPENMP
 #include <omp.h>
@@ -21,6 +27,41 @@ inline void cpu_relax() {
     __asm__ __volatile__("yield");
 #else
     std::this_thread::yield();
+#endif
+}
+
+// the CPUs this process may run on, rotated to start after the one this thread runs on (Linux;
+// elsewhere none: no pinning)
+std::vector<int> cpus_after_this_one() {
+    std::vector<int> out;
+#ifdef __linux__
+    cpu_set_t set;
+    CPU_ZERO(&set);
+    if (sched_getaffinity(0, sizeof(set), &set) != 0) {
+        return out;
+    }
+    for (int c = 0; c < CPU_SETSIZE; ++c) {
+        if (CPU_ISSET(c, &set)) {
+            out.push_back(c);
+        }
+    }
+    const int here = sched_getcpu();
+    const auto it = std::find(out.begin(), out.end(), here);
+    if (it != out.end()) {
+        std::rotate(out.begin(), it + 1, out.end()); // this CPU last: the caller keeps it
+    }
+#endif
+    return out;
+}
+
+void pin_to(int cpu) {
+#ifdef __linux__
+    cpu_set_t set;
+    CPU_ZERO(&set);
+    CPU_SET(cpu, &set);
+    pthread_setaffinity_np(pthread_self(), sizeof(set), &set); // best effort: unpinned if refused
+#else
+    (void) cpu;
 #endif
 }
 
@@ -91,7 +132,16 @@ int llama_hobbit_workers::start(int n) {
             // a new worker starts from the jobs published before it, so it takes this one too
             const int i = (int) threads.size() + 1;
             const uint64_t seen = gen.load(std::memory_order_acquire);
-            threads.emplace_back([this, i, seen] { loop(i, seen); });
+            if (pin && cpus.empty()) {
+                cpus = cpus_after_this_one();
+            }
+            const int cpu = pin && !cpus.empty() ? cpus[size_t(i - 1) % cpus.size()] : -1;
+            threads.emplace_back([this, i, seen, cpu] {
+                if (cpu >= 0) {
+                    pin_to(cpu);
+                }
+                loop(i, seen);
+            });
         } catch (const std::system_error &) {
             break; // the threads that could start do the work
         }

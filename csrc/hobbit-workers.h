@@ -61,6 +61,11 @@ struct llama_hobbit_workers {
     // tests: starting a worker beyond this many fails, as when the system has no threads left
     int start_limit = 1 << 30;
 
+    // pin each worker to a core of its own (Linux; set before the first job): worker i to the
+    // i-th of the process's allowed CPUs after the one the first job's caller ran on, so that what
+    // a worker read ahead stays in its core's caches (hobbit-warm.h)
+    bool pin = false;
+
     // a posted job that may still run is cancelled and waited for (run and post do this first)
     void finish_posted();
 
@@ -68,6 +73,7 @@ private:
     void loop(int i, uint64_t seen);
     int  start(int n); // start workers for a job of n threads; returns the threads it can run on
 
+    std::vector<int> cpus; // pin: the allowed CPUs, from the one after the first caller's (filled once)
     std::function<void(int, int)> posted; // the job post() published (kept while it runs)
     bool                          posted_live = false;
     std::atomic<bool>             cancel{false};

@@ -11,7 +11,7 @@
 #   5. a failed read of an expert on its way to VRAM fails one generation with a clean error,
 #      and the others are right (LD_PRELOAD fault injector, tests/faultinject.c);
 #   6. the planner computes misses on the CPU (and not when told not to; every miss on the CPU
-#      at hi generates what the non-HOBBIT run does, with and without warming the next layer's
+#      at hi generates what the non-HOBBIT run does, also while warming the next layer's
 #      predicted miss, and so does every miss split between the CPU and the GPU), and the unified-memory
 #      path (forced: hobbit.unified=1) matches the non-HOBBIT run at a full budget.
 #
@@ -146,19 +146,24 @@ check cpuall-ngl99-25 99 25% 1 hobbit.lo_type=none hobbit.prefetch_depth=0 hobbi
 [ "$(cpu_routes cpuall-ngl99-25)" -gt 0 ] 2>/dev/null && [ "$(gens stock-ngl99)" == "$(gens cpuall-ngl99-25)" ] \
     && echo "ok: $(cpu_routes cpuall-ngl99-25) routes on the CPU, equal to the non-HOBBIT run" \
     || fail "every miss on the CPU at hi differs from the non-HOBBIT run (or none went there)"
-# warming (hobbit.warm, on by default): once a layer is served the workers read the next layer's
-# predicted CPU miss into their caches, and the CPU experts op has each compute the part it read;
-# the check above (every miss on the CPU at hi) ran with it and must have used a warmed expert;
-# without it the same run generates the same, and at the default policy it runs without error
+# warming (hobbit.warm=1, 2 with pinned workers; off by default): once a layer is served the
+# workers read the next layer's predicted CPU miss into their caches, and the CPU experts op has
+# each compute the part it read; every miss on the CPU at hi then generates what the non-HOBBIT
+# run does, a warmed expert was used, nothing is warmed where the CPU computes no miss
+# (cpu_compute 0), and at the default policy it runs without error
 warm_counts() { sed -n 's/.*, warm \([0-9]*\/[0-9]*\), split.*/\1/p' "$build.$1.out" | tail -1; }
-warm_used=$(warm_counts cpuall-ngl99-25 | cut -d/ -f2)
-[ "${warm_used:-0}" -gt 0 ] 2>/dev/null && echo "ok: warmed/used $(warm_counts cpuall-ngl99-25) with every miss on the CPU" \
-    || fail "warming: no warmed expert was computed with every miss on the CPU"
-check nowarm-ngl99-25 99 25% 1 hobbit.lo_type=none hobbit.prefetch_depth=0 hobbit.cpu_compute=2 hobbit.warm=0 || true
-[ "$(warm_counts nowarm-ngl99-25)" == "0/0" ] && [ "$(gens stock-ngl99)" == "$(gens nowarm-ngl99-25)" ] \
-    && echo "ok: without warming (hobbit.warm=0) none warmed, equal to the non-HOBBIT run" \
-    || fail "hobbit.warm=0: warmed, or differs from the non-HOBBIT run"
-check warm2-ngl99-25 99 25% 2 && echo "ok: warmed/used $(warm_counts warm2-ngl99-25) at the default policy"
+[ "$(warm_counts cpuall-ngl99-25)" == "0/0" ] || fail "warmed by default"
+for w in 1 2; do
+    check warm$w-ngl99-25 99 25% 1 hobbit.lo_type=none hobbit.prefetch_depth=0 hobbit.cpu_compute=2 hobbit.warm=$w || true
+    warm_used=$(warm_counts warm$w-ngl99-25 | cut -d/ -f2)
+    [ "${warm_used:-0}" -gt 0 ] 2>/dev/null && [ "$(gens stock-ngl99)" == "$(gens warm$w-ngl99-25)" ] \
+        && echo "ok: hobbit.warm=$w: warmed/used $(warm_counts warm$w-ngl99-25), every miss on the CPU, equal to the non-HOBBIT run" \
+        || fail "hobbit.warm=$w: differs from the non-HOBBIT run (or no warmed expert was computed)"
+done
+check warmnocpu-ngl99-25 99 25% 1 hobbit.cpu_compute=0 hobbit.warm=1 || true
+[ "$(warm_counts warmnocpu-ngl99-25)" == "0/0" ] && echo "ok: nothing warmed with hobbit.cpu_compute=0" \
+    || fail "warmed with hobbit.cpu_compute=0"
+check warmdefault-ngl99-25 99 25% 2 hobbit.warm=1 && echo "ok: warmed/used $(warm_counts warmdefault-ngl99-25) at the default policy"
 # a split miss (hobbit.split): the CPU computes an expert's first rows, the GPU the others over
 # views of the pools, from a slot whose rows the GPU reads were copied first; every miss split
 # (cpu_compute 3) at hi generates what the non-HOBBIT run does, and with lo too it never fails

@@ -349,7 +349,7 @@ def test_load_time_policy_settings(files: dict[str, Path]) -> None:
     llama_cpp = load_llama_cpp()
     llm = llama_cpp.Llama(model_path=str(files["mixed"]), n_ctx=64, verbose=False, n_gpu_layers=99,
                           kv_overrides={"hobbit.budget_bytes": 10**7, "hobbit.policy": "fld",
-                                        "hobbit.prefetch_depth": 2})
+                                        "hobbit.prefetch_depth": 2, "hobbit.warm": 1})
     policy = capi.get_policy(llm.model)
     assert policy["eviction"] == capi.EVICTION["fld"] and policy["prefetch_depth"] == 2
     llm.eval(llm.tokenize(b"The cache"))
@@ -357,10 +357,12 @@ def test_load_time_policy_settings(files: dict[str, Path]) -> None:
     assert stats["tier"] == 0 and stats["host_tier_bytes"] == 0
     assert stats["bytes_read"] == stats["bytes_loaded"] > 0
     assert stats["gpu_gap_ms"] == 0.0  # no hand-overs from a GPU on the CPU tier
+    assert stats["warm_posted"] == stats["warm_used"] == 0  # hobbit.warm is the GPU tier's (hobbit-warm.h)
     for bad, message in (({"hobbit.policy": "fifo"}, "unknown hobbit.policy fifo"),
                          ({"hobbit.prefetch_depth": 7}, "invalid policy"),
                          ({"hobbit.split_cpu_pct": 0}, "hobbit.split_cpu_pct must be between 1 and 99, got 0"),
-                         ({"hobbit.split_cpu_pct": 100}, "hobbit.split_cpu_pct must be between 1 and 99, got 100")):
+                         ({"hobbit.split_cpu_pct": 100}, "hobbit.split_cpu_pct must be between 1 and 99, got 100"),
+                         ({"hobbit.warm": 3}, "hobbit.warm must be 0, 1 or 2, got 3")):
         with pytest.raises(ValueError):
             llama_cpp.Llama(model_path=str(files["mixed"]), n_ctx=64, verbose=False,
                             kv_overrides={"hobbit.budget_bytes": 10**7, **bad})

@@ -16,6 +16,10 @@
 
 #include <atomic>
 #include <chrono>
+#ifdef __linux__
+#include <pthread.h>
+#include <sched.h>
+#endif
 #include <cstring>
 #include <mutex>
 #include <set>
@@ -169,6 +173,42 @@ int main() {
         }
         CHECK_EQ(ended.load(), 3);
     }
+#ifdef __linux__
+    {
+        // pinned workers: each to one allowed CPU, the first workers to distinct ones, none to the
+        // CPU the first caller ran on while there are others
+        cpu_set_t allowed;
+        CPU_ZERO(&allowed);
+        CHECK_EQ(sched_getaffinity(0, sizeof(allowed), &allowed), 0);
+        const int n_cpus = CPU_COUNT(&allowed);
+        llama_hobbit_workers pool;
+        pool.pin = true;
+        const int caller_cpu = sched_getcpu();
+        std::vector<int> cpu_of(4, -1);
+        pool.run(4, [&](int i, int) {
+            if (i == 0) {
+                return;
+            }
+            cpu_set_t mine;
+            CPU_ZERO(&mine);
+            pthread_getaffinity_np(pthread_self(), sizeof(mine), &mine);
+            if (CPU_COUNT(&mine) == 1) {
+                for (int c = 0; c < CPU_SETSIZE; ++c) {
+                    if (CPU_ISSET(c, &mine)) {
+                        cpu_of[i] = c;
+                    }
+                }
+            }
+        });
+        for (int i = 1; i < 4; ++i) {
+            CHECK(cpu_of[i] >= 0 && CPU_ISSET(cpu_of[i], &allowed));
+            CHECK(n_cpus < 2 || i >= n_cpus || cpu_of[i] != caller_cpu);
+            for (int j = 1; j < i && i < n_cpus; ++j) {
+                CHECK(cpu_of[i] != cpu_of[j]);
+            }
+        }
+    }
+#endif
     {
         // llama_hobbit_parallel: an OpenMP team or the pool, the same contract
         llama_hobbit_workers pool;
