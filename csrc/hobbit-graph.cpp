@@ -13,7 +13,9 @@
 //     ids, cur ──► hobbit_cpu_experts (CPU threads, from the host tier; hobbit-cpu-expert.h, hobbit-workers.h) ──► cpu out
 //     selected, weights, ids, cpu out ──► hobbit_wait (waits for the copies) ──► ids [.., hi|lo[|split hi|split lo]] + cpu out ──► GPU paths
 //
-// so the CPU computes the misses the planner gave it while the others are copied into VRAM. With
+// so the CPU computes the misses the planner gave it while the others are copied into VRAM (with
+// hobbit.warm the wait op also has the layer's input, and starts the workers reading the next
+// layer's predicted CPU miss while the GPU computes: hobbit-warm.h). With
 // split paths (hobbit.split), each level also has a path over views of its pools from a split
 // row on, for the misses the planner split: the CPU computes their rows before it, and the GPU
 // the others from a slot whose copy of those rows was queued first. On
