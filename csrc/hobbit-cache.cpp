@@ -240,11 +240,11 @@ void llama_hobbit_cache::load_routers() {
     router_host.assign(n_layer, {});
     for (int il = 0; il < n_layer; ++il) {
         const ggml_tensor * w = gate_inp[il];
-        if (!serves[il] || !w) {
-            continue;
-        }
-        const auto * traits = ggml_get_type_traits(w->type);
-        if (w->type != GGML_TYPE_F32 && !traits->to_float) {
+        // a tensor can be read back as floats: F32, or a type with a to_float
+        const auto readable = [](const ggml_tensor * t) {
+            return !t || t->type == GGML_TYPE_F32 || ggml_get_type_traits(t->type)->to_float;
+        };
+        if (!serves[il] || !w || !readable(w) || !readable(gate_inp_b[il]) || !readable(probs_bias[il])) {
             continue; // no warming for this layer
         }
         // a tensor (or a bias) read back as floats, row by row

@@ -79,7 +79,8 @@ struct llama_hobbit_cache {
     bool warm     = false;
     bool warm_pin = false;
     std::vector<llama_hobbit_router_host> router_host; // [il]
-    // the routers' host copies (warm); throws if one cannot be read
+    // the routers' host copies (warm); a layer whose router (or bias) has a type that cannot be
+    // read back as floats gets none, and is not warmed
     void load_routers();
     // the expert of layer il (and its level) that the CPU would most likely compute next, from
     // the previous MoE layer's input x (n_embd floats: il's router applied to it, as prefetch

@@ -132,6 +132,9 @@ static void llama_hobbit_cpu_experts_op(ggml_tensor * dst, int ith, int nth, voi
             memset((char *) dst->data + r*dst->nb[1] + t*dst->nb[2], 0, n_embd*sizeof(float));
         }
     }
+    // what the workers read ahead for this layer (warm_next), taken once: it is this op's or none's
+    const bool warmed = hctx.cache->warm && hctx.warm_il == op->il;
+    hctx.warm_il = -1;
     if (hctx.cache->warm) {
         hctx.cpu_workers.finish_posted(); // what was read ahead is read; the op needs the workers
     }
@@ -140,9 +143,9 @@ static void llama_hobbit_cpu_experts_op(ggml_tensor * dst, int ith, int nth, voi
     }
     const std::vector<llama_hobbit_cpu_route> routes = cpu_routes(ids, hctx.cache->n_levels());
     if (routes.empty()) {
-        hctx.warm_il = -1;
         return;
     }
+    bool warm_taken = false;
     llama_hobbit_cpu_run run;
     try {
         std::vector<llama_hobbit_cpu_task> tasks;
@@ -158,14 +161,13 @@ static void llama_hobbit_cpu_experts_op(ggml_tensor * dst, int ith, int nth, voi
             const int64_t rows = split ? hctx.cache->split_row(op->il, c.lvl) : llama_hobbit_cpu_slice_row(w, n_slices, n_slices);
             tasks.push_back({ w, c.expert, (const float *) ((const char *) cur->data + c.token*cur->nb[2]), rows,
                               (float *) ((char *) dst->data + c.route*dst->nb[1] + c.token*dst->nb[2]) });
-            // the expert the workers read ahead (warm_next): each computes the part it read
-            if (hctx.warm_il == op->il && c.expert == hctx.warm_expert && c.lvl == hctx.warm_lvl && !split) {
+            // the expert the workers read ahead: one route takes it, each worker computing the part it read
+            if (warmed && !warm_taken && c.expert == hctx.warm_expert && c.lvl == hctx.warm_lvl && !split) {
                 tasks.back().parts = hctx.warm_parts;
-                hctx.warm_il = -1; // one route takes it
+                warm_taken = true;
                 hctx.cache->note_warm(true);
             }
         }
-        hctx.warm_il = -1;
         run = llama_hobbit_cpu_experts(tasks, op->gelu, std::max(1, hctx.n_threads), hctx.cpu_workers, hctx.cpu_scratch,
                                        hctx.cache->warm);
     } catch (const std::exception & e) {

@@ -351,8 +351,8 @@ std::shared_ptr<llama_hobbit_cache> attach_impl(const llama_model & model, llama
                 (long long) split_cpu_pct));
     }
     cache->split_share = double(split_cpu_pct)/100.0;
-    // off: 3-6% faster in two starts on the H100 machines, 14% slower and unsteady in a third
-    // (BENCHMARKS.md, twelfth session)
+    // off: 2.5-7.5% faster in four starts of six on the H100 machines, 7-14% slower in the two
+    // with the busiest hosts (BENCHMARKS.md, twelfth session)
     int64_t warm = 0;
     if (override_int(ml, KV_WARM, warm) && (warm < 0 || warm > 2)) {
         throw std::runtime_error(format("hobbit: %s must be 0, 1 or 2, got %lld", KV_WARM, (long long) warm));

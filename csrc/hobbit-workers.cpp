@@ -167,15 +167,19 @@ void llama_hobbit_workers::post(int n, std::function<void(int, int)> fn) {
     if (n == 1) {
         return; // no worker: nothing runs in the background
     }
+    posted = std::move(fn); // no worker runs a job now (finish_posted): none reads it
+    publish(&posted, n);
+    posted_live = true;
+}
+
+void llama_hobbit_workers::publish(const std::function<void(int, int)> * fn, int n) {
     {
         std::lock_guard<std::mutex> lock(mtx);
-        posted = std::move(fn);
-        job    = &posted;
-        n_job  = n;
+        job   = fn;
+        n_job = n;
         pending.store((int) threads.size(), std::memory_order_relaxed);
         gen.fetch_add(1, std::memory_order_release);
     }
-    posted_live = true;
     cv.notify_all();
 }
 
@@ -186,14 +190,7 @@ int llama_hobbit_workers::run(int n, const std::function<void(int, int)> & fn) {
         fn(0, 1);
         return 1;
     }
-    {
-        std::lock_guard<std::mutex> lock(mtx);
-        job   = &fn;
-        n_job = n;
-        pending.store((int) threads.size(), std::memory_order_relaxed);
-        gen.fetch_add(1, std::memory_order_release);
-    }
-    cv.notify_all();
+    publish(&fn, n);
     fn(0, n);
     while (pending.load(std::memory_order_acquire) != 0) {
         cpu_relax();

@@ -72,6 +72,7 @@ struct llama_hobbit_workers {
 private:
     void loop(int i, uint64_t seen);
     int  start(int n); // start workers for a job of n threads; returns the threads it can run on
+    void publish(const std::function<void(int, int)> * fn, int n); // hand fn to the workers (indices 1..n-1)
 
     std::vector<int> cpus; // pin: the allowed CPUs, from the one after the first caller's (filled once)
     std::function<void(int, int)> posted; // the job post() published (kept while it runs)
