@@ -41,7 +41,7 @@ ifneq ($(CMAKE_ARGS),)
 CMAKE_COMMON += $(CMAKE_ARGS)
 endif
 TARGETS := llama ggml llama-completion llama-bench llama-perplexity llama-quantize test-backend-ops
-HOBBIT_TARGETS := test-hobbit-slots test-hobbit-policy test-hobbit-mmid test-hobbit-mt test-hobbit-cpu-expert test-hobbit-workers hobbit-gpu
+HOBBIT_TARGETS := test-hobbit-slots test-hobbit-policy test-hobbit-mmid test-hobbit-mt test-hobbit-cpu-expert test-hobbit-workers hobbit-gpu hobbit-cpu-bench
 SAN_TARGETS := llama ggml llama-completion test-hobbit-slots test-hobbit-policy test-hobbit-mmid test-hobbit-mt test-hobbit-cpu-expert test-hobbit-workers
 SAN_COMMON := -DHOBBIT_SOURCE_ID=llama-cpp-python-$(LLAMA_CPP_PYTHON_VERSION) -DCMAKE_BUILD_TYPE=RelWithDebInfo
 

@@ -43,7 +43,7 @@ if [ "${1:-}" != "--source" ]; then
     [ -x "$build/bin/hobbit-gpu" ] || { echo "gpu-pack: no $build/bin/hobbit-gpu; run with --build" >&2; exit 1; }
     mkdir -p .carry .whl
     rm -f .carry/src.tar.xz
-    (cd "$build" && tar -cJf ../.carry/bc-a.tar.xz bin/hobbit-gpu bin/libllama.so* bin/libllama-common.so* \
+    (cd "$build" && tar -cJf ../.carry/bc-a.tar.xz bin/hobbit-gpu bin/hobbit-cpu-bench bin/libllama.so* bin/libllama-common.so* \
         bin/libggml* bin/test-backend-ops)
     rm -f .carry/bc-b.tar.xz
     if [ -n "${B:-}" ]; then

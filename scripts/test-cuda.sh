@@ -52,7 +52,7 @@ cmake -S csrc -B "$build" $(command -v ninja >/dev/null && echo -G Ninja) -DCMAK
     -DLLAMA_BUILD_IS_DEV=OFF -DGGML_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES="${CUDA_ARCH:-90}" -DGGML_CUDA_FA=OFF \
     -DHOBBIT_LLAMA_DIR="$src" -DHOBBIT_SOURCE_ID="llama-cpp-python-${LLAMA_CPP_PYTHON_VERSION:-unknown}" \
     ${CMAKE_ARGS:-} >"$build.configure.log" 2>&1 || { tail -30 "$build.configure.log"; exit 1; }
-cmake --build "$build" -j "${JOBS:-$(nproc)}" --target ${TARGETS:-llama ggml llama-completion test-backend-ops hobbit-gpu} \
+cmake --build "$build" -j "${JOBS:-$(nproc)}" --target ${TARGETS:-llama ggml llama-completion test-backend-ops hobbit-gpu hobbit-cpu-bench} \
     >"$build.build.log" 2>&1 || { grep -B2 -A12 -m3 "error" "$build.build.log"; exit 1; }
 echo "ok"
 fi
