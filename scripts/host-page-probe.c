@@ -5,9 +5,11 @@
 // anonymous with transparent huge pages (MADV_HUGEPAGE), cudaMallocHost's, and the two
 // anonymous ones pinned with cudaHostRegister (libcudart is opened at run time), and says how
 // much of each buffer the kernel backs with huge pages (AnonHugePages in /proc/self/smaps).
+// The buffer should be several times the last-level cache (300 MiB of L3 on some of the GPU
+// machines), or the reads are partly the cache's: its size in GiB is the first argument.
 //
 //   gcc -O3 -march=native -fopenmp scripts/host-page-probe.c -o /tmp/host-page-probe -ldl
-//   LD_LIBRARY_PATH=/usr/local/cuda/lib64 OMP_NUM_THREADS=16 /tmp/host-page-probe
+//   LD_LIBRARY_PATH=/usr/local/cuda/lib64 OMP_NUM_THREADS=16 /tmp/host-page-probe [GiB, default 4]
 #define _GNU_SOURCE
 #include <dlfcn.h>
 #include <omp.h>
@@ -18,7 +20,7 @@
 #include <sys/mman.h>
 #include <time.h>
 
-#define GIB    (1024ull*1024*1024)
+static size_t buf_bytes = 4ull << 30; // the buffer's size (argument 1, in GiB)
 #define REGION (24ull*1024*1024)
 #define CHUNK  (32ull*1024)
 #define ROUNDS 400
@@ -52,14 +54,14 @@ static long huge_kb(const void * p) {
     return kb;
 }
 
-// GB/s of reading ROUNDS regions of REGION bytes at pseudo-random places of buf (GIB bytes)
+// GB/s of reading ROUNDS regions of REGION bytes at pseudo-random places of buf (buf_bytes bytes)
 static double read_rate(const uint8_t * buf) {
     volatile uint64_t sink = 0;
     uint64_t seed = 12345;
     double t = 0.0;
     for (int r = 0; r < ROUNDS; ++r) {
         seed = seed*6364136223846793005ull + 1442695040888963407ull;
-        const size_t off = ((seed >> 20) % ((GIB - REGION)/CHUNK))*CHUNK;
+        const size_t off = ((seed >> 20) % ((buf_bytes - REGION)/CHUNK))*CHUNK;
         const uint64_t * base = (const uint64_t *) (buf + off);
         const double t0 = now_s();
         uint64_t total = 0;
@@ -80,13 +82,13 @@ static double read_rate(const uint8_t * buf) {
 }
 
 static uint8_t * anon(int huge) {
-    uint8_t * p = mmap(NULL, GIB + (2u << 20), PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    uint8_t * p = mmap(NULL, buf_bytes + (2u << 20), PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (p == MAP_FAILED) {
         return NULL;
     }
     p = (uint8_t *) (((uintptr_t) p + (2u << 20) - 1) & ~(uintptr_t) ((2u << 20) - 1));
-    madvise(p, GIB, huge ? MADV_HUGEPAGE : MADV_NOHUGEPAGE);
-    memset(p, 1, GIB);
+    madvise(p, buf_bytes, huge ? MADV_HUGEPAGE : MADV_NOHUGEPAGE);
+    memset(p, 1, buf_bytes);
     return p;
 }
 
@@ -100,11 +102,14 @@ static void report(const char * name, const uint8_t * p) {
     fflush(stdout);
 }
 
-int main(void) {
+int main(int argc, char ** argv) {
+    if (argc > 1 && atoi(argv[1]) > 0) {
+        buf_bytes = (size_t) atoi(argv[1]) << 30;
+    }
     void * cudart = dlopen("libcudart.so", RTLD_NOW);
     host_alloc_fn    host_alloc    = cudart ? (host_alloc_fn) dlsym(cudart, "cudaMallocHost") : NULL;
     host_register_fn host_register = cudart ? (host_register_fn) dlsym(cudart, "cudaHostRegister") : NULL;
-    printf("threads %d; %d reads of 24 MiB in 32 KiB chunks from a 1 GiB buffer\n", omp_get_max_threads(), ROUNDS);
+    printf("threads %d; %d reads of 24 MiB in 32 KiB chunks from a %zu GiB buffer\n", omp_get_max_threads(), ROUNDS, buf_bytes >> 30);
     printf("| memory | GB/s | MiB in huge pages |\n|---|---|---|\n");
     uint8_t * small = anon(0);
     report("anonymous, 4 KiB pages", small);
@@ -112,16 +117,16 @@ int main(void) {
     report("anonymous, MADV_HUGEPAGE", huge);
     if (host_alloc) {
         void * p = NULL;
-        if (host_alloc(&p, GIB) == 0) {
-            memset(p, 1, GIB);
+        if (host_alloc(&p, buf_bytes) == 0) {
+            memset(p, 1, buf_bytes);
             report("cudaMallocHost", p);
         }
     }
     if (host_register) {
-        if (small && host_register(small, GIB, 0) == 0) {
+        if (small && host_register(small, buf_bytes, 0) == 0) {
             report("4 KiB pages, cudaHostRegister", small);
         }
-        if (huge && host_register(huge, GIB, 0) == 0) {
+        if (huge && host_register(huge, buf_bytes, 0) == 0) {
             report("MADV_HUGEPAGE, cudaHostRegister", huge);
         }
     } else {
