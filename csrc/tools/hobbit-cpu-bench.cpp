@@ -2,9 +2,11 @@
 // decode's missed experts, against a plain read of the same bytes by the same threads.
 //
 //   hobbit-cpu-bench [n_embd n_ff type n_expert threads reps routes]
-//   hobbit-cpu-bench 256 32768 q8_0 8 16 200 2     # the benchmark model's layer (BENCHMARKS.md)
+//   hobbit-cpu-bench 256 32768 q8_0 64 16 300 2     # the benchmark model's experts (BENCHMARKS.md)
 //
-// The experts sit in one host buffer (random weights, quantized); each call computes `routes`
+// The experts sit in one host buffer (random weights, quantized), which should be several times
+// the last-level cache (64 of those experts: 1.6 GiB), or the reads are partly the cache's, as
+// a decode's are not; each call computes `routes`
 // distinct experts, picked at random, for one token, as a layer's CPU misses are. It prints the
 // medians, in GB/s of expert weights: the op on the threads (OpenMP where the build has it, as
 // in a decode), a plain sum of the same experts' bytes on the same threads, and, on one thread
@@ -70,7 +72,7 @@ int main(int argc, char ** argv) {
     const int64_t n_embd   = argc > 1 ? atoll(argv[1]) : 256;
     const int64_t n_ff     = argc > 2 ? atoll(argv[2]) : 32768;
     const ggml_type type   = parse_type(argc > 3 ? argv[3] : "q8_0");
-    const int n_expert     = argc > 4 ? atoi(argv[4]) : 8;
+    const int n_expert     = argc > 4 ? atoi(argv[4]) : 64;
     const int n_threads    = argc > 5 ? atoi(argv[5]) : 4;
     const int reps         = argc > 6 ? atoi(argv[6]) : 100;
     const int n_routes     = argc > 7 ? atoi(argv[7]) : 2;
