@@ -23,6 +23,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <memory>
 #include <random>
 #include <string>
 #include <vector>
@@ -86,13 +87,15 @@ int main(int argc, char ** argv) {
         return 1;
     }
     ggml_cpu_init();
-    ggml_init_params params = { ggml_tensor_overhead()*4, nullptr, false };
-    params.mem_size += 3*ggml_row_size(type, n_embd)*n_ff*n_expert + 1024;
-    ggml_context * ctx = ggml_init(params);
-    if (!ctx) {
-        fprintf(stderr, "%s: cannot allocate the experts\n", argv[0]);
+    // the experts' memory is ours, so that too little of it is an error, not ggml's abort
+    const size_t mem_size = ggml_tensor_overhead()*4 + 3*ggml_row_size(type, n_embd)*size_t(n_ff)*size_t(n_expert) + 1024;
+    std::unique_ptr<void, decltype(&free)> mem(malloc(mem_size), &free);
+    if (!mem) {
+        fprintf(stderr, "%s: cannot allocate %.1f MiB for the experts\n", argv[0], mem_size/1048576.0);
         return 1;
     }
+    ggml_init_params params = { mem_size, mem.get(), false };
+    ggml_context * ctx = ggml_init(params);
     ggml_tensor * gate = ggml_new_tensor_3d(ctx, type, n_embd, n_ff, n_expert);
     ggml_tensor * up   = ggml_new_tensor_3d(ctx, type, n_embd, n_ff, n_expert);
     ggml_tensor * down = ggml_new_tensor_3d(ctx, type, n_ff, n_embd, n_expert);
@@ -118,22 +121,16 @@ int main(int argc, char ** argv) {
     for (int e = 0; e < n_expert; ++e) {
         experts[e] = e;
     }
-    auto pick = [&]() {
-        std::shuffle(experts.begin(), experts.end(), rng);
-        return std::vector<int>(experts.begin(), experts.begin() + n_routes);
-    };
 
     // the op, as a layer's CPU misses
     std::vector<double> op_rate, busy_rate, sum_rate;
     volatile uint64_t sink = 0;
     for (int r = 0; r < reps + 3; ++r) {
+        std::shuffle(experts.begin(), experts.end(), rng); // the call's experts: the first n_routes
         std::vector<llama_hobbit_cpu_task> tasks;
         for (int k = 0; k < n_routes; ++k) {
-            llama_hobbit_cpu_task t = { w, pick()[0], x.data() + k*n_embd, n_ff, out.data() + k*n_embd };
+            llama_hobbit_cpu_task t = { w, experts[k], x.data() + k*n_embd, n_ff, out.data() + k*n_embd };
             tasks.push_back(t);
-        }
-        for (int k = 1; k < n_routes; ++k) { // distinct experts
-            tasks[k].expert = (tasks[0].expert + k) % n_expert;
         }
         const auto t0 = clock_type::now();
         const llama_hobbit_cpu_run run = llama_hobbit_cpu_experts(tasks, false, n_threads, pool, scratch);
