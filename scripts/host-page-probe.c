@@ -1,7 +1,7 @@
 // Does the page size of host memory change how fast the CPU's threads read experts from it?
 // The GPU tier's CPU experts op reads each miss (tens of MiB) from the host tier in chunks of
-// about 32 KiB that its threads take as they come. This reads 24 MiB regions of a 1 GiB buffer
-// the same way, with OpenMP threads, from memory of each kind: anonymous with 4 KiB pages,
+// about 32 KiB that its threads take as they come. This reads 24 MiB regions of a buffer the
+// same way, with OpenMP threads, from memory of each kind: anonymous with 4 KiB pages,
 // anonymous with transparent huge pages (MADV_HUGEPAGE), cudaMallocHost's, and the two
 // anonymous ones pinned with cudaHostRegister (libcudart is opened at run time), and says how
 // much of each buffer the kernel backs with huge pages (AnonHugePages in /proc/self/smaps).

@@ -14,6 +14,7 @@
 
 #include "hobbit-cpu-expert.h"
 #include "hobbit-workers.h"
+#include "hobbit-median.h"
 
 #include "ggml.h"
 #include "ggml-cpu.h"
@@ -34,11 +35,6 @@ using clock_type = std::chrono::steady_clock;
 
 double ms_since(clock_type::time_point t0) {
     return std::chrono::duration<double, std::milli>(clock_type::now() - t0).count();
-}
-
-double median(std::vector<double> v) {
-    std::sort(v.begin(), v.end());
-    return v.empty() ? 0.0 : v[v.size()/2];
 }
 
 ggml_type parse_type(const std::string & name) {
@@ -142,10 +138,10 @@ int main(int argc, char ** argv) {
             uint64_t s = 0;
             for (const auto & t : tasks) {
                 for (const ggml_tensor * m : { w.gate, w.up, w.down }) {
-                    const size_t bytes = m->nb[2]/8*8;
-                    const size_t b0 = bytes/8*size_t(i)/size_t(n)*8, b1 = bytes/8*size_t(i + 1)/size_t(n)*8;
+                    const size_t words = m->nb[2]/8; // thread i sums words [j0, j1) of the expert's matrix
+                    const size_t j0 = words*size_t(i)/size_t(n), j1 = words*size_t(i + 1)/size_t(n);
                     const uint64_t * p = (const uint64_t *) ((const char *) m->data + t.expert*m->nb[2]);
-                    for (size_t j = b0/8; j < b1/8; ++j) {
+                    for (size_t j = j0; j < j1; ++j) {
                         s += p[j];
                     }
                 }

@@ -32,6 +32,8 @@
 #include "ggml-backend.h"
 #include "gguf.h"
 
+#include "hobbit-median.h"
+
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
@@ -337,14 +339,6 @@ std::vector<std::string> split(const char * s, char sep, bool keep_empty = false
         out.push_back(cur);
     }
     return out;
-}
-
-double median(std::vector<double> v) {
-    if (v.empty()) {
-        return 0.0;
-    }
-    std::sort(v.begin(), v.end());
-    return v.size() % 2 ? v[v.size()/2] : 0.5*(v[v.size()/2 - 1] + v[v.size()/2]);
 }
 
 // log-softmax of logits
