@@ -843,7 +843,6 @@ void llama_hobbit_cache::serve_wave_locked(std::unique_lock<std::mutex> & lk, ll
         note_prediction(hctx, il, routes);
         if (hctx.graph_depth == 0) {
             adapt_depth(hctx); // a graph without predictions has no prefetch op to do it
-            stats.prefetch_depth = hctx.depth;
         }
     }
     hctx.cpu_bytes[0] = hctx.cpu_bytes[1] = 0;
@@ -1095,15 +1094,14 @@ void llama_hobbit_cache::time_pass(llama_hobbit_context & hctx, int64_t n_tokens
 void llama_hobbit_cache::adapt_depth(llama_hobbit_context & hctx) {
     if (policy.prefetch_depth != LLAMA_HOBBIT_PREFETCH_AUTO) {
         hctx.depth = std::clamp(policy.prefetch_depth, 0, LLAMA_HOBBIT_PREFETCH_MAX);
-        return;
-    }
-    if (gpu) {
+    } else if (gpu) {
         hctx.depth = std::min(depth_trial.depth, LLAMA_HOBBIT_PREFETCH_MAX); // measured (time_pass)
-        return;
+    } else {
+        const double reads_per_route = double(n_expert_used + std::max(0, policy.prefetch_width))/n_expert_used;
+        hctx.depth = llama_hobbit_auto_depth(hctx.accuracy, LLAMA_HOBBIT_PREFETCH_MAX, hctx.stall_ms, hctx.compute_ms,
+                                             reads_per_route);
     }
-    const double reads_per_route = double(n_expert_used + std::max(0, policy.prefetch_width))/n_expert_used;
-    hctx.depth = llama_hobbit_auto_depth(hctx.accuracy, LLAMA_HOBBIT_PREFETCH_MAX, hctx.stall_ms, hctx.compute_ms,
-                                         reads_per_route);
+    stats.prefetch_depth = hctx.depth;
 }
 
 void llama_hobbit_cache::prefetch(llama_hobbit_context & hctx, int il, int gating,
@@ -1120,7 +1118,6 @@ void llama_hobbit_cache::prefetch(llama_hobbit_context & hctx, int il, int gatin
 void llama_hobbit_cache::prefetch_locked(llama_hobbit_context & hctx, int il, int gating,
                                          const std::vector<llama_hobbit_router_logits> & logits) {
     adapt_depth(hctx);
-    stats.prefetch_depth = hctx.depth;
     const llama_hobbit_policy pol = effective_policy();
     if (logits.empty() || (hctx.depth == 0 && pol.prefetch_depth == 0)) {
         return;

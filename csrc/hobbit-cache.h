@@ -229,7 +229,7 @@ private:
     void release_locked(llama_hobbit_context & hctx);
     void note_evicted(const std::vector<int> & evicted);
     void note_prediction(llama_hobbit_context & hctx, int il, const llama_hobbit_routes & routes);
-    void adapt_depth(llama_hobbit_context & hctx);
+    void adapt_depth(llama_hobbit_context & hctx); // the depth for the next layer, also into stats.prefetch_depth
     void time_pass(llama_hobbit_context & hctx, int64_t n_tokens); // GPU tier: a pass started
     // a queued prefetch of entry idx is dropped, or one on the copier's stream waited for: true if
     // its room is no longer held
