@@ -20,6 +20,7 @@ their bytes: its MiB a token is near the least a cache of that size could take, 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -210,5 +211,17 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def run() -> int:
+    """main(), ending quietly when the reader of the output goes away (`... | head`)."""
+    try:
+        status = main()
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # what is left to print goes nowhere, so that the exit's flush does not fail again
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+    return status
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import random
 import subprocess
 import sys
@@ -111,3 +112,21 @@ def test_cli_prints_both_cache_sizes(tmp_path: Path) -> None:
     proc = subprocess.run([sys.executable, "-m", "hobbit_py.cache_bound", str(tmp_path / "none.jsonl")],
                           capture_output=True, text=True, check=False)
     assert proc.returncode == 1 and "not found" in proc.stderr and "Traceback" not in proc.stderr
+
+
+
+@pytest.mark.parametrize("unbuffered", ["", "1"])
+def test_cli_ends_quietly_when_its_reader_goes_away(tmp_path: Path, unbuffered: str) -> None:
+    events = [RouteEvent(t, layer, (t*3 + layer) % 8, 0.6, "load_hi", "decode")
+              for t in range(64) for layer in range(4)]
+    path = tmp_path / "t.jsonl"
+    write_trace(path, events, {"n_layer": 4, "n_expert": 8, "n_expert_used": 1})
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+    if unbuffered:
+        env["PYTHONUNBUFFERED"] = unbuffered
+    proc = subprocess.Popen([sys.executable, "-m", "hobbit_py.cache_bound", str(path)], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()  # the reader is gone before the tool prints a line (as `| head -0`)
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=60) == 1 and err == "", err
