@@ -114,7 +114,6 @@ def test_cli_prints_both_cache_sizes(tmp_path: Path) -> None:
     assert proc.returncode == 1 and "not found" in proc.stderr and "Traceback" not in proc.stderr
 
 
-
 @pytest.mark.parametrize("unbuffered", ["", "1"])
 def test_cli_ends_quietly_when_its_reader_goes_away(tmp_path: Path, unbuffered: str) -> None:
     events = [RouteEvent(t, layer, (t*3 + layer) % 8, 0.6, "load_hi", "decode")

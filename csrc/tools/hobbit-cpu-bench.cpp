@@ -161,8 +161,8 @@ int main(int argc, char ** argv) {
 
     // one thread, one expert in the caches (its first rows only, when the whole one is larger
     // than 8 MiB): each pass's compute rate
-    const int64_t rows = std::max<int64_t>(llama_hobbit_cpu_row_unit(w),
-        std::min<int64_t>(n_ff, int64_t(8.0*1024*1024/expert_bytes*n_ff))/llama_hobbit_cpu_row_unit(w)*llama_hobbit_cpu_row_unit(w));
+    const int64_t unit = llama_hobbit_cpu_row_unit(w);
+    const int64_t rows = std::max(unit, std::min<int64_t>(n_ff, int64_t(8.0*1024*1024/expert_bytes*n_ff))/unit*unit);
     std::vector<char> xq(llama_hobbit_cpu_x_bytes(w)), aq(llama_hobbit_cpu_act_bytes(w, rows));
     std::vector<float> act((size_t(rows)));
     llama_hobbit_cpu_quantize_x(w, x.data(), xq.data());
